@@ -1,0 +1,27 @@
+//! Compiles every proto under `proto/` with protox (pure Rust), so no system `protoc` is needed.
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "proto/workload.proto",
+    "proto/svidbroker/v1/broker.proto",
+    "proto/svidbroker/v1/admin.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // Served by the reflection service so grpcurl / buf curl need no proto files.
+    std::fs::write(
+        out_dir.join("svid_broker_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
