@@ -1,0 +1,1 @@
+//! Caller pinning (filled in next).

@@ -1,0 +1,1 @@
+//! Unix attestor (filled in next).
