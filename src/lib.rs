@@ -1,4 +1,6 @@
 //! svid-broker: a SPIFFE Workload API agent and per-task token broker.
 
 pub mod attest;
+pub mod config;
 pub mod proto;
+pub mod registry;

@@ -1,0 +1,367 @@
+//! TOML → validated [`Config`]. No side effects: reading the file is the only I/O.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use spiffe::TrustDomain;
+
+use crate::attest::unix::UnixAttestorConfig;
+use crate::registry::{EntryConfig, Registry, RegistryError};
+
+/// The socket every workload connects to unless configured otherwise.
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/svid-broker/api.sock";
+/// The trust domain of the embedded default.
+pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+pub const DEFAULT_X509_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_JWT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest lifetime accepted for any SVID or key: below this, rotation at half-life would
+/// churn faster than clients can follow.
+pub const MIN_TTL: Duration = Duration::from_secs(10);
+/// Longest SVID lifetime accepted.
+pub const MAX_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("config: {0}")]
+    Registry(#[from] RegistryError),
+}
+
+/// Where keys come from.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorityKind {
+    /// Our own CA and JWT keys.
+    #[default]
+    Embedded,
+    /// An upstream SPIRE agent.
+    Spire,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    #[serde(default)]
+    pub kind: AuthorityKind,
+    /// Lifetime of a self-signed CA; it rotates at half-life with overlap.
+    #[serde(default = "default_ca_ttl", with = "humantime_serde_compat")]
+    pub ca_ttl: Duration,
+    /// Lifetime of a JWT signing key; rotates like the CA.
+    #[serde(default = "default_jwt_key_ttl", with = "humantime_serde_compat")]
+    pub jwt_key_ttl: Duration,
+    /// Operator-provided CA certificate (PEM; the signing CA first, then its chain upward).
+    pub ca_cert_path: Option<PathBuf>,
+    /// Its PKCS#8 private key (PEM).
+    pub ca_key_path: Option<PathBuf>,
+    /// Roots to publish in the bundle with an operator CA (default: the last cert of the chain).
+    pub ca_bundle_path: Option<PathBuf>,
+}
+
+fn default_ca_ttl() -> Duration {
+    DEFAULT_CA_TTL
+}
+fn default_jwt_key_ttl() -> Duration {
+    DEFAULT_JWT_KEY_TTL
+}
+
+impl Default for AuthorityConfig {
+    fn default() -> Self {
+        Self {
+            kind: AuthorityKind::Embedded,
+            ca_ttl: DEFAULT_CA_TTL,
+            jwt_key_ttl: DEFAULT_JWT_KEY_TTL,
+            ca_cert_path: None,
+            ca_key_path: None,
+            ca_bundle_path: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Serve Prometheus metrics at `http://<addr>/metrics`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AttestorConfig {
+    #[serde(default)]
+    pub unix: UnixAttestorConfig,
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: String,
+    #[serde(default)]
+    socket_path: Option<PathBuf>,
+    #[serde(default)]
+    admin_socket_path: Option<PathBuf>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    authority: AuthorityConfig,
+    #[serde(default)]
+    attestor: AttestorConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+    #[serde(default, rename = "entry")]
+    entries: Vec<EntryConfig>,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub trust_domain: TrustDomain,
+    pub socket_path: PathBuf,
+    /// The admin socket (mode 0600); `None` disables the admin service.
+    pub admin_socket_path: Option<PathBuf>,
+    /// Where keys persist; `None` keeps them in memory only.
+    pub data_dir: Option<PathBuf>,
+    pub shutdown_grace: Duration,
+    pub authority: AuthorityConfig,
+    pub attestor: AttestorConfig,
+    pub telemetry: TelemetryConfig,
+    pub registry: Registry,
+    /// True for the built-in development profile (no config file).
+    pub development_profile: bool,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// Unreadable, oversize, malformed or invalid configuration, with the reason.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        let trust_domain = TrustDomain::new(&raw.trust_domain).map_err(|e| {
+            ConfigError::Invalid(format!("trust_domain {:?}: {e}", raw.trust_domain))
+        })?;
+        check_ttl("authority.ca_ttl", raw.authority.ca_ttl, Duration::MAX)?;
+        check_ttl(
+            "authority.jwt_key_ttl",
+            raw.authority.jwt_key_ttl,
+            Duration::MAX,
+        )?;
+        if raw.authority.ca_cert_path.is_some() != raw.authority.ca_key_path.is_some() {
+            return Err(ConfigError::Invalid(
+                "authority.ca_cert_path and authority.ca_key_path go together".into(),
+            ));
+        }
+        if raw.entries.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no [[entry]]: with no registration entries no workload can get an identity".into(),
+            ));
+        }
+        for e in &raw.entries {
+            if let Some(t) = e.x509_ttl {
+                check_ttl("entry.x509_ttl", t, MAX_SVID_TTL)?;
+            }
+            if let Some(t) = e.jwt_ttl {
+                check_ttl("entry.jwt_ttl", t, MAX_SVID_TTL)?;
+            }
+        }
+        let registry = Registry::new(&trust_domain, raw.entries)?;
+        let socket_path = raw
+            .socket_path
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
+        Ok(Self {
+            trust_domain,
+            socket_path,
+            admin_socket_path: raw.admin_socket_path,
+            data_dir: raw.data_dir,
+            shutdown_grace: raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            authority: raw.authority,
+            attestor: raw.attestor,
+            telemetry: raw.telemetry,
+            registry,
+            development_profile: false,
+        })
+    }
+
+    /// The embedded default: own in-memory CA, the default socket, and every local uid
+    /// gets `spiffe://<td>/uid/<uid>`. For development only.
+    ///
+    /// # Errors
+    /// An invalid trust domain.
+    pub fn development(trust_domain: &str) -> Result<Self, ConfigError> {
+        let text = format!(
+            r#"
+trust_domain = "{trust_domain}"
+admin_socket_path = "/tmp/svid-broker/admin.sock"
+
+[[entry]]
+spiffe_id = "spiffe://{trust_domain}/uid/{{unix:uid}}"
+selectors = []
+hint = "development"
+"#
+        );
+        let mut cfg = Self::parse(&text)?;
+        cfg.development_profile = true;
+        Ok(cfg)
+    }
+}
+
+fn check_ttl(name: &str, ttl: Duration, max: Duration) -> Result<(), ConfigError> {
+    if ttl < MIN_TTL {
+        return Err(ConfigError::Invalid(format!(
+            "{name} = {} is below the minimum {}",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MIN_TTL)
+        )));
+    }
+    if ttl > max {
+        return Err(ConfigError::Invalid(format!(
+            "{name} = {} is above the maximum {}",
+            humantime::format_duration(ttl),
+            humantime::format_duration(max)
+        )));
+    }
+    Ok(())
+}
+
+/// Durations written as `"90s"`, `"5m"`, `"1h 30m"`.
+pub mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("duration {s:?}: {e} (write e.g. \"90s\", \"5m\")"))
+        })
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+trust_domain = "example.org"
+[[entry]]
+spiffe_id = "spiffe://example.org/agent"
+selectors = ["unix:uid:1000"]
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.socket_path, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(c.authority.kind, AuthorityKind::Embedded);
+        assert_eq!(c.authority.ca_ttl, DEFAULT_CA_TTL);
+        assert!(c.data_dir.is_none());
+    }
+
+    #[test]
+    fn durations_parse_and_are_bounded() {
+        let ok = MINIMAL.replace(
+            "selectors",
+            "x509_ttl = \"10s\"\njwt_ttl = \"5m\"\nselectors",
+        );
+        assert!(Config::parse(&ok).is_ok());
+        let low = MINIMAL.replace("selectors", "x509_ttl = \"9s\"\nselectors");
+        let err = Config::parse(&low).unwrap_err().to_string();
+        assert!(err.contains("below the minimum"), "{err}");
+        let bad = MINIMAL.replace("selectors", "x509_ttl = \"soon\"\nselectors");
+        assert!(Config::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("duration"));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_trust_domain() {
+        let unknown = format!("{MINIMAL}\nsurprise = 1\n");
+        assert!(Config::parse(&unknown).is_err());
+        let bad_td = MINIMAL.replace(
+            "trust_domain = \"example.org\"",
+            "trust_domain = \"Bad Domain\"",
+        );
+        assert!(Config::parse(&bad_td).is_err());
+        let no_entries = "trust_domain = \"example.org\"\n";
+        assert!(Config::parse(no_entries)
+            .unwrap_err()
+            .to_string()
+            .contains("no [[entry]]"));
+    }
+
+    #[test]
+    fn development_profile_parses() {
+        let c = Config::development("example.org").unwrap();
+        assert!(c.development_profile);
+    }
+}
