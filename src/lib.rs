@@ -4,3 +4,4 @@ pub mod attest;
 pub mod config;
 pub mod proto;
 pub mod registry;
+pub mod svid;
