@@ -3,6 +3,7 @@
 pub mod attest;
 pub mod authority;
 pub mod config;
+pub mod identity;
 pub mod proto;
 pub mod registry;
 pub mod svid;
