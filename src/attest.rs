@@ -44,3 +44,72 @@ pub trait WorkloadAttestor: Send + Sync {
     /// container, for `k8s`) yields `Ok(vec![])`, not an error.
     fn attest(&self, pid: i32) -> BoxFuture<'_, Result<Vec<Selector>, AttestError>>;
 }
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use peer::PinnedProcess;
+
+/// What the attestors found out about one pinned process.
+#[derive(Debug, Clone)]
+pub struct Attestation {
+    pub pid: i32,
+    pub selectors: BTreeSet<Selector>,
+    /// Attestors that failed while others succeeded: logged, and shown by `debug selectors`.
+    pub failures: Vec<String>,
+    pub elapsed: std::time::Duration,
+}
+
+/// Every configured attestor, run together; their selectors are united.
+#[derive(Clone)]
+pub struct Attestors {
+    attestors: Vec<Arc<dyn WorkloadAttestor>>,
+}
+
+impl Attestors {
+    pub fn new(attestors: Vec<Arc<dyn WorkloadAttestor>>) -> Self {
+        Self { attestors }
+    }
+
+    /// Runs every attestor on the pinned process, then confirms the process is still the one
+    /// pinned: a PID recycled meanwhile yields `ProcessGone`, never someone else's selectors.
+    ///
+    /// # Errors
+    /// The process is gone, an attestor refused, or every attestor failed.
+    pub async fn attest(&self, process: &PinnedProcess) -> Result<Attestation, AttestError> {
+        let started = Instant::now();
+        let pid = process.pid();
+        let results = futures::future::join_all(self.attestors.iter().map(|a| a.attest(pid))).await;
+        if !process.is_alive() {
+            return Err(AttestError::ProcessGone { pid });
+        }
+        let mut selectors = BTreeSet::new();
+        let mut failures = Vec::new();
+        let mut last_error = None;
+        for (attestor, result) in self.attestors.iter().zip(results) {
+            match result {
+                Ok(found) => selectors.extend(found),
+                Err(e @ (AttestError::Refused { .. } | AttestError::ProcessGone { .. })) => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    tracing::warn!(attestor = attestor.name(), pid, error = %e, "attestor failed; using the others' selectors");
+                    failures.push(e.to_string());
+                    last_error = Some(e);
+                }
+            }
+        }
+        if selectors.is_empty() {
+            if let Some(e) = last_error {
+                return Err(e);
+            }
+        }
+        Ok(Attestation {
+            pid,
+            selectors,
+            failures,
+            elapsed: started.elapsed(),
+        })
+    }
+}

@@ -1,9 +1,15 @@
 //! svid-broker: a SPIFFE Workload API agent and per-task token broker.
 
+pub mod app;
 pub mod attest;
 pub mod authority;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod identity;
 pub mod proto;
 pub mod registry;
+pub mod server;
 pub mod svid;
+pub mod telemetry;
+pub mod workload_api;

@@ -85,7 +85,7 @@ pub struct EntryExplanation {
     pub missing: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     trust_domain: TrustDomain,
     entries: Vec<Entry>,

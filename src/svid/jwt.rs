@@ -204,7 +204,7 @@ pub fn verify<'b>(
     let parsed = parse(token)?;
     let spiffe_id = parsed.subject()?;
     let td = spiffe_id.trust_domain();
-    let bundle = bundle_for(&td).ok_or_else(|| JwtError::UnknownTrustDomain(td.to_string()))?;
+    let bundle = bundle_for(td).ok_or_else(|| JwtError::UnknownTrustDomain(td.to_string()))?;
     let authority = bundle
         .find_jwt_authority(&parsed.kid)
         .ok_or_else(|| JwtError::UnknownKey {

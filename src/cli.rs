@@ -1,0 +1,42 @@
+//! The command line: one module per subcommand family.
+
+pub mod api;
+pub mod debug;
+pub mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "svid-broker",
+    version,
+    about = "SPIFFE Workload API agent and per-task token broker"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the daemon.
+    Run(run::RunArgs),
+    /// Talk to a running daemon over the Workload API.
+    #[command(subcommand)]
+    Api(api::ApiCommand),
+    /// Diagnose attestation.
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
+}
+
+/// Runs the parsed command line; the error is printed by `main`.
+///
+/// # Errors
+/// Whatever the subcommand reports.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Api(cmd) => api::run(cmd).await,
+        Command::Debug(cmd) => debug::run(cmd).await,
+    }
+}

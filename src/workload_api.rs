@@ -1,0 +1,423 @@
+//! The SPIFFE Workload API service (`SpiffeWorkloadAPI`), standard behaviour only: extra
+//! functionality lives in separate services.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::Stream;
+use spiffe::SpiffeId;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::identity::IdentityManager;
+use crate::proto::workload as pb;
+use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use crate::server::caller::{Caller, CallerResolver};
+use crate::svid::bundle::TrustBundle;
+use crate::svid::jwt;
+use crate::telemetry::Metrics;
+
+/// Most audiences in one FetchJWTSVID request.
+pub const MAX_AUDIENCES: usize = 64;
+/// Longest single audience, in bytes.
+pub const MAX_AUDIENCE_BYTES: usize = 2048;
+/// Longest SPIFFE ID accepted in a request (the SPIFFE ID spec's URI limit).
+pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A hook deciding whether a caller may get a JWT-SVID for an audience (policy, when
+/// configured; SPIRE allows any audience).
+pub trait AudienceGate: Send + Sync {
+    /// # Errors
+    /// `PermissionDenied` with the reason when the audience is not allowed.
+    fn check(&self, caller: &Caller, spiffe_id: &SpiffeId, audience: &str) -> Result<(), Status>;
+}
+
+pub struct WorkloadApi {
+    resolver: Arc<CallerResolver>,
+    identities: Arc<IdentityManager>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    audience_gate: Option<Arc<dyn AudienceGate>>,
+}
+
+impl WorkloadApi {
+    pub fn new(
+        resolver: Arc<CallerResolver>,
+        identities: Arc<IdentityManager>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+        audience_gate: Option<Arc<dyn AudienceGate>>,
+    ) -> Self {
+        Self {
+            resolver,
+            identities,
+            metrics,
+            shutdown,
+            audience_gate,
+        }
+    }
+
+    fn record<T>(&self, rpc: &'static str, r: Result<T, Status>) -> Result<T, Status> {
+        let code = r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.observe_request(rpc, code);
+        r
+    }
+
+    fn x509_response(
+        &self,
+        caller: &Caller,
+    ) -> Result<(pb::X509svidResponse, Vec<String>), Status> {
+        let bundle = self.identities.authority().current_bundle();
+        let mut svids = Vec::with_capacity(caller.identities.len());
+        let mut serials = Vec::with_capacity(caller.identities.len() + 1);
+        for identity in &caller.identities {
+            let svid = self
+                .identities
+                .x509_svid(identity)
+                .map_err(|e| Status::internal(format!("cannot mint X.509-SVID: {e}")))?;
+            self.metrics.x509_issued(svid.not_after);
+            serials.push(svid.serial.clone());
+            svids.push(pb::X509svid {
+                spiffe_id: identity.spiffe_id.to_string(),
+                x509_svid: svid.chain.concat(),
+                x509_svid_key: svid.key.der().to_vec(),
+                bundle: bundle.x509_der.clone(),
+                hint: identity.hint.clone(),
+            });
+        }
+        serials.push(bundle.sequence.to_string());
+        Ok((
+            pb::X509svidResponse {
+                svids,
+                crl: Vec::new(),
+                federated_bundles: HashMap::new(),
+            },
+            serials,
+        ))
+    }
+
+    /// A stream that sends `make()` at once, then again whenever the bundle or the SVIDs
+    /// change and `make` yields a different state (compared by `key`), until shutdown.
+    fn watch_stream<T, K>(
+        &self,
+        make: impl Fn() -> Result<(T, K), Status> + Send + Sync + 'static,
+    ) -> BoxStream<T>
+    where
+        T: Send + 'static,
+        K: PartialEq + Send + 'static,
+    {
+        let bundle_rx = self.identities.authority().bundle();
+        let svid_rx = self.identities.changes();
+        let shutdown = self.shutdown.clone();
+        let state = (bundle_rx, svid_rx, shutdown, None::<K>, false);
+        let make = Arc::new(make);
+        Box::pin(futures::stream::unfold(
+            state,
+            move |(mut b, mut s, mut stop, last, done)| {
+                let produced = {
+                    let make = make.clone();
+                    async move {
+                        if done {
+                            return None;
+                        }
+                        let mut last = last;
+                        loop {
+                            if last.is_some() {
+                                tokio::select! {
+                                    r = b.changed() => if r.is_err() { return None },
+                                    r = s.changed() => if r.is_err() { return None },
+                                    _ = stop.changed() => return None,
+                                }
+                            }
+                            match make() {
+                                Ok((msg, key)) => {
+                                    if last.as_ref() == Some(&key) {
+                                        continue;
+                                    }
+                                    last = Some(key);
+                                    return Some((Ok(msg), (b, s, stop, last, false)));
+                                }
+                                Err(status) => {
+                                    return Some((Err(status), (b, s, stop, last, true)))
+                                }
+                            }
+                        }
+                    }
+                };
+                produced
+            },
+        ))
+    }
+}
+
+fn bundle_key(b: &TrustBundle) -> String {
+    b.trust_domain.id_string()
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = BoxStream<pb::X509svidResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let r = async {
+            let caller = self.resolver.resolve(&request).await?;
+            caller.require_identities()?;
+            // Mint before answering, so a failure is the call's status, not a broken stream.
+            self.x509_response(&caller)?;
+            let api = Self {
+                resolver: self.resolver.clone(),
+                identities: self.identities.clone(),
+                metrics: self.metrics.clone(),
+                shutdown: self.shutdown.clone(),
+                audience_gate: None,
+            };
+            let stream = self.watch_stream(move || api.x509_response(&caller));
+            Ok(Response::new(stream))
+        }
+        .await;
+        self.record("FetchX509SVID", r)
+    }
+
+    type FetchX509BundlesStream = BoxStream<pb::X509BundlesResponse>;
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let r = async {
+            let caller = self.resolver.resolve(&request).await?;
+            caller.require_identities()?;
+            let authority = self.identities.authority().clone();
+            let stream = self.watch_stream(move || {
+                let b = authority.current_bundle();
+                let msg = pb::X509BundlesResponse {
+                    crl: Vec::new(),
+                    bundles: HashMap::from([(bundle_key(&b), b.x509_der.clone())]),
+                };
+                Ok((msg, b.sequence))
+            });
+            Ok(Response::new(stream))
+        }
+        .await;
+        self.record("FetchX509Bundles", r)
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        let r = async {
+            let req = request.get_ref();
+            check_audiences(&req.audience)?;
+            let wanted = if req.spiffe_id.is_empty() {
+                None
+            } else {
+                Some(parse_spiffe_id(&req.spiffe_id)?)
+            };
+            let caller = self.resolver.resolve(&request).await?;
+            let identities = caller.require_identities()?;
+            let chosen: Vec<_> = match &wanted {
+                Some(id) => {
+                    let found: Vec<_> = identities.iter().filter(|i| &i.spiffe_id == id).collect();
+                    if found.is_empty() {
+                        return Err(Status::permission_denied(format!(
+                            "no identity issued: caller does not hold {id}"
+                        )));
+                    }
+                    found
+                }
+                None => identities.iter().collect(),
+            };
+            let mut svids = Vec::with_capacity(chosen.len());
+            for identity in chosen {
+                if let Some(gate) = &self.audience_gate {
+                    for aud in &req.audience {
+                        gate.check(&caller, &identity.spiffe_id, aud)?;
+                    }
+                }
+                let token = self
+                    .identities
+                    .jwt_svid(identity, &req.audience)
+                    .map_err(|e| Status::internal(format!("cannot sign JWT-SVID: {e}")))?;
+                self.metrics.jwt_issued();
+                svids.push(pb::Jwtsvid {
+                    spiffe_id: identity.spiffe_id.to_string(),
+                    svid: token.to_string(),
+                    hint: identity.hint.clone(),
+                });
+            }
+            Ok(Response::new(pb::JwtsvidResponse { svids }))
+        }
+        .await;
+        self.record("FetchJWTSVID", r)
+    }
+
+    type FetchJWTBundlesStream = BoxStream<pb::JwtBundlesResponse>;
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let r = async {
+            let caller = self.resolver.resolve(&request).await?;
+            caller.require_identities()?;
+            let authority = self.identities.authority().clone();
+            let stream = self.watch_stream(move || {
+                let b = authority.current_bundle();
+                let msg = pb::JwtBundlesResponse {
+                    bundles: HashMap::from([(bundle_key(&b), b.jwks.clone())]),
+                };
+                Ok((msg, b.sequence))
+            });
+            Ok(Response::new(stream))
+        }
+        .await;
+        self.record("FetchJWTBundles", r)
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        let r = async {
+            let req = request.get_ref();
+            if req.audience.is_empty() {
+                return Err(Status::invalid_argument("audience must be specified"));
+            }
+            if req.audience.len() > MAX_AUDIENCE_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "audience longer than {MAX_AUDIENCE_BYTES} bytes"
+                )));
+            }
+            if req.svid.is_empty() {
+                return Err(Status::invalid_argument("svid must be specified"));
+            }
+            self.resolver.resolve(&request).await?;
+            let bundle = self.identities.authority().current_bundle();
+            let verified = jwt::verify(&req.svid, &req.audience, SystemTime::now(), |td| {
+                (td == &bundle.trust_domain).then_some(bundle.as_ref())
+            })
+            .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+            Ok(Response::new(pb::ValidateJwtsvidResponse {
+                spiffe_id: verified.spiffe_id.to_string(),
+                claims: Some(json_to_struct(verified.parsed.claims)),
+            }))
+        }
+        .await;
+        self.record("ValidateJWTSVID", r)
+    }
+
+    type FetchWITSVIDStream = BoxStream<pb::WitsvidResponse>;
+
+    async fn fetch_witsvid(
+        &self,
+        _request: Request<pb::WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        self.record(
+            "FetchWITSVID",
+            Err(Status::unimplemented("WIT-SVIDs are not implemented")),
+        )
+    }
+
+    type FetchWITBundlesStream = BoxStream<pb::WitBundlesResponse>;
+
+    async fn fetch_wit_bundles(
+        &self,
+        _request: Request<pb::WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        self.record(
+            "FetchWITBundles",
+            Err(Status::unimplemented("WIT bundles are not implemented")),
+        )
+    }
+}
+
+/// # Errors
+/// `InvalidArgument` for an empty list, too many audiences, or an empty or oversize one.
+pub fn check_audiences(audiences: &[String]) -> Result<(), Status> {
+    if audiences.is_empty() {
+        return Err(Status::invalid_argument("audience must be specified"));
+    }
+    if audiences.len() > MAX_AUDIENCES {
+        return Err(Status::invalid_argument(format!(
+            "{} audiences requested; the limit is {MAX_AUDIENCES}",
+            audiences.len()
+        )));
+    }
+    for a in audiences {
+        if a.is_empty() {
+            return Err(Status::invalid_argument("audience must not be empty"));
+        }
+        if a.len() > MAX_AUDIENCE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "audience of {} bytes; the limit is {MAX_AUDIENCE_BYTES}",
+                a.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// # Errors
+/// `InvalidArgument` naming the rule the ID breaks.
+pub fn parse_spiffe_id(s: &str) -> Result<SpiffeId, Status> {
+    if s.len() > MAX_SPIFFE_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "spiffe_id longer than {MAX_SPIFFE_ID_BYTES} bytes"
+        )));
+    }
+    SpiffeId::new(s).map_err(|e| Status::invalid_argument(format!("invalid spiffe_id {s:?}: {e}")))
+}
+
+/// JSON claims → `google.protobuf.Struct`.
+pub fn json_to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audience_bounds_at_their_edges() {
+        let ok = vec!["a".to_string(); MAX_AUDIENCES];
+        assert!(check_audiences(&ok).is_ok());
+        let too_many = vec!["a".to_string(); MAX_AUDIENCES + 1];
+        assert_eq!(
+            check_audiences(&too_many).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert!(check_audiences(&["x".repeat(MAX_AUDIENCE_BYTES)]).is_ok());
+        assert!(check_audiences(&["x".repeat(MAX_AUDIENCE_BYTES + 1)]).is_err());
+        assert!(check_audiences(&[]).is_err());
+        assert!(check_audiences(&[String::new()]).is_err());
+    }
+}
