@@ -82,12 +82,7 @@ mod tests {
     fn parses_and_prints() {
         let cases = [
             ("unix:uid:1000", "unix", "uid:1000", "uid"),
-            (
-                "k8s:pod-label:app:web",
-                "k8s",
-                "pod-label:app:web",
-                "pod-label",
-            ),
+            ("k8s:pod-label:app:web", "k8s", "pod-label:app:web", "pod-label"),
             ("k8s:ns:default", "k8s", "ns:default", "ns"),
         ];
         for (text, kind, value, ty) in cases {

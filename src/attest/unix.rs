@@ -122,9 +122,7 @@ impl UnixAttestor {
         let Ok(mut file) = File::open(exe) else {
             return Ok(None);
         };
-        let meta = file
-            .metadata()
-            .map_err(|e| failed(format!("stat exe: {e}")))?;
+        let meta = file.metadata().map_err(|e| failed(format!("stat exe: {e}")))?;
         if meta.len() > self.config.sha256_size_limit {
             tracing::warn!(
                 size = meta.len(),
@@ -148,9 +146,7 @@ impl UnixAttestor {
         // Bounded by the size checked above plus one buffer, even if the file grows meanwhile.
         let mut remaining = self.config.sha256_size_limit + 1;
         loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(|e| failed(format!("read exe: {e}")))?;
+            let n = file.read(&mut buf).map_err(|e| failed(format!("read exe: {e}")))?;
             if n == 0 {
                 break;
             }
