@@ -632,3 +632,37 @@ async fn debug_entry_point_reads_another_proc_root() {
         .collect();
     assert_eq!(got, set(SET_C));
 }
+
+/// The `[attestor.k8s]` table shipped in deploy/k8s/configmap.yaml is a valid attestor config.
+#[test]
+fn shipped_configmap_attestor_table_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/configmap.yaml");
+    let yaml = std::fs::read_to_string(&path).expect("read configmap.yaml");
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "config.toml: |");
+    lines
+        .next()
+        .expect("configmap.yaml has a config.toml block");
+    let toml_text: String = lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let doc: toml::Table = toml::from_str(&toml_text).expect("config.toml is TOML");
+    let table = doc
+        .get("attestor")
+        .and_then(|a| a.get("k8s"))
+        .cloned()
+        .expect("[attestor.k8s] present");
+    let cfg: K8sAttestorConfig = table.try_into().expect("[attestor.k8s] parses");
+    cfg.check_bounds().expect("bounds");
+    assert!(cfg.kubelet_url.contains("{node_name}"));
+    // It resolves with a node name (TLS files are the pod's; here verification is skipped).
+    let cfg = K8sAttestorConfig {
+        skip_kubelet_verification: true,
+        ..cfg
+    };
+    let a = K8sAttestor::with_env(cfg, |k| (k == "NODE_NAME").then(|| "node-a".into())).unwrap();
+    assert_eq!(
+        a.kubelet_url(),
+        "https://kubernetes.default.svc/api/v1/nodes/node-a/proxy/pods"
+    );
+}
