@@ -631,6 +631,17 @@ async fn debug_entry_point_reads_another_proc_root() {
         .map(|s| s.to_string())
         .collect();
     assert_eq!(got, set(SET_C));
+    let container = K8sAttestor::container_of(fake.path(), PID)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        container.pod_uid.as_deref(),
+        Some("a2830d0d-b0f0-4ff0-81b5-0ee4e299cf80")
+    );
+    assert_eq!(
+        container.container_id,
+        "09bc3d7ade839efec32b6bec4ec79d099027a668ddba043083ec21d3c3b8f1e6"
+    );
 }
 
 /// The `[attestor.k8s]` table shipped in deploy/k8s/configmap.yaml is a valid attestor config.

@@ -102,16 +102,27 @@ impl K8sAttestor {
         proc_root: &Path,
         pid: i32,
     ) -> Result<Vec<Selector>, AttestError> {
-        let target = match cgroup::locate(proc_root, pid) {
-            Ok(Some(target)) => target,
-            Ok(None) => return Ok(Vec::new()),
-            Err(LocateError::Gone { pid }) => return Err(AttestError::ProcessGone { pid }),
-            Err(e @ (LocateError::ContainerConflict { .. } | LocateError::PodConflict { .. })) => {
-                return Err(refused(format!("process {pid}: {e}")))
+        match Self::container_of(proc_root, pid)? {
+            Some(target) => self.selectors_for(&target).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The container (and pod UID, where the cgroup names it) that `pid` runs in, without
+    /// asking the kubelet; `None` outside containers. For `debug selectors`.
+    ///
+    /// # Errors
+    /// `ProcessGone`, `Refused` for contradicting cgroup lines, `Failed` for unreadable files.
+    pub fn container_of(proc_root: &Path, pid: i32) -> Result<Option<ContainerRef>, AttestError> {
+        cgroup::locate(proc_root, pid).map_err(|e| match e {
+            LocateError::Gone { pid } => AttestError::ProcessGone { pid },
+            LocateError::ContainerConflict { .. } | LocateError::PodConflict { .. } => {
+                refused(format!("process {pid}: {e}"))
             }
-            Err(e) => return Err(failed(format!("process {pid}: {e}"))),
-        };
-        self.selectors_for(&target).await
+            LocateError::Io { .. } | LocateError::TooLarge { .. } => {
+                failed(format!("process {pid}: {e}"))
+            }
+        })
     }
 
     /// Polls the pod list until `target` shows up, at most `max_wait` (plus the request in
