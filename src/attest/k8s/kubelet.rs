@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +13,15 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, HOST, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
-use super::config::{K8sAttestorConfig, K8sConfigError, DEFAULT_CA_PATH, DEFAULT_TOKEN_PATH};
+use super::config::{K8sAttestorConfig, K8sConfigError, DEFAULT_TOKEN_PATH};
 use super::selectors::PodList;
+
+mod tls;
 
 /// A token file longer than this is refused (service-account JWTs are ≈ 1 KiB).
 pub const MAX_TOKEN_BYTES: u64 = 64 * 1024;
@@ -182,7 +184,7 @@ impl KubeletClient {
                 (None, None)
             }
             Scheme::Https => {
-                let config = tls_config(cfg, client_pair.as_ref())?;
+                let config = tls::tls_config(cfg, client_pair.as_ref())?;
                 let name = ServerName::try_from(endpoint.host.clone()).map_err(|_| {
                     K8sConfigError::InvalidUrl {
                         url: endpoint.display.clone(),
@@ -400,140 +402,10 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-fn tls_config(
-    cfg: &K8sAttestorConfig,
-    client_pair: Option<&(PathBuf, PathBuf)>,
-) -> Result<rustls::ClientConfig, K8sConfigError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = if cfg.skip_kubelet_verification {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCert { provider }))
-    } else {
-        let path = cfg
-            .ca_path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CA_PATH));
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in read_certs("ca_path", &path)? {
-            roots.add(cert)?;
-        }
-        builder.with_root_certificates(roots)
-    };
-    Ok(match client_pair {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = read_certs("client_cert_path", cert)?;
-            let key = read_key(key)?;
-            builder.with_client_auth_cert(chain, key)?
-        }
-    })
-}
-
-fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, K8sConfigError> {
-    std::fs::read(path).map_err(|source| K8sConfigError::ReadFile {
-        key,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn read_certs(
-    key: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, K8sConfigError> {
-    let pem = read_pem(key, path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| K8sConfigError::ReadFile {
-            key,
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(K8sConfigError::EmptyPem {
-            key,
-            path: path.to_path_buf(),
-            what: "PEM certificate",
-        });
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, K8sConfigError> {
-    let key = "client_key_path";
-    let pem = Zeroizing::new(read_pem(key, path)?);
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| K8sConfigError::ReadFile {
-            key,
-            path: path.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| K8sConfigError::EmptyPem {
-            key,
-            path: path.to_path_buf(),
-            what: "PEM private key",
-        })
-}
-
-/// `skip_kubelet_verification`: any certificate is accepted, but the handshake signatures are
-/// still checked, so the session is at least bound to the presented key.
-#[derive(Debug)]
-struct AnyServerCert {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
