@@ -214,6 +214,34 @@ async fn kubelet_certificate_is_verified_unless_skipping_is_configured() {
 }
 
 #[tokio::test]
+async fn kubelet_certificate_can_be_checked_for_another_name() {
+    let pki = Pki::new();
+    let kubelet = TestKubelet::https(read("pod_list.json"), &pki, false).await;
+    let proc = fake_proc(PID, Some(&k8s("cgroups_pid_in_pod.txt")), None);
+    // The certificate names 127.0.0.1 and node-a.test.
+    let named = |name: &str| K8sAttestorConfig {
+        ca_path: Some(pki.ca_path.clone()),
+        token_path: Some(pki.token_file("t")),
+        kubelet_tls_name: Some(name.to_string()),
+        ..config(&kubelet.url, proc.path())
+    };
+    assert_eq!(
+        attest(&attestor(named("node-a.test"))).await.unwrap(),
+        set(SET_A)
+    );
+    let reason = failed_reason(attest(&attestor(named("node-b.test"))).await);
+    assert!(reason.contains("TLS handshake"), "{reason}");
+    // `{node_name}` in the name is filled like in the URL.
+    let a = K8sAttestor::with_env(named("{node_name}.test"), |k| {
+        (k == "NODE_NAME").then(|| "node-b".into())
+    })
+    .unwrap();
+    let reason = failed_reason(attest(&a).await);
+    assert!(reason.contains("TLS handshake"), "{reason}");
+    assert!(K8sAttestor::with_env(named("{node_name}.test"), |_| None).is_err());
+}
+
+#[tokio::test]
 async fn rejected_token_says_what_to_check() {
     let pki = Pki::new();
     let kubelet = TestKubelet::https(read("pod_list.json"), &pki, false).await;

@@ -67,11 +67,13 @@ impl K8sAttestor {
             .clone()
             .or_else(|| env(&config.node_name_env))
             .filter(|n| !n.is_empty());
-        let endpoint = Endpoint::parse(
-            &config.kubelet_url,
-            node_name.as_deref(),
-            &config.node_name_env,
-        )?;
+        let env_name = &config.node_name_env;
+        let endpoint = Endpoint::parse(&config.kubelet_url, node_name.as_deref(), env_name)?
+            .with_tls_name(
+                config.kubelet_tls_name.as_deref(),
+                node_name.as_deref(),
+                env_name,
+            )?;
         let client = KubeletClient::new(&config, endpoint)?;
         let pods = PodCache::new(client, config.cache_ttl);
         Ok(Self {

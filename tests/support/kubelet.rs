@@ -55,7 +55,8 @@ impl Drop for TestKubelet {
     }
 }
 
-/// A CA, a kubelet serving certificate for 127.0.0.1 and a client certificate, as files.
+/// A CA, a kubelet serving certificate for 127.0.0.1 and `node-a.test`, and a client
+/// certificate, as files.
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca_path: PathBuf,
@@ -80,7 +81,8 @@ impl Pki {
 
         let server_key = KeyPair::generate().expect("server key");
         let server_params =
-            CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "node-a.test".to_string()])
+                .expect("server params");
         let server_cert = server_params
             .signed_by(&server_key, &issuer)
             .expect("server cert");

@@ -45,6 +45,7 @@ pub const MAX_MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 /// | `token_path` | service-account token (HTTPS without client cert only) | bearer token file, re-read on every request (projected tokens rotate) |
 /// | `ca_path` | service-account `ca.crt` | PEM roots that verify the kubelet's serving certificate |
 /// | `client_cert_path`, `client_key_path` | unset | PEM client certificate and key for the kubelet (both or neither) |
+/// | `kubelet_tls_name` | the URL's host | name the kubelet's certificate must carry, e.g. `"{node_name}"` when `kubelet_url` is `https://127.0.0.1:10250` (host network) and the certificate names the node |
 /// | `skip_kubelet_verification` | `false` | accept any kubelet certificate; only for loopback or tests |
 /// | `request_timeout` | `"5s"` (≤ 60s) | one kubelet request, connect to last byte |
 /// | `poll_interval` | `"500ms"` (10ms–10s) | pause between looks for a container not listed yet |
@@ -65,6 +66,7 @@ pub struct K8sAttestorConfig {
     pub ca_path: Option<PathBuf>,
     pub client_cert_path: Option<PathBuf>,
     pub client_key_path: Option<PathBuf>,
+    pub kubelet_tls_name: Option<String>,
     pub skip_kubelet_verification: bool,
     #[serde(with = "duration_str")]
     pub request_timeout: Duration,
@@ -89,6 +91,7 @@ impl Default for K8sAttestorConfig {
             ca_path: None,
             client_cert_path: None,
             client_key_path: None,
+            kubelet_tls_name: None,
             skip_kubelet_verification: false,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             poll_interval: DEFAULT_POLL_INTERVAL,

@@ -72,6 +72,8 @@ enum Scheme {
 pub struct Endpoint {
     scheme: Scheme,
     host: String,
+    /// The name the kubelet's certificate must carry; the host unless configured.
+    tls_name: String,
     port: u16,
     authority: String,
     path: String,
@@ -88,14 +90,7 @@ impl Endpoint {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let text = if url.contains("{node_name}") {
-            let node = node_name.ok_or_else(|| K8sConfigError::MissingNodeName {
-                env: env.to_string(),
-            })?;
-            url.replace("{node_name}", node)
-        } else {
-            url.to_string()
-        };
+        let text = fill_node_name(url, node_name, env)?;
         let uri: Uri = text.parse().map_err(|_| invalid("not a URL"))?;
         let scheme = match uri.scheme_str() {
             Some("https") => Scheme::Https,
@@ -125,6 +120,7 @@ impl Endpoint {
         let display = format!("{}://{}{}", uri.scheme_str().unwrap_or(""), authority, path);
         Ok(Self {
             scheme,
+            tls_name: host.clone(),
             host,
             port,
             authority: authority.as_str().to_string(),
@@ -133,10 +129,42 @@ impl Endpoint {
         })
     }
 
+    /// Verify the kubelet's certificate for `name` (`{node_name}` filled in) instead of the
+    /// URL's host: `https://127.0.0.1:10250` with a certificate issued to the node's name.
+    ///
+    /// # Errors
+    /// `{node_name}` needed but unknown.
+    pub fn with_tls_name(
+        mut self,
+        name: Option<&str>,
+        node_name: Option<&str>,
+        env: &str,
+    ) -> Result<Self, K8sConfigError> {
+        if let Some(name) = name {
+            self.tls_name = fill_node_name(name, node_name, env)?;
+        }
+        Ok(self)
+    }
+
     /// `scheme://host:port/…/pods`, for messages.
     pub fn as_str(&self) -> &str {
         &self.display
     }
+}
+
+/// Replaces `{node_name}` in `text`.
+fn fill_node_name(
+    text: &str,
+    node_name: Option<&str>,
+    env: &str,
+) -> Result<String, K8sConfigError> {
+    if !text.contains("{node_name}") {
+        return Ok(text.to_string());
+    }
+    let node = node_name.ok_or_else(|| K8sConfigError::MissingNodeName {
+        env: env.to_string(),
+    })?;
+    Ok(text.replace("{node_name}", node))
 }
 
 /// One kubelet, ready to be asked. Holds no secret in memory: the token is re-read per request.
@@ -185,10 +213,10 @@ impl KubeletClient {
             }
             Scheme::Https => {
                 let config = tls::tls_config(cfg, client_pair.as_ref())?;
-                let name = ServerName::try_from(endpoint.host.clone()).map_err(|_| {
+                let name = ServerName::try_from(endpoint.tls_name.clone()).map_err(|_| {
                     K8sConfigError::InvalidUrl {
                         url: endpoint.display.clone(),
-                        reason: "the host is not a valid TLS server name".to_string(),
+                        reason: format!("{:?} is not a valid TLS server name", endpoint.tls_name),
                     }
                 })?;
                 // A client certificate replaces the token unless a token is named too.
