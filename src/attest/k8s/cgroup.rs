@@ -414,6 +414,26 @@ mod tests {
     }
 
     #[test]
+    fn mountinfo_fallback_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("8");
+        std::fs::create_dir(&proc).unwrap();
+        std::fs::write(proc.join("cgroup"), "0::/\n").unwrap();
+        let line = format!("1 0 0:2 /kubepods/{ID} /sys/fs/cgroup rw - cgroup2 cgroup rw\n");
+        let mut text = line.repeat(MAX_MOUNTINFO_BYTES as usize / line.len());
+        text.push_str(&" ".repeat(MAX_MOUNTINFO_BYTES as usize - text.len()));
+        std::fs::write(proc.join("mountinfo"), &text).unwrap();
+        let found = locate(dir.path(), 8).unwrap().unwrap();
+        assert_eq!(found.container_id, ID, "exactly at the limit");
+        text.push(' ');
+        std::fs::write(proc.join("mountinfo"), &text).unwrap();
+        assert!(matches!(
+            locate(dir.path(), 8),
+            Err(LocateError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
     fn host_process_never_reads_mountinfo() {
         let dir = tempfile::tempdir().unwrap();
         let proc = dir.path().join("9");

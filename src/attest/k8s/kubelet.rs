@@ -549,6 +549,36 @@ mod tests {
     }
 
     #[test]
+    fn token_file_is_bounded_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let cfg = K8sAttestorConfig {
+            kubelet_url: "https://127.0.0.1:10250".into(),
+            skip_kubelet_verification: true,
+            token_path: Some(path.clone()),
+            ..Default::default()
+        };
+        let e = Endpoint::parse(&cfg.kubelet_url, None, "X").unwrap();
+        let client = KubeletClient::new(&cfg, e).unwrap();
+        assert!(
+            matches!(client.token(), Err(KubeletError::Token { .. })),
+            "missing"
+        );
+        std::fs::write(&path, " \n").unwrap();
+        assert!(
+            matches!(client.token(), Err(KubeletError::Token { .. })),
+            "empty"
+        );
+        let at_limit = format!("{}\n", "t".repeat(MAX_TOKEN_BYTES as usize - 1));
+        std::fs::write(&path, &at_limit).unwrap();
+        let token = client.token().unwrap().unwrap();
+        assert_eq!(token.len(), MAX_TOKEN_BYTES as usize - 1);
+        std::fs::write(&path, format!("{at_limit}x")).unwrap();
+        let err = client.token().unwrap_err().to_string();
+        assert!(err.contains("token_path") && !err.contains("ttt"), "{err}");
+    }
+
+    #[test]
     fn error_excerpts_are_short_and_printable() {
         let body = b"oops\n\x1b[31m".repeat(100);
         let e = excerpt(&body);
