@@ -363,6 +363,57 @@ mod tests {
         );
     }
 
+    /// Random paths built from the characters the parsers look at never panic, and whatever
+    /// they accept is well formed.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let pieces = [
+            "/",
+            "-",
+            "_",
+            ":",
+            ".",
+            "pod",
+            ".slice",
+            ".scope",
+            "docker-",
+            "crio-",
+            "é",
+            "ß",
+            "0",
+            "a",
+            "f",
+            "g",
+            "\n",
+            " ",
+            "2c48913c-b29f-11e7-9350-020968147796",
+            ID,
+            "2c48913c_b29f_11e7_9350_020968147796",
+            "- cgroup2 ",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..24);
+            let text: String = (0..n)
+                .map(|_| pieces[rng.gen_range(0..pieces.len())])
+                .collect();
+            for result in [
+                from_paths(cgroup_paths(&text).into_iter(), "cgroup"),
+                from_paths(mountinfo_cgroup_roots(&text), "mountinfo"),
+                from_paths(std::iter::once(text.as_str()), "cgroup"),
+            ] {
+                if let Ok(Some(found)) = result {
+                    assert!(is_lower_hex(&found.container_id), "{text:?}");
+                    assert_eq!(found.container_id.len(), 64, "{text:?}");
+                    if let Some(uid) = found.pod_uid {
+                        assert!(!uid.contains('_') && (uid.len() == 36 || uid.len() == 32));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn cgroup_lines_keep_colons_in_paths() {
         let text = "0::/a:b:c\n1:name=systemd:/\nbroken\n";
