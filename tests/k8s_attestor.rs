@@ -459,7 +459,7 @@ async fn concurrent_attestations_share_one_request_and_the_cache() {
     kubelet.set_mode(Mode::Slow(Duration::from_millis(300)));
     let proc = fake_proc(PID, Some(&k8s("cgroups_pid_in_pod.txt")), None);
     let cfg = K8sAttestorConfig {
-        cache_ttl: Duration::from_millis(700),
+        cache_ttl: Duration::from_millis(1500),
         ..config(&kubelet.url, proc.path())
     };
     let a = Arc::new(attestor(cfg));
@@ -483,7 +483,7 @@ async fn concurrent_attestations_share_one_request_and_the_cache() {
     assert_eq!(attest(&a).await.unwrap(), set(SET_A));
     assert_eq!(kubelet.requests(), 1);
     // After it: asked again.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(attest(&a).await.unwrap(), set(SET_A));
     assert_eq!(kubelet.requests(), 2);
 }
