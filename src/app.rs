@@ -173,5 +173,11 @@ pub fn build_attestors(config: &Config) -> anyhow::Result<Attestors> {
         config.attestor.unix.clone(),
         config.registry.wants_sha256(),
     ));
-    Ok(Attestors::new(vec![unix]))
+    let mut attestors = vec![unix];
+    if let Some(k8s) = &config.attestor.k8s {
+        let k8s = crate::attest::k8s::K8sAttestor::new(k8s.clone())
+            .map_err(|e| anyhow::anyhow!("[attestor.k8s]: {e}"))?;
+        attestors.push(Arc::new(k8s));
+    }
+    Ok(Attestors::new(attestors))
 }

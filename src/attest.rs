@@ -79,12 +79,21 @@ impl Attestors {
     /// # Errors
     /// The process is gone, an attestor refused, or every attestor failed.
     pub async fn attest(&self, process: &PinnedProcess) -> Result<Attestation, AttestError> {
-        let started = Instant::now();
-        let pid = process.pid();
-        let results = futures::future::join_all(self.attestors.iter().map(|a| a.attest(pid))).await;
+        let attestation = self.attest_pid(process.pid()).await?;
         if !process.is_alive() {
-            return Err(AttestError::ProcessGone { pid });
+            return Err(AttestError::ProcessGone { pid: process.pid() });
         }
+        Ok(attestation)
+    }
+
+    /// Runs the attestors on a PID without pinning it. Only for diagnostics (`debug
+    /// selectors` on a fake proc root): nothing issued may rest on an unpinned attestation.
+    ///
+    /// # Errors
+    /// As [`Attestors::attest`].
+    pub async fn attest_pid(&self, pid: i32) -> Result<Attestation, AttestError> {
+        let started = Instant::now();
+        let results = futures::future::join_all(self.attestors.iter().map(|a| a.attest(pid))).await;
         let mut selectors = BTreeSet::new();
         let mut failures = Vec::new();
         let mut last_error = None;

@@ -119,6 +119,9 @@ pub struct TelemetryConfig {
 pub struct AttestorConfig {
     #[serde(default)]
     pub unix: UnixAttestorConfig,
+    /// Kubernetes selectors from cgroups and the kubelet; off unless configured.
+    #[serde(default)]
+    pub k8s: Option<crate::attest::k8s::K8sAttestorConfig>,
 }
 
 /// The file as written.
