@@ -70,12 +70,11 @@ impl Vocabulary {
         ];
         let mut audiences = HashMap::with_capacity(config.0.len());
         for (name, info) in &config.0 {
-            let entity = audience_entity(&audience, name, info).map_err(|reason| {
-                PolicyError::Audience {
+            let entity =
+                audience_entity(&audience, name, info).map_err(|reason| PolicyError::Audience {
                     audience: name.clone(),
                     reason,
-                }
-            })?;
+                })?;
             // Check against the schema once here, so per-request entity building can skip it.
             Entities::from_entities([entity.clone()], Some(schema)).map_err(|e| {
                 PolicyError::Audience {
@@ -155,7 +154,10 @@ pub(super) fn context(req: &PolicyRequest<'_>) -> Result<Context, String> {
     Context::from_pairs([
         ("purpose".to_string(), string(req.purpose)),
         ("scopes".to_string(), string_set(req.scopes)),
-        ("ttl_seconds".to_string(), RestrictedExpression::new_long(ttl)),
+        (
+            "ttl_seconds".to_string(),
+            RestrictedExpression::new_long(ttl),
+        ),
         (
             "delegation_depth".to_string(),
             RestrictedExpression::new_long(i64::from(req.delegation_depth)),

@@ -73,11 +73,7 @@ pub(super) fn check(text: &str, validator: &Validator) -> Result<Checked, Policy
             .validation_warnings()
             .map(|w| render(w as &dyn Diagnostic, text)),
     );
-    Ok(Checked {
-        set,
-        ids,
-        warnings,
-    })
+    Ok(Checked { set, ids, warnings })
 }
 
 /// Cedar names policies `policy0`, `policy1`, ... in source order. Audit records and operators

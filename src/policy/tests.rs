@@ -86,7 +86,12 @@ fn run_table(file: &str, cases: &[Case]) {
     let engine = PolicyEngine::load(&example(file), example_audiences()).unwrap();
     for c in cases {
         let d = decide(&engine, c);
-        assert!(d.errors.is_empty(), "{file} / {}: errors {:?}", c.name, d.errors);
+        assert!(
+            d.errors.is_empty(),
+            "{file} / {}: errors {:?}",
+            c.name,
+            d.errors
+        );
         match c.allowed_by {
             Some(ids) => {
                 assert!(d.allowed, "{file} / {}: expected allow, got {d:?}", c.name);
@@ -330,8 +335,7 @@ fn example_delegation() {
 
 #[test]
 fn fetch_jwt_svid_is_denied_unless_a_policy_names_it() {
-    let engine =
-        PolicyEngine::load(&example("agent-tools.cedar"), example_audiences()).unwrap();
+    let engine = PolicyEngine::load(&example("agent-tools.cedar"), example_audiences()).unwrap();
     let d = decide(
         &engine,
         &Case {
@@ -344,7 +348,11 @@ fn fetch_jwt_svid_is_denied_unless_a_policy_names_it() {
 
 #[test]
 fn examples_pass_check_without_warnings() {
-    for f in ["agent-tools.cedar", "sensitive-audience.cedar", "delegation.cedar"] {
+    for f in [
+        "agent-tools.cedar",
+        "sensitive-audience.cedar",
+        "delegation.cedar",
+    ] {
         let check = check_file(&example(f)).unwrap();
         assert!(!check.ids.is_empty(), "{f}");
         assert!(check.warnings.is_empty(), "{f}: {:?}", check.warnings);
@@ -380,8 +388,23 @@ fn evaluation_error_denies_even_when_a_permit_matches() {
 #[test]
 fn ttl_that_does_not_fit_a_long_denies() {
     let e = engine(ALLOW_ALL);
-    assert!(decide(&e, &Case { ttl: i64::MAX as u64, ..BASE }).allowed);
-    let d = decide(&e, &Case { ttl: i64::MAX as u64 + 1, ..BASE });
+    assert!(
+        decide(
+            &e,
+            &Case {
+                ttl: i64::MAX as u64,
+                ..BASE
+            }
+        )
+        .allowed
+    );
+    let d = decide(
+        &e,
+        &Case {
+            ttl: i64::MAX as u64 + 1,
+            ..BASE
+        },
+    );
     assert!(!d.allowed);
     assert!(d.errors[0].contains("ttl_seconds"), "{d:?}");
 }
@@ -540,7 +563,10 @@ fn policy_size_limit_at_the_edge() {
     assert!(PolicyEngine::from_text(&pad(MAX_POLICY_BYTES), AudienceAttributes::default()).is_ok());
 
     std::fs::write(&path, pad(MAX_POLICY_BYTES + 1)).unwrap();
-    assert!(matches!(check_file(&path), Err(PolicyError::TooLarge { .. })));
+    assert!(matches!(
+        check_file(&path),
+        Err(PolicyError::TooLarge { .. })
+    ));
     assert!(matches!(
         PolicyEngine::from_text(&pad(MAX_POLICY_BYTES + 1), AudienceAttributes::default()),
         Err(PolicyError::TooLarge { .. })
@@ -572,7 +598,11 @@ fn broken_reload_keeps_the_old_set() {
     assert!(matches!(e.reload(), Err(PolicyError::Io { .. })));
     assert!(decide(&e, &BASE).allowed);
 
-    std::fs::write(&path, r#"@id("deny-all") forbid (principal, action, resource);"#).unwrap();
+    std::fs::write(
+        &path,
+        r#"@id("deny-all") forbid (principal, action, resource);"#,
+    )
+    .unwrap();
     assert_eq!(e.reload().unwrap(), vec!["deny-all"]);
     let d = decide(&e, &BASE);
     assert!(!d.allowed);
@@ -581,7 +611,10 @@ fn broken_reload_keeps_the_old_set() {
 
 #[test]
 fn engine_from_text_cannot_reload() {
-    assert!(matches!(engine(ALLOW_ALL).reload(), Err(PolicyError::NoFile)));
+    assert!(matches!(
+        engine(ALLOW_ALL).reload(),
+        Err(PolicyError::NoFile)
+    ));
 }
 
 #[test]
@@ -676,6 +709,9 @@ fn decision_cost() {
         for _ in 0..200 {
             std::hint::black_box(e.replace(&text).unwrap());
         }
-        println!("{file}: parse + validate + swap {:?}", start.elapsed() / 200);
+        println!(
+            "{file}: parse + validate + swap {:?}",
+            start.elapsed() / 200
+        );
     }
 }
