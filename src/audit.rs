@@ -8,7 +8,9 @@
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -94,12 +96,20 @@ pub enum AuditError {
     Failed { reason: String },
     #[error("audit log writer has stopped")]
     Closed,
+    /// Another process (or another `AuditLog` in this one) has the file open for writing; two
+    /// writers would fork the chain.
+    #[error("audit log {path} is in use by another writer")]
+    Locked { path: PathBuf },
 }
 
-/// A handle to the log; clone it freely. The writer stops when the last handle is dropped.
+/// A handle to the log; clone it freely. When the last handle is dropped the writer finishes,
+/// closes the file and releases its lock before the drop returns.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
+    // Declared before `_writer` so it drops first: the writer sees the channel close, then is
+    // joined.
     tx: mpsc::Sender<writer::Pending>,
+    _writer: Arc<writer::Handle>,
 }
 
 impl AuditLog {
@@ -110,8 +120,9 @@ impl AuditLog {
     /// truncated with a warning.
     ///
     /// # Errors
-    /// [`AuditError::Io`] if the file cannot be created or read; [`AuditError::Broken`]
-    /// naming the first untrustworthy record if the chain does not verify.
+    /// [`AuditError::Io`] if the file cannot be created or read; [`AuditError::Locked`] if
+    /// another writer has it; [`AuditError::Broken`] naming the first untrustworthy record if
+    /// the chain does not verify.
     pub async fn open(
         path: &Path,
         opts: AuditOptions,
@@ -131,10 +142,13 @@ impl AuditLog {
     ) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let max_batch = opts.max_batch.clamp(1, MAX_BATCH_RECORDS);
-        writer::spawn(sink, state, rx, max_batch).map_err(|e| AuditError::Failed {
+        let writer = writer::spawn(sink, state, rx, max_batch).map_err(|e| AuditError::Failed {
             reason: format!("starting the writer thread: {e}"),
         })?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            _writer: Arc::new(writer),
+        })
     }
 
     /// Appends `event`; returns its seq once it is written and fsync'd.
@@ -183,6 +197,7 @@ fn open_blocking(path: &Path) -> Result<Opened, AuditError> {
         .mode(0o600)
         .open(path)
         .map_err(io_err)?;
+    lock(&file, path)?;
     let mode = file.metadata().map_err(io_err)?.permissions().mode();
     if mode & 0o077 != 0 {
         tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "audit log is readable by others; expected 0600");
@@ -218,4 +233,25 @@ fn open_blocking(path: &Path) -> Result<Opened, AuditError> {
         prev: scan.report.last_hash,
     };
     Ok((file, records, state))
+}
+
+/// Takes an exclusive advisory lock for the life of the file handle (released on close, and by
+/// the kernel if the process dies), so a second daemon on the same data_dir fails at start.
+fn lock(file: &File, path: &Path) -> Result<(), AuditError> {
+    // SAFETY: flock on a descriptor we own for the duration of the call; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Err(AuditError::Locked {
+            path: path.to_path_buf(),
+        })
+    } else {
+        Err(AuditError::Io {
+            path: path.to_path_buf(),
+            source: err,
+        })
+    }
 }

@@ -381,6 +381,29 @@ async fn reopen_continues_the_chain() {
     assert_eq!(verify_file(&path).unwrap().records, 3);
 }
 
+#[tokio::test]
+async fn one_writer_per_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, path) = log_with(dir.path(), &[token_issued(1)]).await;
+    let clone = log.clone();
+    assert!(matches!(
+        AuditLog::open(&path, AuditOptions::default()).await,
+        Err(AuditError::Locked { .. })
+    ));
+    drop(log);
+    // A clone keeps the writer (and the lock).
+    assert_eq!(clone.append(token_issued(2)).await.unwrap(), 2);
+    assert!(AuditLog::open(&path, AuditOptions::default())
+        .await
+        .is_err());
+    // The last handle's drop joins the writer, so the file is free right after.
+    drop(clone);
+    let (_log, records) = AuditLog::open(&path, AuditOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_form_one_chain() {
     let dir = tempfile::tempdir().unwrap();
@@ -410,6 +433,8 @@ type Gate = Arc<Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Rece
 #[derive(Clone, Default)]
 struct FakeSink {
     written: Arc<Mutex<Vec<u8>>>,
+    /// Records per write call.
+    batches: Arc<Mutex<Vec<usize>>>,
     syncs: Arc<AtomicUsize>,
     fail_write: bool,
     fail_sync: bool,
@@ -431,6 +456,8 @@ impl Sink for FakeSink {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.written.lock().unwrap().extend_from_slice(buf);
+        let records = buf.iter().filter(|&&b| b == b'\n').count();
+        self.batches.lock().unwrap().push(records);
         Ok(())
     }
 
@@ -447,11 +474,33 @@ impl Sink for FakeSink {
 }
 
 fn start(sink: FakeSink) -> AuditLog {
+    start_with(sink, AuditOptions::default())
+}
+
+fn start_with(sink: FakeSink, opts: AuditOptions) -> AuditLog {
     let state = ChainState {
         next_seq: 1,
         prev: GENESIS_PREV.to_string(),
     };
-    AuditLog::start(Box::new(sink), state, &AuditOptions::default()).unwrap()
+    AuditLog::start(Box::new(sink), state, &opts).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_batch_is_clamped() {
+    // 0 would never write; one per record is the floor.
+    let sink = FakeSink::default();
+    let log = start_with(sink.clone(), AuditOptions { max_batch: 0 });
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(token_issued(n)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(sink.syncs.load(Ordering::SeqCst), 20);
+    assert!(sink.batches.lock().unwrap().iter().all(|&b| b == 1));
 }
 
 #[tokio::test]
@@ -556,6 +605,14 @@ async fn queue_holds_exactly_its_capacity() {
     seqs.push(extra.await.unwrap());
     seqs.sort_unstable();
     assert_eq!(seqs, (2..=QUEUE_CAPACITY as u64 + 2).collect::<Vec<_>>());
+    // The backlog went out in batches of at most MAX_BATCH_RECORDS, and it filled them.
+    let batches = sink.batches.lock().unwrap().clone();
+    assert_eq!(
+        batches.iter().max(),
+        Some(&MAX_BATCH_RECORDS),
+        "{batches:?}"
+    );
+    assert_eq!(batches.iter().sum::<usize>(), QUEUE_CAPACITY + 2);
 }
 
 #[tokio::test]

@@ -41,16 +41,32 @@ pub(super) struct ChainState {
     pub prev: String,
 }
 
+/// The writer thread; dropping it waits for the thread to finish. Only the last
+/// [`AuditLog`](super::AuditLog) drops it, after its sender is gone, so the thread is already
+/// on its way out (at most finishing a batch an abandoned append queued).
+#[derive(Debug)]
+pub(super) struct Handle(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            if thread.join().is_err() {
+                tracing::error!("audit writer thread panicked");
+            }
+        }
+    }
+}
+
 pub(super) fn spawn(
     sink: Box<dyn Sink>,
     state: ChainState,
     rx: mpsc::Receiver<Pending>,
     max_batch: usize,
-) -> io::Result<()> {
+) -> io::Result<Handle> {
     std::thread::Builder::new()
         .name("audit-writer".into())
         .spawn(move || run(sink, state, rx, max_batch))
-        .map(drop)
+        .map(|t| Handle(Some(t)))
 }
 
 /// Runs until every [`AuditLog`](super::AuditLog) handle is dropped.
