@@ -1,7 +1,9 @@
 //! The command line: one module per subcommand family.
 
 pub mod api;
+pub mod audit;
 pub mod debug;
+pub mod policy;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +29,12 @@ pub enum Command {
     /// Diagnose attestation.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
+    /// Check Cedar policy files.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Verify the audit log's hash chain.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// Runs the parsed command line; the error is printed by `main`.
@@ -38,5 +46,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Api(cmd) => api::run(cmd).await,
         Command::Debug(cmd) => debug::run(cmd).await,
+        Command::Policy(cmd) => policy::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
     }
 }

@@ -2,11 +2,13 @@
 
 pub mod app;
 pub mod attest;
+pub mod audit;
 pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod identity;
+pub mod policy;
 pub mod proto;
 pub mod registry;
 pub mod server;

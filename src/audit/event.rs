@@ -1,0 +1,229 @@
+//! What the broker records. One variant per `kind`; fields are plain data so a record can be
+//! read back for state rebuild (revocations, use counts) and by operators with `jq`.
+//!
+//! No variant has a place for a token or a key: tokens are named by `jti`. As a second line of
+//! defence, [`check`] refuses any string that looks like a JWT or a PEM private key, so a
+//! token pasted into free text (a task's purpose) cannot reach the log.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{AuditError, MAX_FIELD_BYTES, MAX_LIST_LEN};
+
+/// Which kind of SVID was issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SvidKind {
+    X509,
+    Jwt,
+}
+
+/// One audited event. Serialized as `"kind": "<snake_case variant>"` plus the fields.
+/// Times are Unix seconds; ids are strings as they appear on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A caller was attested.
+    Attestation {
+        pid: i32,
+        selectors: Vec<String>,
+        /// SPIFFE IDs of the registration entries that matched (may be empty).
+        spiffe_ids: Vec<String>,
+    },
+    /// An X.509-SVID (by serial) or JWT-SVID (by jti) was issued on the Workload API.
+    SvidIssued {
+        spiffe_id: String,
+        svid: SvidKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serial: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jti: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        audiences: Vec<String>,
+        expires_at: u64,
+    },
+    /// A policy decision and the policies that made it.
+    Decision {
+        spiffe_id: String,
+        /// The Cedar action (`OpenTask`, `MintTaskToken`, `Delegate`, `FetchJWTSVID`).
+        action: String,
+        audience: String,
+        scopes: Vec<String>,
+        ttl_seconds: u64,
+        delegation_depth: u32,
+        allowed: bool,
+        policy_ids: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        errors: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<String>,
+    },
+    /// A task was opened with this grant.
+    TaskOpen {
+        task_id: String,
+        spiffe_id: String,
+        purpose: String,
+        audiences: Vec<String>,
+        scopes: Vec<String>,
+        expires_at: u64,
+        delegation_depth: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_task_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<String>,
+    },
+    /// A task token was minted. Written (and synced) before the token is returned.
+    TokenIssued {
+        task_id: String,
+        jti: String,
+        spiffe_id: String,
+        audience: String,
+        scopes: Vec<String>,
+        expires_at: u64,
+        /// `Some(n)` for an n-use token, enforced by introspection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_uses: Option<u32>,
+    },
+    /// A limited-use token was used (counted at introspection); `uses` is the new total.
+    TokenUsed {
+        task_id: String,
+        jti: String,
+        by: String,
+        uses: u32,
+    },
+    /// A task was closed by its owner, an admin, or by expiry.
+    TaskClose {
+        task_id: String,
+        by: String,
+        reason: String,
+    },
+    /// A task's tokens were revoked; `cause_task_id` names the ancestor whose close cascaded.
+    Revocation {
+        task_id: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause_task_id: Option<String>,
+    },
+    /// A relying party introspected a token.
+    Introspection {
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jti: Option<String>,
+        active: bool,
+    },
+    /// The policy set was reloaded (or a reload was refused).
+    PolicyReload {
+        ok: bool,
+        policy_ids: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+impl AuditEvent {
+    /// The record's `kind` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuditEvent::Attestation { .. } => "attestation",
+            AuditEvent::SvidIssued { .. } => "svid_issued",
+            AuditEvent::Decision { .. } => "decision",
+            AuditEvent::TaskOpen { .. } => "task_open",
+            AuditEvent::TokenIssued { .. } => "token_issued",
+            AuditEvent::TokenUsed { .. } => "token_used",
+            AuditEvent::TaskClose { .. } => "task_close",
+            AuditEvent::Revocation { .. } => "revocation",
+            AuditEvent::Introspection { .. } => "introspection",
+            AuditEvent::PolicyReload { .. } => "policy_reload",
+        }
+    }
+}
+
+/// Checks every string and list in `event` against the field bounds and the no-secrets rule.
+pub(super) fn check(event: &AuditEvent) -> Result<(), AuditError> {
+    let value = serde_json::to_value(event).map_err(|e| AuditError::Encode(e.to_string()))?;
+    walk(&value, "")
+}
+
+fn walk(value: &Value, field: &str) -> Result<(), AuditError> {
+    match value {
+        Value::String(s) => {
+            if s.len() > MAX_FIELD_BYTES {
+                return Err(AuditError::FieldTooLong {
+                    field: field.to_string(),
+                    len: s.len(),
+                });
+            }
+            if looks_like_secret(s) {
+                return Err(AuditError::SecretLike {
+                    field: field.to_string(),
+                });
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            if items.len() > MAX_LIST_LEN {
+                return Err(AuditError::ListTooLong {
+                    field: field.to_string(),
+                    len: items.len(),
+                });
+            }
+            items.iter().try_for_each(|v| walk(v, field))
+        }
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| walk(v, k)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// True if `s` contains something shaped like a JWS compact token (`eyJ…​.…​.`) or a PEM
+/// private key. Deliberately loose: a false positive refuses one record; a false negative
+/// leaks a credential into a file kept for years.
+pub fn looks_like_secret(s: &str) -> bool {
+    if s.contains("PRIVATE KEY-----") {
+        return true;
+    }
+    s.match_indices("eyJ").any(|(at, _)| {
+        let token: String = s[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .collect();
+        let mut parts = token.split('.');
+        matches!((parts.next(), parts.next(), parts.next()),
+            (Some(h), Some(p), Some(_)) if h.len() > 3 && !p.is_empty())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_shapes() {
+        for s in [
+            "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+            "please use eyJhbGciOiJub25lIn0.eyJ9. as the token",
+            "-----BEGIN PRIVATE KEY-----",
+            "-----BEGIN EC PRIVATE KEY-----",
+        ] {
+            assert!(looks_like_secret(s), "{s}");
+        }
+        for s in [
+            "summarise eyJ-style headers",
+            "eyJhbGciOiJFUzI1NiJ9 only a header",
+            "spiffe://example.org/agent",
+            "a.b.c",
+        ] {
+            assert!(!looks_like_secret(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn kind_matches_serialized_tag() {
+        let e = AuditEvent::TaskClose {
+            task_id: "t".into(),
+            by: "owner".into(),
+            reason: "done".into(),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["kind"], e.kind());
+    }
+}
