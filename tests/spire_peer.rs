@@ -139,6 +139,27 @@ async fn spire_serves_the_go_peers() {
         report["jwt_bundle_trust_domains"],
         serde_json::json!(["spiffe://example.org"])
     );
+    // Selectors matching no entry: SPIRE streams an empty X.509 list (no error); FetchJWTSVIDs
+    // says PermissionDenied.
+    let none = spire
+        .delegatedclient_output(&["-selectors", "unix:uid:4343"])
+        .await;
+    expect_success("delegatedclient (no match)", &[], &none);
+    let report_none: serde_json::Value = serde_json::from_slice(&none.stdout).unwrap();
+    assert_eq!(
+        report_none["x509_svids"],
+        serde_json::json!([]),
+        "{report_none}"
+    );
+    let none_jwt = spire
+        .delegatedclient_output(&["-selectors", "unix:uid:4343", "-audience", AUDIENCE])
+        .await;
+    let stderr = String::from_utf8_lossy(&none_jwt.stderr);
+    assert!(
+        stderr.contains("PermissionDenied") && stderr.contains("no identity issued"),
+        "{stderr}"
+    );
+
     // The delegated JWT-SVID verifies offline with the bundle from the Workload API.
     let delegated_token = report["jwt_svids"][0]["token"].as_str().unwrap();
     let ok = spire
