@@ -139,6 +139,19 @@ async fn spire_serves_the_go_peers() {
         report["jwt_bundle_trust_domains"],
         serde_json::json!(["spiffe://example.org"])
     );
+    // By PID instead of selectors: the SPIRE agent attests this test process itself.
+    let pid = std::process::id().to_string();
+    let by_pid = spire.delegatedclient_output(&["-pid", &pid]).await;
+    expect_success("delegatedclient -pid", &["-pid", &pid], &by_pid);
+    let report_pid: serde_json::Value = serde_json::from_slice(&by_pid.stdout).unwrap();
+    let ids: Vec<&str> = report_pid["x509_svids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["spiffe_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [workload_id], "{report_pid}");
+
     // Selectors matching no entry: SPIRE streams an empty X.509 list (no error); FetchJWTSVIDs
     // says PermissionDenied.
     let none = spire
