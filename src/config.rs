@@ -124,6 +124,26 @@ pub struct AttestorConfig {
     pub k8s: Option<crate::attest::k8s::K8sAttestorConfig>,
 }
 
+/// `[policy]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Cedar policy file; reloaded on SIGHUP and Admin.ReloadPolicy.
+    pub file: PathBuf,
+    /// Also decide the Workload API's FetchJWTSVID audiences (action FetchJWTSVID). SPIRE
+    /// allows any audience; off by default for compatibility.
+    #[serde(default)]
+    pub workload_api_jwt: bool,
+}
+
+/// `[audit]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The hash-chained JSON-lines log.
+    pub path: PathBuf,
+}
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +165,16 @@ struct RawConfig {
     telemetry: TelemetryConfig,
     #[serde(default, rename = "entry")]
     entries: Vec<EntryConfig>,
+    #[serde(default)]
+    broker: crate::broker::BrokerConfig,
+    #[serde(default)]
+    policy: Option<PolicyConfig>,
+    #[serde(default)]
+    audit: Option<AuditConfig>,
+    #[serde(default, rename = "oidc_issuer")]
+    oidc_issuers: Vec<crate::broker::oidc::OidcIssuerConfig>,
+    #[serde(default, rename = "audience")]
+    audiences: crate::policy::AudienceAttributes,
 }
 
 /// A validated configuration.
@@ -161,6 +191,12 @@ pub struct Config {
     pub attestor: AttestorConfig,
     pub telemetry: TelemetryConfig,
     pub registry: Registry,
+    pub broker: crate::broker::BrokerConfig,
+    pub policy: Option<PolicyConfig>,
+    pub audit: Option<AuditConfig>,
+    pub oidc_issuers: Vec<crate::broker::oidc::OidcIssuerConfig>,
+    /// Attributes of audiences, for policy (`[audience."<aud>"]`).
+    pub audiences: crate::policy::AudienceAttributes,
     /// True for the built-in development profile (no config file).
     pub development_profile: bool,
 }
@@ -230,6 +266,7 @@ impl Config {
             }
         }
         let registry = Registry::new(&trust_domain, raw.entries)?;
+        raw.broker.validate().map_err(ConfigError::Invalid)?;
         let socket_path = raw
             .socket_path
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
@@ -243,6 +280,11 @@ impl Config {
             attestor: raw.attestor,
             telemetry: raw.telemetry,
             registry,
+            broker: raw.broker,
+            policy: raw.policy,
+            audit: raw.audit,
+            oidc_issuers: raw.oidc_issuers,
+            audiences: raw.audiences,
             development_profile: false,
         })
     }
