@@ -146,7 +146,7 @@ impl UnixAttestor {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         // Bounded by the size checked above plus one buffer, even if the file grows meanwhile.
-        let mut remaining = self.config.sha256_size_limit + 1;
+        let mut remaining = self.config.sha256_size_limit.saturating_add(1);
         loop {
             let n = file
                 .read(&mut buf)
