@@ -58,22 +58,25 @@ impl App {
     /// # Errors
     /// Key material, policy, audit log, socket or metrics address problems, with the reason.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        if config.authority.kind == AuthorityKind::Spire {
-            anyhow::bail!(
-                "authority kind \"spire\" is not available in this build; use \"embedded\""
-            );
-        }
-        let authority = Arc::new(EmbeddedAuthority::new(
-            config.trust_domain.clone(),
-            config.authority.clone(),
-            config.data_dir.as_deref(),
-        )?);
         let metrics = Arc::new(Metrics::default());
-        metrics.set_ca_not_after(authority.active_ca_not_after());
-        let identities = IdentityManager::new(authority);
+        let identities = if config.authority.kind == AuthorityKind::Spire {
+            crate::authority::spire::build_identities(&config).await?
+        } else {
+            let authority = Arc::new(EmbeddedAuthority::new(
+                config.trust_domain.clone(),
+                config.authority.clone(),
+                config.data_dir.as_deref(),
+            )?);
+            metrics.set_ca_not_after(authority.active_ca_not_after());
+            IdentityManager::new(authority)
+        };
         let registry = Arc::new(config.registry.clone());
         let attestors = build_attestors(&config)?;
-        let resolver = Arc::new(CallerResolver::new(attestors, registry, metrics.clone()));
+        let mut resolver = CallerResolver::new(attestors, registry, metrics.clone());
+        if let Some(spire) = identities.authority().spire() {
+            resolver = resolver.with_spire(spire.clone());
+        }
+        let resolver = Arc::new(resolver);
         let broker = Arc::new(build_broker(&config, &identities, &metrics).await?);
         let listener = socket::bind(&config.socket_path, 0o777)?;
         let admin_listener = config
@@ -131,6 +134,12 @@ impl App {
         health_reporter
             .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
             .await;
+        if let Some(spire) = self.identities.authority().spire() {
+            background.push(tokio::spawn(crate::authority::spire::report_health(
+                spire.clone(),
+                health_reporter.clone(),
+            )));
+        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;

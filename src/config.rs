@@ -75,6 +75,9 @@ pub struct AuthorityConfig {
     pub ca_key_path: Option<PathBuf>,
     /// Roots to publish in the bundle with an operator CA (default: the last cert of the chain).
     pub ca_bundle_path: Option<PathBuf>,
+    /// `[authority.spire]`: the SPIRE agent, required with `kind = "spire"`.
+    #[serde(default)]
+    pub spire: Option<crate::authority::spire::SpireAuthorityConfig>,
 }
 
 fn default_ca_ttl() -> Duration {
@@ -93,6 +96,7 @@ impl Default for AuthorityConfig {
             ca_cert_path: None,
             ca_key_path: None,
             ca_bundle_path: None,
+            spire: None,
         }
     }
 }
@@ -252,7 +256,27 @@ impl Config {
                 "authority.ca_cert_path and authority.ca_key_path go together".into(),
             ));
         }
-        if raw.entries.is_empty() {
+        let spire = raw.authority.kind == AuthorityKind::Spire;
+        match (&raw.authority.spire, spire) {
+            (None, true) => {
+                return Err(ConfigError::Invalid(
+                    "authority.kind = \"spire\" needs [authority.spire] workload_socket and admin_socket".into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ConfigError::Invalid(
+                    "[authority.spire] is only read with authority.kind = \"spire\"".into(),
+                ))
+            }
+            (Some(s), true) => s.validate().map_err(ConfigError::Invalid)?,
+            (None, false) => {}
+        }
+        if spire && (raw.authority.ca_cert_path.is_some() || !raw.entries.is_empty()) {
+            return Err(ConfigError::Invalid(
+                "with authority.kind = \"spire\", SPIRE issues every SVID: registration entries live in SPIRE (spire-server entry create) and there is no ca_cert_path; remove [[entry]] and the CA keys".into(),
+            ));
+        }
+        if raw.entries.is_empty() && !spire {
             return Err(ConfigError::Invalid(
                 "no [[entry]]: with no registration entries no workload can get an identity".into(),
             ));

@@ -78,7 +78,7 @@ impl WorkloadApi {
             let svid = self
                 .identities
                 .x509_svid(identity)
-                .map_err(|e| Status::internal(format!("cannot mint X.509-SVID: {e}")))?;
+                .map_err(|e| e.into_status("cannot mint X.509-SVID"))?;
             self.metrics.x509_issued(svid.not_after);
             serials.push(svid.serial.clone());
             svids.push(pb::X509svid {
@@ -244,8 +244,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 }
                 let token = self
                     .identities
-                    .jwt_svid(identity, &req.audience)
-                    .map_err(|e| Status::internal(format!("cannot sign JWT-SVID: {e}")))?;
+                    .jwt_svid_for(&caller, identity, &req.audience)
+                    .await?;
                 self.metrics.jwt_issued();
                 svids.push(pb::Jwtsvid {
                     spiffe_id: identity.spiffe_id.to_string(),

@@ -332,12 +332,24 @@ impl Broker {
         let token_state = table
             .token(&claims.jti)
             .ok_or_else(|| denied("unknown token".into()))?;
+        if token_state.task_id != claims.task_id || !task.grants.contains_key(&claims.audience) {
+            return Err(denied("it was not minted in its task".into()));
+        }
         if token_state.max_uses > 0 && token_state.uses >= token_state.max_uses {
             return Err(denied("it is used up".into()));
         }
+        // A SPIRE-minted token carries no scopes: the task's grant for its audience bounds them.
+        let token_scopes = if claims.scopes.is_empty() {
+            task.grants
+                .get(&claims.audience)
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            claims.scopes.into_iter().collect()
+        };
         Ok(ParentInfo {
             task: task.clone(),
-            token_scopes: claims.scopes.into_iter().collect(),
+            token_scopes,
         })
     }
 
@@ -452,12 +464,14 @@ impl Broker {
             },
             now,
         );
-        let token = self
-            .identities
-            .authority()
-            .sign_jwt(&claims)
-            .map_err(|e| Status::internal(format!("cannot sign token: {e}")))?;
-        let expires_at = now_secs + ttl.as_secs() as i64;
+        let token = self.identities.sign_task_token(caller, &claims).await?;
+        // A SPIRE-minted token carries SPIRE's `exp`: the token dies at the earlier of the two.
+        let expires_at = jwt::parse(&token)
+            .ok()
+            .and_then(|p| p.numeric("exp"))
+            .map_or(now_secs + ttl.as_secs() as i64, |exp| {
+                exp.min(now_secs + ttl.as_secs() as i64)
+            });
         // On disk before the token leaves: a crash after this line loses a token nobody saw,
         // never a token without its record.
         self.audit(AuditEvent::TokenIssued {
@@ -633,9 +647,11 @@ impl Broker {
             .await?;
             return Ok(inactive);
         };
+        // SPIRE-minted task tokens also carry the task audience; the relying party is the other.
         let aud = parsed
             .audiences()
-            .first()
+            .into_iter()
+            .find(|a| crate::authority::spire::parse_task_audience(a).is_none())
             .map(|s| s.to_string())
             .unwrap_or_default();
         let authorized = match who {
@@ -670,11 +686,15 @@ impl Broker {
         let now_secs = unix_seconds(now);
         let (active, uses_left) = {
             let table = self.lock();
-            let task_open = table
-                .get(&claims.task_id)
-                .is_some_and(|t| t.state(now_secs) == TaskState::Open);
+            // The subject must own the task and the audience be granted: a SPIRE JWT-SVID that
+            // merely names a task audience was not minted here.
+            let task_open = table.get(&claims.task_id).is_some_and(|t| {
+                t.state(now_secs) == TaskState::Open
+                    && t.owner == verified.spiffe_id
+                    && t.grants.contains_key(&claims.audience)
+            });
             match table.token(&claims.jti) {
-                Some(t) if task_open && t.exp > now_secs => {
+                Some(t) if task_open && t.task_id == claims.task_id && t.exp > now_secs => {
                     if t.max_uses == 0 {
                         (true, None)
                     } else if t.uses < t.max_uses {
@@ -707,6 +727,8 @@ impl Broker {
         }
         let mut map = verified.parsed.claims;
         map.insert("active".into(), json!(true));
+        map.entry("task_id")
+            .or_insert_with(|| json!(claims.task_id.clone()));
         map.insert("token_type".into(), json!("jwt-svid"));
         if let Some(left) = uses_left {
             map.insert("uses_left".into(), json!(left));

@@ -64,6 +64,9 @@ pub struct TaskClaims {
 /// Reads the task claims of a verified token; `None` for a JWT-SVID that is not a task
 /// token (no `task_id`, or not exactly one audience).
 pub fn read(parsed: &ParsedJwt) -> Option<TaskClaims> {
+    if !parsed.claims.contains_key("task_id") {
+        return read_spire_minted(parsed);
+    }
     let task_id = parsed.claims.get("task_id")?.as_str()?.to_string();
     let jti = parsed.claims.get("jti")?.as_str()?.to_string();
     let [audience] = parsed.audiences()[..] else {
@@ -80,6 +83,27 @@ pub fn read(parsed: &ParsedJwt) -> Option<TaskClaims> {
         task_id,
         audience: audience.to_string(),
         scopes,
+    })
+}
+
+/// A task token minted by SPIRE (`[authority] kind = "spire"`): no task claims, two audiences,
+/// the relying party and `urn:svid-broker:task:<task_id>:<jti>`. Scopes are known only to the
+/// broker (IntrospectToken).
+fn read_spire_minted(parsed: &ParsedJwt) -> Option<TaskClaims> {
+    use crate::authority::spire::parse_task_audience;
+    let [a, b] = parsed.audiences()[..] else {
+        return None;
+    };
+    let (audience, (task_id, jti)) = match (parse_task_audience(a), parse_task_audience(b)) {
+        (None, Some(t)) => (a, t),
+        (Some(t), None) => (b, t),
+        _ => return None,
+    };
+    Some(TaskClaims {
+        jti: jti.to_string(),
+        task_id: task_id.to_string(),
+        audience: audience.to_string(),
+        scopes: Vec::new(),
     })
 }
 

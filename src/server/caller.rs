@@ -23,6 +23,9 @@ pub struct Caller {
     pub selectors: BTreeSet<Selector>,
     /// In registry order: the first is the default identity.
     pub identities: Vec<Identity>,
+    /// With a SPIRE authority: the agent subscription for these selectors, held as long as
+    /// this caller is, so its SVIDs stay current.
+    pub upstream: Option<Arc<crate::authority::spire::Subscription>>,
 }
 
 impl Caller {
@@ -67,6 +70,8 @@ pub struct CallerResolver {
     attestors: Attestors,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// Identities from a SPIRE agent instead of the registry.
+    spire: Option<Arc<crate::authority::SpireAuthority>>,
 }
 
 impl CallerResolver {
@@ -75,7 +80,14 @@ impl CallerResolver {
             attestors,
             registry,
             metrics,
+            spire: None,
         }
+    }
+
+    /// Asks the SPIRE agent, by the caller's selectors, which identities a caller holds.
+    pub fn with_spire(mut self, spire: Arc<crate::authority::SpireAuthority>) -> Self {
+        self.spire = Some(spire);
+        self
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -130,7 +142,18 @@ impl CallerResolver {
             ));
         }
         self.metrics.observe_attestation(attestation.elapsed);
-        let caller = Arc::new(self.caller_from(attestation));
+        let caller = Arc::new(match &self.spire {
+            None => self.caller_from(attestation),
+            Some(spire) => {
+                let (identities, upstream) = spire.identities_for(&attestation.selectors).await?;
+                Caller {
+                    pid: attestation.pid,
+                    selectors: attestation.selectors,
+                    identities,
+                    upstream: Some(upstream),
+                }
+            }
+        });
         tracing::debug!(
             pid = caller.pid,
             pin = process.method().as_str(),
@@ -147,6 +170,7 @@ impl CallerResolver {
             pid: attestation.pid,
             selectors: attestation.selectors,
             identities,
+            upstream: None,
         }
     }
 }

@@ -1,0 +1,194 @@
+//! Trust bundles from the agent's Delegated Identity API: `SubscribeToX509Bundles` and
+//! `SubscribeToJWTBundles`, followed with backoff. The bundle of our trust domain becomes the
+//! [`TrustBundle`] every Workload API stream serves; its JWKS bytes are SPIRE's, unchanged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use super::backoff::Backoff;
+use super::{lock, upstream_status, SpireAuthority};
+use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
+use crate::svid::bundle::{parse_jwks, TrustBundle};
+
+/// The last maps the agent sent, keyed by trust domain ID (`spiffe://example.org`).
+#[derive(Debug, Default)]
+pub struct Parts {
+    x509: HashMap<String, Vec<u8>>,
+    jwt: HashMap<String, Vec<u8>>,
+    sequence: u64,
+}
+
+pub(super) async fn follow_x509(authority: Weak<SpireAuthority>) {
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(me) = authority.upgrade() else {
+            return;
+        };
+        let mut client = me.admin_client();
+        drop(me);
+        let why = match client
+            .subscribe_to_x509_bundles(di::SubscribeToX509BundlesRequest {})
+            .await
+        {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(msg)) => {
+                            backoff.reset();
+                            let Some(me) = authority.upgrade() else {
+                                return;
+                            };
+                            me.set_link(|l| l.x509_bundles = true);
+                            me.update_bundle(|p| p.x509 = msg.ca_certificates);
+                        }
+                        Ok(None) => break "stream closed".to_string(),
+                        Err(s) => break upstream_status(&s).message().to_string(),
+                    }
+                }
+            }
+            Err(s) => upstream_status(&s).message().to_string(),
+        };
+        let Some(me) = authority.upgrade() else {
+            return;
+        };
+        tracing::debug!(error = %why, "SPIRE X.509 bundle stream down; reconnecting");
+        me.set_link(|l| l.x509_bundles = false);
+        drop(me);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+pub(super) async fn follow_jwt(authority: Weak<SpireAuthority>) {
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(me) = authority.upgrade() else {
+            return;
+        };
+        let mut client = me.admin_client();
+        drop(me);
+        let why = match client
+            .subscribe_to_jwt_bundles(di::SubscribeToJwtBundlesRequest {})
+            .await
+        {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(msg)) => {
+                            backoff.reset();
+                            let Some(me) = authority.upgrade() else {
+                                return;
+                            };
+                            me.set_link(|l| l.jwt_bundles = true);
+                            me.update_bundle(|p| p.jwt = msg.bundles);
+                        }
+                        Ok(None) => break "stream closed".to_string(),
+                        Err(s) => break upstream_status(&s).message().to_string(),
+                    }
+                }
+            }
+            Err(s) => upstream_status(&s).message().to_string(),
+        };
+        let Some(me) = authority.upgrade() else {
+            return;
+        };
+        tracing::debug!(error = %why, "SPIRE JWT bundle stream down; reconnecting");
+        me.set_link(|l| l.jwt_bundles = false);
+        drop(me);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+impl SpireAuthority {
+    /// Applies a bundle message and republishes our trust domain's bundle when it changed.
+    fn update_bundle(&self, apply: impl FnOnce(&mut Parts)) {
+        let mut parts = lock(&self.bundle_parts);
+        apply(&mut parts);
+        let td_id = self.trust_domain.id_string();
+        let td_name = self.trust_domain.to_string();
+        let find =
+            |m: &HashMap<String, Vec<u8>>| m.get(&td_id).or_else(|| m.get(&td_name)).cloned();
+        let x509 = find(&parts.x509).map(|d| split_der(&d)).unwrap_or_default();
+        let jwks = find(&parts.jwt);
+        let jwt = match &jwks {
+            Some(doc) => parse_jwks(doc).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "SPIRE sent an unreadable JWT bundle; keeping no JWT keys");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let current = self.current_bundle();
+        if current.x509_authorities == x509
+            && current.jwt_authorities == jwt
+            && jwks.as_ref().is_none_or(|j| *j == current.jwks)
+        {
+            return;
+        }
+        parts.sequence += 1;
+        let refresh = jwks
+            .as_deref()
+            .and_then(refresh_hint)
+            .unwrap_or(crate::authority::embedded::BUNDLE_REFRESH_HINT);
+        let mut bundle = TrustBundle::new(
+            self.trust_domain.clone(),
+            parts.sequence,
+            refresh,
+            x509,
+            jwt,
+        );
+        if let Some(raw) = jwks {
+            bundle.jwks = raw;
+        }
+        tracing::info!(
+            sequence = parts.sequence,
+            x509_authorities = bundle.x509_authorities.len(),
+            jwt_authorities = bundle.jwt_authorities.len(),
+            "trust bundle from SPIRE"
+        );
+        self.bundle_tx.send_replace(Arc::new(bundle));
+    }
+}
+
+fn refresh_hint(jwks: &[u8]) -> Option<std::time::Duration> {
+    let v: serde_json::Value = serde_json::from_slice(jwks).ok()?;
+    let secs = v.get("spiffe_refresh_hint")?.as_u64()?;
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
+/// Concatenated DER certificates → one DER per certificate; stops at the first unreadable one.
+pub fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
+    use x509_parser::prelude::*;
+    let mut out = Vec::new();
+    while !der.is_empty() {
+        let Ok((rest, _)) = X509Certificate::from_der(der) else {
+            tracing::warn!("SPIRE sent an unreadable CA certificate; ignoring the rest");
+            break;
+        };
+        let used = der.len() - rest.len();
+        out.push(der[..used].to_vec());
+        der = rest;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::svid::keys::EcKey;
+    use crate::svid::x509::CaCert;
+    use spiffe::TrustDomain;
+    use std::time::Duration;
+
+    #[test]
+    fn concatenated_der_splits_back() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let a =
+            CaCert::self_signed(&td, Duration::from_secs(60), EcKey::generate().unwrap()).unwrap();
+        let b =
+            CaCert::self_signed(&td, Duration::from_secs(60), EcKey::generate().unwrap()).unwrap();
+        let joined = [a.cert_der.clone(), b.cert_der.clone()].concat();
+        assert_eq!(split_der(&joined), vec![a.cert_der, b.cert_der]);
+        assert!(split_der(b"garbage").is_empty());
+    }
+}
