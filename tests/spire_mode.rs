@@ -277,6 +277,13 @@ async fn svids_and_task_tokens_come_from_spire() {
     spire
         .create_entry_with(CLI_ID, &node, &[&cli_sel], &["-x509SVIDTTL", "30"])
         .await;
+    // The relying party: its own program (a copy of spiffeclient), registered in SPIRE, that
+    // validates with the bundle of the SPIRE agent. The original spiffeclient stays unregistered.
+    let rp_dir = tempfile::Builder::new().prefix("rp-").tempdir().unwrap();
+    let relying_party = rp_dir.path().join("relying-party");
+    std::fs::copy(&bins.spiffeclient, &relying_party).unwrap();
+    let rp_sel = format!("unix:path:{}", relying_party.display());
+    spire.create_entry(AUDIENCE, &node, &[&rp_sel]).await;
     let me = std::env::current_exe().unwrap();
     let me_sel = format!("unix:path:{}", me.display());
     spire
@@ -306,16 +313,22 @@ path = "@DIR@/audit.jsonl"
     let token = spire_cli_round(&bins.spire_agent, &socket, CLI_ID).await;
     // That JWT-SVID is SPIRE's: go-spiffe validates it with the bundle of the SPIRE agent alone.
     let spire_endpoint = spire.workload_endpoint();
-    let v = spire
-        .spiffeclient_output(&[
-            "-socket",
-            &spire_endpoint,
-            "-audience",
-            AUDIENCE,
-            "-validate-token",
-            &token,
-        ])
-        .await;
+    let validate = |t: String| {
+        let rp = relying_party.clone();
+        let endpoint = spire_endpoint.clone();
+        async move {
+            let args = [
+                "-socket",
+                &endpoint,
+                "-audience",
+                AUDIENCE,
+                "-validate-token",
+                &t,
+            ];
+            retry(Duration::from_secs(20), || run(&rp, &args)).await
+        }
+    };
+    let v = validate(token.clone()).await;
     expect_success("spiffeclient -validate-token (SPIRE bundle)", &[], &v);
 
     // The X.509 bundle we serve is SPIRE's.
@@ -398,16 +411,7 @@ path = "@DIR@/audit.jsonl"
         auds.contains(&AUDIENCE) && auds.contains(&task_aud.as_str()),
         "{claims}"
     );
-    let v = spire
-        .spiffeclient_output(&[
-            "-socket",
-            &spire_endpoint,
-            "-audience",
-            AUDIENCE,
-            "-validate-token",
-            &minted.token,
-        ])
-        .await;
+    let v = validate(minted.token.clone()).await;
     expect_success("spiffeclient -validate-token (task token)", &[], &v);
     // Each mint is a distinct token.
     let again = broker

@@ -202,12 +202,13 @@ impl SpireAuthority {
     pub async fn start(self: &Arc<Self>) -> bool {
         {
             let mut tasks = lock(&self.tasks);
-            if tasks.is_empty() {
-                tasks.push(tokio::spawn(own::follow(Arc::downgrade(self))));
-                tasks.push(tokio::spawn(bundles::follow_x509(Arc::downgrade(self))));
-                tasks.push(tokio::spawn(bundles::follow_jwt(Arc::downgrade(self))));
-                tasks.push(tokio::spawn(janitor(Arc::downgrade(self))));
+            if !tasks.is_empty() {
+                return !self.current_bundle().x509_authorities.is_empty();
             }
+            tasks.push(tokio::spawn(own::follow(Arc::downgrade(self))));
+            tasks.push(tokio::spawn(bundles::follow_x509(Arc::downgrade(self))));
+            tasks.push(tokio::spawn(bundles::follow_jwt(Arc::downgrade(self))));
+            tasks.push(tokio::spawn(janitor(Arc::downgrade(self))));
         }
         let mut rx = self.bundle_tx.subscribe();
         let ready = tokio::time::timeout(
@@ -481,6 +482,19 @@ pub fn upstream_status(s: &Status) -> Status {
             s.message()
         )),
         _ => Status::unavailable(format!("SPIRE agent unavailable: {}", s.message())),
+    }
+}
+
+/// Why a stream to the agent ended, for logs and for callers that find nothing cached. On a
+/// stream, PermissionDenied (SPIRE says "no identity issued") means svid-broker itself is not
+/// an authorized delegate.
+pub fn stream_error(s: &Status) -> String {
+    match s.code() {
+        tonic::Code::PermissionDenied => format!(
+            "the SPIRE agent refused svid-broker ({}): register svid-broker in SPIRE and list its SPIFFE ID in the agent's authorized_delegates",
+            s.message()
+        ),
+        _ => format!("{:?}: {}", s.code(), s.message()),
     }
 }
 

@@ -160,6 +160,15 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<JwtAuthority>, JwksError> {
     parse_keys(bytes, |use_| use_ == Some("jwt-svid"))
 }
 
+/// Reads the keys of a JWT bundle as SPIRE's Workload and Delegated Identity APIs send it:
+/// `use` is `jwt-svid` or absent (go-spiffe writes JWT bundles without it).
+///
+/// # Errors
+/// As [`parse_jwks`].
+pub fn parse_jwt_bundle(bytes: &[u8]) -> Result<Vec<JwtAuthority>, JwksError> {
+    parse_keys(bytes, |use_| matches!(use_, None | Some("jwt-svid")))
+}
+
 /// Reads the signing keys of an OIDC provider's JWKS (`use` absent or `sig`).
 ///
 /// # Errors

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use super::backoff::Backoff;
-use super::{lock, upstream_status, SpireAuthority};
+use super::{lock, SpireAuthority};
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
-use crate::svid::bundle::{parse_jwks, TrustBundle};
+use crate::svid::bundle::{parse_jwt_bundle, TrustBundle};
 
 /// The last maps the agent sent, keyed by trust domain ID (`spiffe://example.org`).
 #[derive(Debug, Default)]
@@ -43,11 +43,11 @@ pub(super) async fn follow_x509(authority: Weak<SpireAuthority>) {
                             me.update_bundle(|p| p.x509 = msg.ca_certificates);
                         }
                         Ok(None) => break "stream closed".to_string(),
-                        Err(s) => break upstream_status(&s).message().to_string(),
+                        Err(s) => break super::stream_error(&s),
                     }
                 }
             }
-            Err(s) => upstream_status(&s).message().to_string(),
+            Err(s) => super::stream_error(&s),
         };
         let Some(me) = authority.upgrade() else {
             return;
@@ -84,11 +84,11 @@ pub(super) async fn follow_jwt(authority: Weak<SpireAuthority>) {
                             me.update_bundle(|p| p.jwt = msg.bundles);
                         }
                         Ok(None) => break "stream closed".to_string(),
-                        Err(s) => break upstream_status(&s).message().to_string(),
+                        Err(s) => break super::stream_error(&s),
                     }
                 }
             }
-            Err(s) => upstream_status(&s).message().to_string(),
+            Err(s) => super::stream_error(&s),
         };
         let Some(me) = authority.upgrade() else {
             return;
@@ -112,7 +112,7 @@ impl SpireAuthority {
         let x509 = find(&parts.x509).map(|d| split_der(&d)).unwrap_or_default();
         let jwks = find(&parts.jwt);
         let jwt = match &jwks {
-            Some(doc) => parse_jwks(doc).unwrap_or_else(|e| {
+            Some(doc) => parse_jwt_bundle(doc).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "SPIRE sent an unreadable JWT bundle; keeping no JWT keys");
                 Vec::new()
             }),

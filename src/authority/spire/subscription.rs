@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::{lock, spiffe_id_string, to_spire_selectors, upstream_status, SpireAuthority};
+use super::{lock, spiffe_id_string, to_spire_selectors, SpireAuthority};
 use crate::attest::Selector;
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
 use crate::svid::keys::SecretKey;
@@ -131,11 +131,11 @@ async fn follow(
                             });
                         }
                         Ok(None) => break "the SPIRE agent closed the stream".to_string(),
-                        Err(s) => break upstream_status(&s).message().to_string(),
+                        Err(s) => break super::stream_error(&s),
                     }
                 }
             }
-            Err(s) => upstream_status(&s).message().to_string(),
+            Err(s) => super::stream_error(&s),
         };
         tracing::debug!(error = %why, "SPIRE X.509-SVID subscription down; reconnecting");
         tx.send_modify(|s| s.error = Some(why));
