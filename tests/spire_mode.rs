@@ -497,9 +497,29 @@ path = "@DIR@/audit.jsonl"
                 next.default_svid().unwrap().spiffe_id().to_string(),
                 AGENT_ID
             );
+            seen.push(leaf_of(&next));
             break;
         }
     }
+    // And rotation goes on (x509SVIDTTL 30: the agent renews at about half-life).
+    let next = tokio::time::timeout(Duration::from_secs(45), async {
+        loop {
+            let ctx = stream.next().await.unwrap().unwrap();
+            if !seen.contains(&leaf_of(&ctx)) {
+                return ctx;
+            }
+        }
+    })
+    .await
+    .expect("no rotation after the agent came back");
+    assert_eq!(
+        next.default_svid().unwrap().spiffe_id().to_string(),
+        AGENT_ID
+    );
+    assert_eq!(
+        health(&daemon.socket(), "svid-broker.spire").await,
+        ServingStatus::Serving as i32
+    );
     let after = run(&bins.spire_agent, &fetch).await;
     expect_success("spire-agent api fetch x509 (agent back)", &fetch, &after);
 }
