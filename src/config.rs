@@ -428,6 +428,44 @@ selectors = ["unix:uid:1000"]
             .contains("no [[entry]]"));
     }
 
+    const SPIRE: &str = r#"
+trust_domain = "example.org"
+[authority]
+kind = "spire"
+[authority.spire]
+workload_socket = "unix:///run/spire/agent/public/api.sock"
+admin_socket = "unix:///run/spire/agent/admin/admin.sock"
+"#;
+
+    #[test]
+    fn spire_authority_needs_its_sockets_and_no_entries() {
+        let c = Config::parse(SPIRE).unwrap();
+        assert_eq!(c.authority.kind, AuthorityKind::Spire);
+        let s = c.authority.spire.unwrap();
+        assert_eq!(s.startup_wait, Duration::from_secs(10));
+        let missing = "trust_domain = \"example.org\"\n[authority]\nkind = \"spire\"\n";
+        assert!(Config::parse(missing)
+            .unwrap_err()
+            .to_string()
+            .contains("[authority.spire]"));
+        let with_entry = format!(
+            "{SPIRE}\n[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\"]\n"
+        );
+        assert!(Config::parse(&with_entry)
+            .unwrap_err()
+            .to_string()
+            .contains("entries live in SPIRE"));
+        let unknown = SPIRE.replace("admin_socket =", "surprise = 1\nadmin_socket =");
+        assert!(Config::parse(&unknown).is_err());
+        let tcp = SPIRE.replace("unix:///run/spire/agent/admin", "tcp://127.0.0.1:1/x");
+        assert!(Config::parse(&tcp)
+            .unwrap_err()
+            .to_string()
+            .contains("admin_socket"));
+        let embedded = SPIRE.replace("kind = \"spire\"", "kind = \"embedded\"");
+        assert!(Config::parse(&embedded).is_err());
+    }
+
     #[test]
     fn development_profile_parses() {
         let c = Config::development("example.org").unwrap();

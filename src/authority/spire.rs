@@ -623,6 +623,36 @@ mod tests {
         assert!(rel.validate().is_err());
     }
 
+    #[tokio::test]
+    async fn an_absent_agent_means_unavailable_and_degraded_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpireAuthorityConfig {
+            workload_socket: format!("unix://{}/none.sock", dir.path().display()),
+            admin_socket: format!("unix://{}/none-admin.sock", dir.path().display()),
+            startup_wait: Duration::from_millis(300),
+        };
+        let td = TrustDomain::new("example.org").unwrap();
+        let spire = SpireAuthority::new(td, cfg).unwrap();
+        assert!(!spire.start().await, "no agent, yet ready");
+        assert!(!spire.health().borrow().all_up());
+        let selectors: BTreeSet<Selector> = ["unix:uid:1000".parse().unwrap()].into();
+        let started = std::time::Instant::now();
+        let err = spire.identities_for(&selectors).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(
+            started.elapsed() < FIRST_ANSWER_WAIT,
+            "waited for a dead agent"
+        );
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let err = spire
+            .jwt_svid(&selectors, &id, &["aud".into()])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(spire.x509_svid(&id).is_err());
+        spire.stop();
+    }
+
     #[test]
     fn agent_errors_map_to_workload_api_codes() {
         let none = upstream_status(&Status::permission_denied("no identity issued"));

@@ -124,6 +124,34 @@ mod tests {
     }
 
     #[test]
+    fn spire_minted_tokens_name_their_task_in_a_second_audience() {
+        let key = crate::svid::keys::EcKey::generate().unwrap();
+        let parsed = |mut claims: Value| {
+            claims["sub"] = json!("spiffe://example.org/a");
+            claims["exp"] = json!(4_000_000_000u64);
+            let token =
+                crate::svid::jwt::sign_es256(&key, "k", claims.as_object().unwrap()).unwrap();
+            crate::svid::jwt::parse(&token).unwrap()
+        };
+        let t = parsed(json!({
+            "sub": "spiffe://example.org/a",
+            "aud": ["urn:svid-broker:task:task_1:j1", "spiffe://example.org/rp"],
+        }));
+        let c = read(&t).unwrap();
+        assert_eq!(
+            (c.task_id.as_str(), c.jti.as_str(), c.audience.as_str()),
+            ("task_1", "j1", "spiffe://example.org/rp")
+        );
+        assert!(c.scopes.is_empty());
+        // A plain JWT-SVID, or two task audiences, is not a task token.
+        assert!(read(&parsed(json!({"aud": ["spiffe://example.org/rp"]}))).is_none());
+        assert!(read(&parsed(json!({
+            "aud": ["urn:svid-broker:task:t:1", "urn:svid-broker:task:t:2"]
+        })))
+        .is_none());
+    }
+
+    #[test]
     fn claims_carry_one_audience_and_scope_string() {
         let sub = SpiffeId::new("spiffe://example.org/a").unwrap();
         let scopes = vec!["r".to_string(), "w".to_string()];
