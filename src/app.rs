@@ -351,7 +351,8 @@ impl AudienceGate for PolicyGate {
 pub fn build_attestors(config: &Config) -> anyhow::Result<Attestors> {
     let unix: Arc<dyn WorkloadAttestor> = Arc::new(UnixAttestor::new(
         config.attestor.unix.clone(),
-        config.registry.wants_sha256(),
+        // Under SPIRE the entries are not known here: offer unix:sha256 in case one uses it.
+        config.registry.wants_sha256() || config.authority.kind == AuthorityKind::Spire,
     ));
     let mut attestors = vec![unix];
     if let Some(k8s) = &config.attestor.k8s {

@@ -467,6 +467,12 @@ admin_socket = "unix:///run/spire/agent/admin/admin.sock"
     }
 
     #[test]
+    fn spire_deploy_example_parses() {
+        let c = Config::parse(include_str!("../deploy/spire/svid-broker.toml")).unwrap();
+        assert_eq!(c.authority.kind, AuthorityKind::Spire);
+    }
+
+    #[test]
     fn development_profile_parses() {
         let c = Config::development("example.org").unwrap();
         assert!(c.development_profile);
