@@ -72,9 +72,10 @@ impl WorkloadApi {
         caller: &Caller,
     ) -> Result<(pb::X509svidResponse, Vec<String>), Status> {
         let bundle = self.identities.authority().current_bundle();
-        let mut svids = Vec::with_capacity(caller.identities.len());
-        let mut serials = Vec::with_capacity(caller.identities.len() + 1);
-        for identity in &caller.identities {
+        let identities = caller.current_identities()?;
+        let mut svids = Vec::with_capacity(identities.len());
+        let mut serials = Vec::with_capacity(identities.len() + 1);
+        for identity in &identities {
             let svid = self
                 .identities
                 .x509_svid(identity)

@@ -522,6 +522,26 @@ path = "@DIR@/audit.jsonl"
     );
     let after = run(&bins.spire_agent, &fetch).await;
     expect_success("spire-agent api fetch x509 (agent back)", &fetch, &after);
+
+    // 5. An entry added in SPIRE reaches the open stream, as it would from a SPIRE agent.
+    let second = "spiffe://example.org/agent-second";
+    spire.create_entry(second, &node, &[&me_sel]).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let ctx = stream.next().await.unwrap().unwrap();
+            let ids: Vec<String> = ctx
+                .svids()
+                .iter()
+                .map(|s| s.spiffe_id().to_string())
+                .collect();
+            if ids.iter().any(|i| i == second) {
+                assert!(ids.iter().any(|i| i == AGENT_ID), "{ids:?}");
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the new SPIRE entry never reached the open stream");
 }
 
 fn leaf_of(ctx: &spiffe::X509Context) -> Vec<u8> {

@@ -339,31 +339,8 @@ impl SpireAuthority {
             }
         };
         sub.touch();
-        let state = sub.first_answer(FIRST_ANSWER_WAIT).await;
-        let now = SystemTime::now();
-        match state {
-            subscription::Answer::Svids(list) => {
-                let identities = list
-                    .iter()
-                    .filter(|s| s.svid.not_after > now)
-                    .map(|s| Identity {
-                        spiffe_id: s.svid.spiffe_id.clone(),
-                        x509_ttl: s
-                            .svid
-                            .not_after
-                            .duration_since(now)
-                            .unwrap_or(Duration::ZERO),
-                        jwt_ttl: crate::config::DEFAULT_JWT_TTL,
-                        hint: s.hint.clone(),
-                    })
-                    .collect::<Vec<_>>();
-                if identities.is_empty() && !list.is_empty() {
-                    return Err(Status::unavailable(
-                        "the SVIDs from the SPIRE agent expired and it is unreachable; retry",
-                    ));
-                }
-                Ok((identities, sub))
-            }
+        match sub.first_answer(FIRST_ANSWER_WAIT).await {
+            subscription::Answer::Svids(list) => Ok((subscription::to_identities(&list)?, sub)),
             subscription::Answer::Failed(why) => Err(Status::unavailable(format!(
                 "SPIRE agent unavailable: {why}"
             ))),

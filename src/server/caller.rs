@@ -41,6 +41,23 @@ impl Caller {
         }
     }
 
+    /// The caller's identities now. Embedded: as attested. SPIRE: as the agent last sent them
+    /// for the caller's selectors, so entries added or removed in SPIRE reach open streams.
+    ///
+    /// # Errors
+    /// `PermissionDenied` "no identity issued" when there are none; `Unavailable` when SPIRE's
+    /// SVIDs expired while the agent is unreachable.
+    pub fn current_identities(&self) -> Result<Vec<Identity>, Status> {
+        let identities = match &self.upstream {
+            Some(sub) => sub.identities()?,
+            None => self.identities.clone(),
+        };
+        if identities.is_empty() {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        Ok(identities)
+    }
+
     pub fn selector_strings(&self) -> Vec<String> {
         self.selectors.iter().map(ToString::to_string).collect()
     }

@@ -2,7 +2,9 @@
 //! as long as the subscription lives; the last SVIDs received stay available meanwhile.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::Status;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -12,6 +14,7 @@ use super::backoff::Backoff;
 use super::{lock, spiffe_id_string, to_spire_selectors, SpireAuthority};
 use crate::attest::Selector;
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
+use crate::registry::Identity;
 use crate::svid::keys::SecretKey;
 use crate::svid::x509::X509Svid;
 
@@ -76,6 +79,21 @@ impl Subscription {
 
     pub(super) fn idle_for(&self) -> Duration {
         lock(&self.last_used).elapsed()
+    }
+
+    /// The identities the agent gives these selectors now (its last answer), skipping expired
+    /// SVIDs.
+    ///
+    /// # Errors
+    /// `Unavailable` when nothing was received yet, or everything received expired.
+    pub fn identities(&self) -> Result<Vec<Identity>, Status> {
+        let list = self
+            .state
+            .borrow()
+            .svids
+            .clone()
+            .ok_or_else(|| Status::unavailable("no answer from the SPIRE agent yet; retry"))?;
+        to_identities(&list)
     }
 
     /// The SVIDs received (possibly from before an outage), else the first error, waiting up to
@@ -173,6 +191,34 @@ fn convert(msg: di::SubscribeToX509sviDsResponse) -> Vec<SpireSvid> {
             })
         })
         .collect()
+}
+
+/// Identities from the SVIDs the agent sent, in its order (the first is the default).
+///
+/// # Errors
+/// `Unavailable` when there were SVIDs but all expired (the agent is unreachable).
+pub(super) fn to_identities(list: &[SpireSvid]) -> Result<Vec<Identity>, Status> {
+    let now = SystemTime::now();
+    let identities: Vec<Identity> = list
+        .iter()
+        .filter(|s| s.svid.not_after > now)
+        .map(|s| Identity {
+            spiffe_id: s.svid.spiffe_id.clone(),
+            x509_ttl: s
+                .svid
+                .not_after
+                .duration_since(now)
+                .unwrap_or(Duration::ZERO),
+            jwt_ttl: crate::config::DEFAULT_JWT_TTL,
+            hint: s.hint.clone(),
+        })
+        .collect();
+    if identities.is_empty() && !list.is_empty() {
+        return Err(Status::unavailable(
+            "the SVIDs from the SPIRE agent expired and it is unreachable; retry",
+        ));
+    }
+    Ok(identities)
 }
 
 fn serial_of(der: &[u8]) -> Option<String> {
