@@ -109,6 +109,13 @@ impl SpireAuthority {
         let td_name = self.trust_domain.to_string();
         let find =
             |m: &HashMap<String, Vec<u8>>| m.get(&td_id).or_else(|| m.get(&td_name)).cloned();
+        if !parts.x509.is_empty() && find(&parts.x509).is_none() {
+            tracing::error!(
+                trust_domain = %td_id,
+                agent_trust_domains = ?parts.x509.keys().collect::<Vec<_>>(),
+                "the SPIRE agent has no bundle for our trust_domain: set trust_domain to SPIRE's"
+            );
+        }
         let x509 = find(&parts.x509).map(|d| split_der(&d)).unwrap_or_default();
         let jwks = find(&parts.jwt);
         let jwt = match &jwks {

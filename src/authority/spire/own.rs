@@ -40,6 +40,13 @@ pub(super) async fn follow(authority: Weak<SpireAuthority>) {
                             });
                             if let Some(o) = &own {
                                 tracing::debug!(spiffe_id = %o.spiffe_id, "own X.509-SVID from SPIRE");
+                                if o.spiffe_id.trust_domain() != me.trust_domain() {
+                                    tracing::error!(
+                                        own = %o.spiffe_id,
+                                        trust_domain = %me.trust_domain(),
+                                        "the SPIRE agent serves another trust domain: set trust_domain to SPIRE's"
+                                    );
+                                }
                             }
                             me.own.send_replace(own);
                             me.set_link(|l| l.own_svid = true);
