@@ -71,6 +71,31 @@ impl Authority {
         }
     }
 
+    /// Federated X.509 bundles for the trust domains `caller`'s SVIDs federate with (SPIRE's
+    /// `federates_with`), for `X509SVIDResponse.federated_bundles`. Embedded: none.
+    pub fn federated_x509_for(
+        &self,
+        caller: &crate::server::caller::Caller,
+    ) -> std::collections::HashMap<String, Vec<u8>> {
+        let (Authority::Spire(s), Some(sub)) = (self, &caller.upstream) else {
+            return Default::default();
+        };
+        let federated = s.federated();
+        sub.federates_with()
+            .iter()
+            .filter_map(|td| federated.x509.get(td).map(|b| (td.clone(), b.clone())))
+            .collect()
+    }
+
+    /// Every federated bundle (X.509 DER, JWT JWKS) by trust domain ID, for FetchX509Bundles
+    /// and FetchJWTBundles next to our own. Embedded: none.
+    pub fn federated_bundles(&self) -> Option<Arc<spire::bundles::Federated>> {
+        match self {
+            Authority::Spire(s) => Some(s.federated()),
+            Authority::Embedded(_) => None,
+        }
+    }
+
     pub fn embedded(&self) -> Option<&Arc<EmbeddedAuthority>> {
         match self {
             Authority::Embedded(a) => Some(a),

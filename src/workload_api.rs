@@ -95,7 +95,7 @@ impl WorkloadApi {
             pb::X509svidResponse {
                 svids,
                 crl: Vec::new(),
-                federated_bundles: HashMap::new(),
+                federated_bundles: self.identities.authority().federated_x509_for(caller),
             },
             serials,
         ))
@@ -159,6 +159,21 @@ fn bundle_key(b: &TrustBundle) -> String {
     b.trust_domain.id_string()
 }
 
+/// Our bundle, plus (under SPIRE) the federated bundles the agent holds.
+fn with_federated(
+    authority: &crate::authority::Authority,
+    pick: impl Fn(&crate::authority::spire::bundles::Federated) -> &HashMap<String, Vec<u8>>,
+    b: &TrustBundle,
+    ours: Vec<u8>,
+) -> HashMap<String, Vec<u8>> {
+    let mut map = authority
+        .federated_bundles()
+        .map(|f| pick(&f).clone())
+        .unwrap_or_default();
+    map.insert(bundle_key(b), ours);
+    map
+}
+
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for WorkloadApi {
     type FetchX509SVIDStream = BoxStream<pb::X509svidResponse>;
@@ -200,7 +215,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 let b = authority.current_bundle();
                 let msg = pb::X509BundlesResponse {
                     crl: Vec::new(),
-                    bundles: HashMap::from([(bundle_key(&b), b.x509_der.clone())]),
+                    bundles: with_federated(&authority, |f| &f.x509, &b, b.x509_der.clone()),
                 };
                 Ok((msg, b.sequence))
             });
@@ -273,7 +288,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             let stream = self.watch_stream(move || {
                 let b = authority.current_bundle();
                 let msg = pb::JwtBundlesResponse {
-                    bundles: HashMap::from([(bundle_key(&b), b.jwks.clone())]),
+                    bundles: with_federated(&authority, |f| &f.jwt, &b, b.jwks.clone()),
                 };
                 Ok((msg, b.sequence))
             });

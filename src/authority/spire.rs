@@ -131,6 +131,7 @@ pub struct SpireAuthority {
     admin: Channel,
     bundle_tx: watch::Sender<Arc<TrustBundle>>,
     bundle_parts: Mutex<bundles::Parts>,
+    federated: Mutex<Arc<bundles::Federated>>,
     own: watch::Sender<Option<own::OwnSvid>>,
     /// Latest SVID per SPIFFE ID, from whichever subscription delivered it.
     svids: Mutex<HashMap<SpiffeId, Arc<X509Svid>>>,
@@ -186,6 +187,7 @@ impl SpireAuthority {
             admin,
             bundle_tx: watch::channel(Arc::new(empty)).0,
             bundle_parts: Mutex::new(bundles::Parts::default()),
+            federated: Mutex::new(Arc::default()),
             own: watch::channel(None).0,
             svids: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
@@ -254,6 +256,12 @@ impl SpireAuthority {
 
     pub fn current_bundle(&self) -> Arc<TrustBundle> {
         self.bundle_tx.borrow().clone()
+    }
+
+    /// Bundles of federated trust domains (not ours), as the agent sent them; the bundle
+    /// sequence of [`SpireAuthority::bundle`] changes when they do.
+    pub fn federated(&self) -> Arc<bundles::Federated> {
+        lock(&self.federated).clone()
     }
 
     /// Fires whenever an SVID arrives from the agent.

@@ -10,6 +10,14 @@ use super::{lock, SpireAuthority};
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
 use crate::svid::bundle::{parse_jwt_bundle, TrustBundle};
 
+/// Bundles of the other trust domains the agent holds (federation), keyed by trust domain ID, as
+/// the agent sent them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Federated {
+    pub x509: HashMap<String, Vec<u8>>,
+    pub jwt: HashMap<String, Vec<u8>>,
+}
+
 /// The last maps the agent sent, keyed by trust domain ID (`spiffe://example.org`).
 #[derive(Debug, Default)]
 pub struct Parts {
@@ -125,10 +133,25 @@ impl SpireAuthority {
             }),
             None => Vec::new(),
         };
+        let others = |m: &HashMap<String, Vec<u8>>| -> HashMap<String, Vec<u8>> {
+            m.iter()
+                .filter(|(k, _)| **k != td_id && **k != td_name)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let federated = Federated {
+            x509: others(&parts.x509),
+            jwt: others(&parts.jwt),
+        };
+        let federated_changed = *lock(&self.federated).as_ref() != federated;
+        if federated_changed {
+            *lock(&self.federated) = Arc::new(federated);
+        }
         let current = self.current_bundle();
         if current.x509_authorities == x509
             && current.jwt_authorities == jwt
             && jwks.as_ref().is_none_or(|j| *j == current.jwks)
+            && !federated_changed
         {
             return;
         }
@@ -186,6 +209,54 @@ mod tests {
     use crate::svid::x509::CaCert;
     use spiffe::TrustDomain;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn our_bundle_and_federated_ones_are_kept_apart() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let cfg = crate::authority::spire::SpireAuthorityConfig {
+            workload_socket: "unix:///nonexistent/a.sock".into(),
+            admin_socket: "unix:///nonexistent/b.sock".into(),
+            startup_wait: Duration::from_secs(1),
+        };
+        let spire = SpireAuthority::new(td.clone(), cfg).unwrap();
+        let ca = |td: &TrustDomain| {
+            CaCert::self_signed(td, Duration::from_secs(60), EcKey::generate().unwrap())
+                .unwrap()
+                .cert_der
+        };
+        let other = TrustDomain::new("partner.org").unwrap();
+        let (ours, theirs) = (ca(&td), ca(&other));
+        let jwks = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","y":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}"#.to_vec();
+        let rx = spire.bundle();
+        spire.update_bundle(|p| {
+            p.x509 = HashMap::from([
+                ("spiffe://example.org".to_string(), ours.clone()),
+                ("spiffe://partner.org".to_string(), theirs.clone()),
+            ])
+        });
+        spire.update_bundle(|p| {
+            p.jwt = HashMap::from([("spiffe://example.org".to_string(), jwks.clone())])
+        });
+        assert!(rx.has_changed().unwrap());
+        let b = spire.current_bundle();
+        assert_eq!(b.x509_authorities, vec![ours]);
+        assert_eq!(
+            b.jwt_authorities.len(),
+            1,
+            "a JWKS without `use` is SPIRE's form"
+        );
+        assert_eq!(b.jwks, jwks, "JWKS served as the agent sent it");
+        let f = spire.federated();
+        assert_eq!(f.x509.get("spiffe://partner.org"), Some(&theirs));
+        assert!(!f.x509.contains_key("spiffe://example.org"));
+        let seq = b.sequence;
+        spire.update_bundle(|_| {});
+        assert_eq!(
+            spire.current_bundle().sequence,
+            seq,
+            "no change, no new sequence"
+        );
+    }
 
     #[test]
     fn concatenated_der_splits_back() {

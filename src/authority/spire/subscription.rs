@@ -29,6 +29,8 @@ pub struct SpireSvid {
 struct State {
     /// The last list received (`None`: nothing yet).
     svids: Option<Arc<Vec<SpireSvid>>>,
+    /// Trust domain IDs the SVIDs federate with (their bundles go in X509SVIDResponse).
+    federates_with: Arc<Vec<String>>,
     /// Why the stream is down, while it is.
     error: Option<String>,
 }
@@ -96,6 +98,11 @@ impl Subscription {
         to_identities(&list)
     }
 
+    /// Trust domain IDs the caller's SVIDs federate with, per the agent's last answer.
+    pub fn federates_with(&self) -> Arc<Vec<String>> {
+        self.state.borrow().federates_with.clone()
+    }
+
     /// The SVIDs received (possibly from before an outage), else the first error, waiting up to
     /// `wait` for either.
     pub(super) async fn first_answer(&self, wait: Duration) -> Answer {
@@ -139,14 +146,17 @@ async fn follow(
                     match stream.message().await {
                         Ok(Some(msg)) => {
                             backoff.reset();
+                            let federates_with = Arc::new(msg.federates_with.clone());
                             let list = Arc::new(convert(msg));
+                            // State first: a stream woken by `publish` must see it.
+                            tx.send_replace(State {
+                                svids: Some(list.clone()),
+                                federates_with,
+                                error: None,
+                            });
                             if let Some(me) = authority.upgrade() {
                                 me.publish(&list);
                             }
-                            tx.send_replace(State {
-                                svids: Some(list),
-                                error: None,
-                            });
                         }
                         Ok(None) => break "the SPIRE agent closed the stream".to_string(),
                         Err(s) => break super::stream_error(&s),
