@@ -272,9 +272,27 @@ impl Broker {
             obo,
         };
         self.audit(task_open_event(&task)).await?;
-        self.lock()
-            .insert(task.clone(), self.config.max_open_tasks, now_secs)
-            .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
+        let closed_meanwhile = {
+            let mut table = self.lock();
+            table
+                .insert(task.clone(), self.config.max_open_tasks, now_secs)
+                .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
+            table.get(&task_id).is_some_and(|t| t.closed)
+        };
+        if closed_meanwhile {
+            // The parent was closed after its token was checked: the child went in closed
+            // with it (as a replay of the log would have it), and nothing is handed out.
+            let parent_id = task.parent.clone().unwrap_or_default();
+            self.audit(AuditEvent::Revocation {
+                task_id: task_id.clone(),
+                reason: "its parent task was closed while it was being opened".into(),
+                cause_task_id: task.parent.clone(),
+            })
+            .await?;
+            return Err(Status::permission_denied(format!(
+                "parent_token rejected: its task {parent_id} was closed while this task was being opened"
+            )));
+        }
         Ok(pb::OpenTaskResponse {
             task_id,
             spiffe_id: owner_str,
