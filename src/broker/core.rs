@@ -133,7 +133,8 @@ impl Broker {
         limits::scopes(&req.scopes)?;
         limits::token("parent_token", &req.parent_token)?;
         limits::token("subject_token", &req.subject_token)?;
-        let policy = self.policy_or_deny()?;
+        // One policy version for every decision of this request (Delegate and each pair).
+        let policy = self.policy_or_deny()?.pin();
         let owner = choose_identity(caller, &req.spiffe_id)?;
         let now = SystemTime::now();
         let now_secs = unix_seconds(now);
@@ -242,7 +243,7 @@ impl Broker {
             grants: &p.task.grants,
             token_scopes: &p.token_scopes,
         });
-        let outcome = grant::compute(policy, &ctx, &req.audiences, &req.scopes, limit.as_ref());
+        let outcome = grant::compute(&policy, &ctx, &req.audiences, &req.scopes, limit.as_ref());
         narrowed.extend(outcome.narrowed);
         let task_id = format!("task_{}", random_hex(16));
         for mut d in outcome.decisions {
