@@ -385,7 +385,7 @@ async fn admin_socket_is_the_only_way_in_for_operators() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(closed.closed_task_ids, [theirs.clone()]);
+    assert_eq!(closed.closed_task_ids, std::slice::from_ref(&theirs));
     assert_eq!(closed.revoked_tokens, 1);
     assert!(!cli_active(&b.agent_ok(
         "tool-x",
@@ -401,7 +401,7 @@ async fn admin_socket_is_the_only_way_in_for_operators() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(revoked.closed_task_ids, [mine.task_id.clone()]);
+    assert_eq!(revoked.closed_task_ids, std::slice::from_ref(&mine.task_id));
     assert!(!introspect(&mut op, &my_tok).await.0);
     let close = b
         .audit_records()

@@ -202,7 +202,7 @@ async fn beyond_the_grant_is_refused() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(closed.closed_task_ids, [t.task_id.clone()]);
+    assert_eq!(closed.closed_task_ids, std::slice::from_ref(&t.task_id));
     assert_eq!(closed.revoked_tokens, 2);
     assert_status(
         c.mint_task_token(mint_req(&t.task_id, TOOL_X, &[], 0, 0))

@@ -511,7 +511,8 @@ async fn child_opened_during_parent_close_is_closed_too() {
             open_children.is_empty(),
             "round {round}: children of a closed task still open: {open_children:?}"
         );
-        for tok in tokens.lock().unwrap().iter() {
+        let minted = tokens.lock().unwrap().clone();
+        for tok in &minted {
             assert!(
                 !introspect(&mut c, tok).await.0,
                 "round {round}: a child token outlived its parent's close"
