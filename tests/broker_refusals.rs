@@ -278,6 +278,35 @@ async fn token_uses_are_counted() {
         assert_eq!(claims["uses_left"], left);
     }
     assert!(!introspect(&mut c, &thrice).await.0);
+
+    // Racing introspections of an N-use token: exactly N of them see it active.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(b.client().await);
+    }
+    for (round, uses) in [1u32, 2, 1, 3, 1, 1, 2, 1, 1, 1].into_iter().enumerate() {
+        let tok = c
+            .mint_task_token(mint_req(&t.task_id, TOOL_X, &[], 0, uses))
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let racers: Vec<_> = (0..24)
+            .map(|i| {
+                let mut c = clients[i % clients.len()].clone();
+                let tok = tok.clone();
+                tokio::spawn(async move { introspect(&mut c, &tok).await.0 })
+            })
+            .collect();
+        let mut active = 0;
+        for r in racers {
+            active += u32::from(r.await.unwrap());
+        }
+        assert_eq!(
+            active, uses,
+            "round {round}: a {uses}-use token was active {active} times"
+        );
+    }
 }
 
 /// The trust domain's JWKS (bytes) from FetchJWTBundles.

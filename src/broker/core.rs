@@ -687,12 +687,14 @@ impl Broker {
             return Ok(inactive);
         };
         let now_secs = unix_seconds(now);
-        let (active, uses_left) = {
-            let table = self.lock();
+        // Check and count a use under one lock: two racing introspections of a single-use
+        // token must not both see it unused.
+        let (active, uses_left, counted) = {
+            let mut table = self.lock();
             let task_open = table
                 .get(&claims.task_id)
                 .is_some_and(|t| t.state(now_secs) == TaskState::Open);
-            match table.token(&claims.jti) {
+            let (active, uses_left) = match table.token(&claims.jti) {
                 Some(t) if task_open && t.exp > now_secs => {
                     if t.max_uses == 0 {
                         (true, None)
@@ -703,10 +705,15 @@ impl Broker {
                     }
                 }
                 _ => (false, None),
-            }
+            };
+            let counted = if active && uses_left.is_some() {
+                table.use_token(&claims.jti)
+            } else {
+                None
+            };
+            (active, uses_left, counted)
         };
-        if active && uses_left.is_some() {
-            let uses = self.lock().use_token(&claims.jti).unwrap_or(0);
+        if let Some(uses) = counted {
             self.audit(AuditEvent::TokenUsed {
                 task_id: claims.task_id.clone(),
                 jti: claims.jti.clone(),
