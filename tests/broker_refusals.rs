@@ -216,12 +216,19 @@ async fn beyond_the_grant_is_refused() {
     ));
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_task_gives_nothing() {
     let b = Broker::start(options());
     let mut c = b.client().await;
     let t = c
-        .open_task(open_req("short", &[TOOL_X], &["read"], 3))
+        .open_task(open_req("short", &[TOOL_X], &["read"], 5))
         .await
         .unwrap()
         .into_inner();
@@ -233,7 +240,8 @@ async fn expired_task_gives_nothing() {
     // The token may not outlive its task.
     assert!(tok.expires_at <= t.expires_at, "{tok:?} vs {t:?}");
     assert!(introspect(&mut c, &tok.token).await.0);
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let left = t.expires_at - unix_now();
+    tokio::time::sleep(Duration::from_millis(left.max(0) as u64 * 1000 + 1200)).await;
     assert_status(
         c.mint_task_token(mint_req(&t.task_id, TOOL_X, &[], 0, 0))
             .await,

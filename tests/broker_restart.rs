@@ -196,7 +196,7 @@ async fn kill_9_under_load_loses_no_record() {
     }
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert!(
-        seen.live.len() > 20 && !seen.revoked.is_empty(),
+        seen.live.len() > 10 && !seen.revoked.is_empty(),
         "too little load before the kill: {} live, {} revoked",
         seen.live.len(),
         seen.revoked.len()
