@@ -473,6 +473,27 @@ async fn altered_and_forged_tokens_are_inactive() {
             "{what}"
         );
     }
+    // A genuine JWT-SVID that is not a task token is foreign to the broker: inactive.
+    let ch = svid_broker::client::connect(b.socket.clone())
+        .await
+        .unwrap();
+    let svid = svid_broker::client::workload_client(ch)
+        .fetch_jwtsvid(wl::JwtsvidRequest {
+            audience: vec![RUNNER.into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .svids
+        .remove(0)
+        .svid;
+    validate(&b, RUNNER, &svid).await.unwrap();
+    assert!(
+        !introspect(&mut c, &svid).await.0,
+        "a plain JWT-SVID introspected active"
+    );
+
     // None of that cost the genuine token anything.
     assert!(introspect(&mut c, &good).await.0);
 }

@@ -537,3 +537,94 @@ async fn child_opened_during_parent_close_is_closed_too() {
         listed.tasks
     );
 }
+
+/// The broker's own bound holds whatever the policy says.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_depth_bound_holds_below_the_policy() {
+    let b = Broker::start(
+        Options::new(DELEGATION_POLICY)
+            .broker("max_delegation_depth = 1")
+            .extra(&format!("[audience.\"{AGENT_A}\"]\ntags = [\"agent\"]"))
+            .extra(&format!("[audience.\"{AGENT_B}\"]\ntags = [\"agent\"]")),
+    );
+    let a_task = b.agent_ok(
+        "agent-a",
+        &[
+            "task",
+            "open",
+            "--purpose",
+            "p",
+            "--audience",
+            AGENT_B,
+            "--audience",
+            AGENT_C,
+            "--audience",
+            TOOL_X,
+            "--scope",
+            "read",
+            "--id-only",
+        ],
+    );
+    let to_b = b.agent_ok(
+        "agent-a",
+        &[
+            "task",
+            "token",
+            "--task",
+            &a_task,
+            "--audience",
+            AGENT_B,
+            "--token-only",
+        ],
+    );
+    let b_task = b.agent_ok(
+        "agent-b",
+        &[
+            "task",
+            "open",
+            "--purpose",
+            "p",
+            "--audience",
+            AGENT_C,
+            "--audience",
+            TOOL_X,
+            "--scope",
+            "read",
+            "--parent-token",
+            &to_b,
+            "--id-only",
+        ],
+    );
+    let to_c = b.agent_ok(
+        "agent-b",
+        &[
+            "task",
+            "token",
+            "--task",
+            &b_task,
+            "--audience",
+            AGENT_C,
+            "--token-only",
+        ],
+    );
+    let err = b.agent_err(
+        "agent-c",
+        &[
+            "task",
+            "open",
+            "--purpose",
+            "p",
+            "--audience",
+            TOOL_X,
+            "--scope",
+            "read",
+            "--parent-token",
+            &to_c,
+        ],
+    );
+    assert!(
+        err.contains("PermissionDenied")
+            && err.contains("delegation depth 2 exceeds broker.max_delegation_depth 1"),
+        "{err}"
+    );
+}
