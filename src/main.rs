@@ -4,14 +4,16 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Behave like other Unix tools when output is piped into `head`: end quietly on a closed
-    // pipe instead of panicking inside println!. The daemon never writes to a pipe it reads
-    // back, so this changes nothing for `run`.
-    // SAFETY: setting a signal disposition to the default before any thread writes output.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = svid_broker::cli::Cli::parse();
+    if !matches!(cli.command, svid_broker::cli::Command::Run(_)) {
+        // Client commands behave like other Unix tools when piped into `head`: end quietly
+        // on a closed pipe instead of panicking inside println!. Never for the daemon, whose
+        // sockets must survive peers that hang up mid-write.
+        // SAFETY: setting a signal disposition before any output is written.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match svid_broker::cli::dispatch(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
