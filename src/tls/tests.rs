@@ -97,7 +97,8 @@ fn context_checks_the_svid_before_use() {
     assert_eq!(ctx.serial().len(), 32);
 
     let other_ca = new_ca("example.org");
-    let cases: Vec<(&str, pb::X509svid, fn(&SvidError) -> bool)> = vec![
+    type Case = (&'static str, pb::X509svid, fn(&SvidError) -> bool);
+    let cases: Vec<Case> = vec![
         (
             "bundle of another CA",
             pb::X509svid {
