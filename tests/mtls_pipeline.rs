@@ -126,3 +126,31 @@ fn a_connection_after_rotation_uses_the_new_svid() {
     assert_ne!(later, first);
     assert_eq!(accepted(&server).1, later);
 }
+
+#[test]
+fn a_server_keeps_serving_across_a_daemon_restart() {
+    let mut pipeline = Pipeline::start(Mode::detect());
+    let server = pipeline.serve(Stage::A, ID_B);
+    let (_, first) = reply_and_serial(&pipeline.call(Stage::B, server.addr, ID_A));
+    assert_eq!(accepted(&server).1, first);
+
+    // The restarted daemon has a new CA: the server's watcher reconnects and takes an SVID
+    // under it; until then a client with the new bundle cannot verify the server.
+    pipeline.restart_daemon();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = pipeline.call(Stage::B, server.addr, ID_A);
+        if out.status.success() {
+            let (_, serial) = reply_and_serial(&out);
+            assert_ne!(serial, first);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful call 15s after the restart: {}\nserver: {}",
+            String::from_utf8_lossy(&out.stderr),
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -227,6 +227,31 @@ async fn server_refuses_a_client_with_another_id() {
 }
 
 #[tokio::test]
+async fn a_client_without_a_certificate_is_refused() {
+    let ca = new_ca("example.org");
+    let server = server_config(
+        source(&ca, "spiffe://example.org/a"),
+        Authorize::any_in_trust_domain(TrustDomain::new("example.org").unwrap()),
+    )
+    .unwrap();
+    let b = source(&ca, "spiffe://example.org/b");
+    let verifier = SpiffeServerVerifier::new(b, expect("spiffe://example.org/a"), provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let (s, c) = handshake(server, Arc::new(client)).await;
+    let err = s.unwrap_err();
+    assert!(
+        err.to_string().contains("peer sent no certificates"),
+        "{err}"
+    );
+    assert!(c.is_err());
+}
+
+#[tokio::test]
 async fn peers_under_a_foreign_ca_or_trust_domain_are_refused() {
     let ca1 = new_ca("example.org");
     let rogue = new_ca("example.org");

@@ -237,3 +237,89 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         self.0.schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+    use super::*;
+
+    fn cert(sans: &[SanType], ca: bool, usages: Vec<KeyUsagePurpose>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans.to_vec();
+        params.key_usages = usages;
+        if ca {
+            params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn uri(s: &str) -> SanType {
+        SanType::URI(s.try_into().unwrap())
+    }
+
+    #[test]
+    fn peer_leaf_rules() {
+        let sign = || vec![KeyUsagePurpose::DigitalSignature];
+        let a = uri("spiffe://example.org/a");
+        let cases: Vec<(&str, Vec<u8>, Result<&str, &str>)> = vec![
+            (
+                "one SPIFFE URI",
+                cert(std::slice::from_ref(&a), false, sign()),
+                Ok("spiffe://example.org/a"),
+            ),
+            ("no SAN", cert(&[], false, sign()), Err("no subjectAltName")),
+            (
+                "DNS name only",
+                cert(
+                    &[SanType::DnsName("a.example.org".try_into().unwrap())],
+                    false,
+                    sign(),
+                ),
+                Err("not exactly one URI SAN"),
+            ),
+            (
+                "two URIs",
+                cert(&[a.clone(), uri("spiffe://example.org/b")], false, sign()),
+                Err("not exactly one URI SAN"),
+            ),
+            (
+                "https URI",
+                cert(&[uri("https://example.org/a")], false, sign()),
+                Err("URI SAN is not a SPIFFE ID"),
+            ),
+            (
+                "trust domain only",
+                cert(&[uri("spiffe://example.org")], false, sign()),
+                Err("SPIFFE ID has no path"),
+            ),
+            (
+                "a CA",
+                cert(std::slice::from_ref(&a), true, sign()),
+                Err("leaf is a CA"),
+            ),
+            (
+                "may sign certificates",
+                cert(
+                    &[a],
+                    false,
+                    vec![
+                        KeyUsagePurpose::DigitalSignature,
+                        KeyUsagePurpose::KeyCertSign,
+                    ],
+                ),
+                Err("leaf may sign certificates or CRLs"),
+            ),
+            ("garbage", vec![0x30, 0x00], Err("leaf does not parse")),
+        ];
+        for (name, der, want) in cases {
+            let got = leaf_spiffe_id(&der);
+            match (got, want) {
+                (Ok(id), Ok(w)) => assert_eq!(id.to_string(), w, "{name}"),
+                (Err(PeerError::Malformed(why)), Err(w)) => assert_eq!(why, w, "{name}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

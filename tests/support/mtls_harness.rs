@@ -70,6 +70,7 @@ impl Launcher {
 /// The daemon with two registered stages.
 pub struct Pipeline {
     daemon: Child,
+    config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
     a: Launcher,
@@ -121,7 +122,7 @@ impl Pipeline {
                 )
             }
         };
-        let config = format!(
+        let config_text = format!(
             r#"trust_domain = "example.org"
 socket_path = "{socket}"
 
@@ -137,21 +138,13 @@ x509_ttl = "10s"
 "#,
             socket = socket.display()
         );
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, config).expect("write config");
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, config_text).expect("write config");
         let log = dir.path().join("daemon.log");
-        let log_file = std::fs::File::create(&log).expect("daemon log");
-        let daemon = Command::new(DAEMON)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn svid-broker");
+        let daemon = spawn_daemon(&config, &log);
         let mut pipeline = Self {
             daemon,
+            config,
             socket,
             log,
             a,
@@ -160,6 +153,14 @@ x509_ttl = "10s"
         };
         pipeline.wait_ready();
         pipeline
+    }
+
+    /// Stops the daemon with SIGTERM and starts it again on the same socket (with a new CA:
+    /// the authority is memory-only).
+    pub fn restart_daemon(&mut self) {
+        terminate(&mut self.daemon);
+        self.daemon = spawn_daemon(&self.config, &self.log);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -301,6 +302,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         terminate(&mut self.child);
     }
+}
+
+fn spawn_daemon(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("daemon log");
+    Command::new(DAEMON)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn svid-broker")
 }
 
 /// Copies the stage binary into `dir`, executable by everyone.
