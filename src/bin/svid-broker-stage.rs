@@ -104,35 +104,45 @@ async fn serve(watcher: SvidWatcher, listen: SocketAddr, peer: SpiffeId) -> anyh
     );
     let authorize = Authorize::expect_id(peer);
     loop {
-        let (tcp, from) = listener.accept().await.context("accept failed")?;
+        let (tcp, from) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not exit.
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         // A snapshot per connection, so the log line names exactly the SVID this connection
         // presents; `tls::server_config(watcher.source(), …)` built once does the same
         // without the log line.
         let snapshot = watcher.current();
         let config = tls::server_config(X509Source::fixed(snapshot.clone()), authorize.clone())?;
         tokio::spawn(async move {
-            let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-                let tls = TlsAcceptor::from(config).accept(tcp).await?;
-                let peer = tls::peer_spiffe_id(tls.get_ref().1.peer_certificates())
-                    .map_err(std::io::Error::other)?;
-                println!(
-                    "connection from {from}: peer={peer} serial={}",
-                    snapshot.serial()
-                );
-                answer_lines(tls, snapshot.spiffe_id(), &peer).await
-            });
-            match answer.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    eprintln!("refused or failed connection from {from}: {}", describe(&e))
-                }
-                Err(_) => eprintln!("connection from {from} timed out"),
+            let handshake =
+                tokio::time::timeout(EXCHANGE_TIMEOUT, TlsAcceptor::from(config).accept(tcp));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return eprintln!("refused connection from {from}: {}", describe(&e)),
+                Err(_) => return eprintln!("handshake with {from} timed out"),
+            };
+            let peer = match tls::peer_spiffe_id(tls.get_ref().1.peer_certificates()) {
+                Ok(peer) => peer,
+                Err(e) => return eprintln!("connection from {from}: {e}"),
+            };
+            println!(
+                "connection from {from}: peer={peer} serial={}",
+                snapshot.serial()
+            );
+            if let Err(e) = answer_lines(tls, snapshot.spiffe_id(), &peer).await {
+                eprintln!("connection from {from} ({peer}) failed: {}", describe(&e));
             }
         });
     }
 }
 
-/// "hello" → "hello from <own> to <peer>", one reply per line, until the peer closes.
+/// "hello" → "hello from <own> to <peer>", one reply per line, until the peer closes, goes
+/// quiet for `EXCHANGE_TIMEOUT` or sends an overlong line.
 async fn answer_lines(
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     own: &SpiffeId,
@@ -142,7 +152,17 @@ async fn answer_lines(
     let mut read = BufReader::new(read);
     loop {
         let mut line = String::new();
-        if (&mut read).take(MAX_LINE).read_line(&mut line).await? == 0 {
+        let mut limited = (&mut read).take(MAX_LINE);
+        let next = limited.read_line(&mut line);
+        let Ok(n) = tokio::time::timeout(EXCHANGE_TIMEOUT, next).await else {
+            return write.shutdown().await;
+        };
+        let n = n?;
+        if n == 0 {
+            return write.shutdown().await;
+        }
+        if n as u64 == MAX_LINE && !line.ends_with('\n') {
+            write.write_all(b"line too long\n").await?;
             return write.shutdown().await;
         }
         let reply = match line.trim_end() {
