@@ -78,8 +78,11 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = socket_path(cli.socket.as_deref(), None)?;
-    let watcher = SvidWatcher::start(socket)
+    let watcher = tokio::time::timeout(EXCHANGE_TIMEOUT, SvidWatcher::start(socket))
         .await
+        .map_err(|_| {
+            anyhow::anyhow!("no X.509-SVID from the Workload API within {EXCHANGE_TIMEOUT:?}")
+        })?
         .context("cannot get an X.509-SVID")?;
     match cli.command {
         Command::Serve { listen, peer_id } => serve(watcher, listen, peer_id).await,
