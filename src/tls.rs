@@ -18,6 +18,8 @@
 //! # let _ = acceptor; Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod authorize;
 mod context;
 mod resolve;

@@ -6,6 +6,8 @@
 //! svid-broker-stage call --connect 127.0.0.1:7000 --peer-id spiffe://example.org/stage/a --message hello
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
