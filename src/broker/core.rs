@@ -88,6 +88,10 @@ impl Broker {
         self.policy.as_ref()
     }
 
+    pub fn audit_log(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
+    }
+
     /// Replaces the task table (state rebuilt from the audit log at start).
     pub fn restore(&self, table: TaskTable) {
         *self.lock() = table;

@@ -10,6 +10,7 @@ use tonic::{Request, Status};
 
 use crate::attest::peer::{PinnedProcess, ProcessFingerprint};
 use crate::attest::{AttestError, Attestation, Attestors, Selector};
+use crate::audit::{AuditEvent, AuditLog};
 use crate::registry::{Identity, Registry};
 use crate::telemetry::Metrics;
 
@@ -67,6 +68,7 @@ pub struct CallerResolver {
     attestors: Attestors,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    audit: std::sync::OnceLock<AuditLog>,
 }
 
 impl CallerResolver {
@@ -75,7 +77,13 @@ impl CallerResolver {
             attestors,
             registry,
             metrics,
+            audit: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records every attestation in `log` from now on.
+    pub fn set_audit(&self, log: AuditLog) {
+        let _ = self.audit.set(log);
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -131,6 +139,21 @@ impl CallerResolver {
         }
         self.metrics.observe_attestation(attestation.elapsed);
         let caller = Arc::new(self.caller_from(attestation));
+        if let Some(log) = self.audit.get() {
+            // Once per connection, so waiting for the disk costs nothing on later calls.
+            let event = AuditEvent::Attestation {
+                pid: caller.pid,
+                selectors: caller.selector_strings(),
+                spiffe_ids: caller
+                    .identities
+                    .iter()
+                    .map(|i| i.spiffe_id.to_string())
+                    .collect(),
+            };
+            log.append(event)
+                .await
+                .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))?;
+        }
         tracing::debug!(
             pid = caller.pid,
             pin = process.method().as_str(),
