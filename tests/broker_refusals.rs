@@ -643,6 +643,42 @@ async fn delegation_is_no_way_around_the_grant() {
         err.contains("PermissionDenied") && err.contains("nothing granted"),
         "{err}"
     );
+    // A single-use delegation token opens one child, not two.
+    let once = b.agent_ok(
+        "agent-a",
+        &[
+            "task",
+            "token",
+            "--task",
+            &a_task,
+            "--audience",
+            AGENT_B,
+            "--scope",
+            "read",
+            "--max-uses",
+            "1",
+            "--token-only",
+        ],
+    );
+    let child = [
+        "task",
+        "open",
+        "--purpose",
+        "once",
+        "--audience",
+        TOOL_X,
+        "--scope",
+        "read",
+        "--parent-token",
+        &once,
+        "--id-only",
+    ];
+    b.agent_ok("agent-b", &child);
+    let err = b.agent_err("agent-b", &child);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("it is used up"),
+        "{err}"
+    );
     // A closes: the delegation token no longer opens anything.
     b.agent_ok("agent-a", &["task", "close", "--task", &a_task]);
     let err = b.agent_err(

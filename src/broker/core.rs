@@ -149,6 +149,15 @@ impl Broker {
         } else {
             Some(self.check_parent(&req.parent_token, &owner, now)?)
         };
+        if let Some((task_id, jti, uses)) = parent.as_ref().and_then(|p| p.used.clone()) {
+            self.audit(AuditEvent::TokenUsed {
+                task_id,
+                jti,
+                by: owner.to_string(),
+                uses,
+            })
+            .await?;
+        }
         let obo = if req.subject_token.is_empty() {
             parent.as_ref().and_then(|p| p.task.obo.clone())
         } else {
@@ -339,7 +348,7 @@ impl Broker {
         .map_err(|e| denied(e.to_string()))?;
         let claims =
             token::read(&verified.parsed).ok_or_else(|| denied("not a task token".into()))?;
-        let table = self.lock();
+        let mut table = self.lock();
         let task = table
             .get(&claims.task_id)
             .ok_or_else(|| denied("its task is unknown".into()))?;
@@ -358,9 +367,21 @@ impl Broker {
         if token_state.max_uses > 0 && token_state.uses >= token_state.max_uses {
             return Err(denied("it is used up".into()));
         }
+        let counted = token_state.max_uses > 0;
+        let task = task.clone();
+        // Opening a child spends a use of an N-use delegation token, under the same lock
+        // as the check, so two children cannot share a single-use token.
+        let used = if counted {
+            table
+                .use_token(&claims.jti)
+                .map(|uses| (claims.task_id.clone(), claims.jti.clone(), uses))
+        } else {
+            None
+        };
         Ok(ParentInfo {
-            task: task.clone(),
+            task,
             token_scopes: claims.scopes.into_iter().collect(),
+            used,
         })
     }
 
@@ -831,6 +852,8 @@ impl Broker {
 struct ParentInfo {
     task: Task,
     token_scopes: BTreeSet<String>,
+    /// (task, jti, uses) when opening this child spent a use of the delegation token.
+    used: Option<(String, String, u32)>,
 }
 
 fn choose_identity(caller: &Caller, wanted: &str) -> Result<SpiffeId, Status> {
