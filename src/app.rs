@@ -78,6 +78,10 @@ impl App {
         }
         let resolver = Arc::new(resolver);
         let broker = Arc::new(build_broker(&config, &identities, &metrics).await?);
+        if let Some(log) = broker.audit_log() {
+            resolver.set_audit(log.clone());
+            identities.set_audit(log.clone());
+        }
         let listener = socket::bind(&config.socket_path, 0o777)?;
         let admin_listener = config
             .admin_socket_path

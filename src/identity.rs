@@ -12,6 +12,7 @@ use spiffe::SpiffeId;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::audit::{AuditEvent, AuditLog, SvidKind};
 use crate::authority::schedule::svid_refresh_in;
 use crate::authority::{Authority, AuthorityError, EmbeddedAuthority, SpireAuthority};
 use crate::registry::Identity;
@@ -46,6 +47,7 @@ pub struct IdentityManager {
     /// Bumped whenever any X.509-SVID is renewed.
     generation: watch::Sender<u64>,
     wake: Notify,
+    audit: std::sync::OnceLock<AuditLog>,
 }
 
 impl IdentityManager {
@@ -65,11 +67,46 @@ impl IdentityManager {
             jwt: Mutex::new(HashMap::new()),
             generation: watch::channel(0).0,
             wake: Notify::new(),
+            audit: std::sync::OnceLock::new(),
         })
     }
 
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// Records every SVID minted in `log` from now on. Workload API SVIDs are recorded
+    /// without waiting for the disk (they are renewed continuously and carry no task
+    /// authority); task tokens are recorded synchronously by the broker.
+    pub fn set_audit(&self, log: AuditLog) {
+        let _ = self.audit.set(log);
+    }
+
+    fn record(
+        &self,
+        spiffe_id: &SpiffeId,
+        kind: SvidKind,
+        serial: Option<String>,
+        jti: Option<String>,
+        audiences: Vec<String>,
+        expires: SystemTime,
+    ) {
+        let Some(log) = self.audit.get().cloned() else {
+            return;
+        };
+        let event = AuditEvent::SvidIssued {
+            spiffe_id: spiffe_id.to_string(),
+            svid: kind,
+            serial,
+            jti,
+            audiences,
+            expires_at: crate::svid::unix_seconds(expires) as u64,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = log.append(event).await {
+                tracing::error!(error = %e, "audit record of an SVID issuance failed");
+            }
+        });
     }
 
     /// Fires when SVIDs were renewed.
@@ -159,6 +196,14 @@ impl IdentityManager {
             return Ok(c.svid.clone());
         }
         let svid = Arc::new(authority.mint_x509_svid(&identity.spiffe_id, identity.x509_ttl)?);
+        self.record(
+            &identity.spiffe_id,
+            SvidKind::X509,
+            Some(svid.serial.clone()),
+            None,
+            Vec::new(),
+            svid.not_after,
+        );
         let mut cache = self.x509_cache();
         if cache.len() >= MAX_CACHED_X509_SVIDS {
             cache.retain(|_, c| c.wanted);
@@ -196,14 +241,18 @@ impl IdentityManager {
                 return Ok(c.token.clone());
             }
         }
-        let claims = svid_claims(
-            &identity.spiffe_id,
-            &key.1,
-            SystemTime::now(),
-            identity.jwt_ttl,
-            &random_hex(16),
-        );
+        let jti = random_hex(16);
+        let issued = SystemTime::now();
+        let claims = svid_claims(&identity.spiffe_id, &key.1, issued, identity.jwt_ttl, &jti);
         let token: Arc<str> = self.authority.sign_jwt(&claims)?.into();
+        self.record(
+            &identity.spiffe_id,
+            SvidKind::Jwt,
+            None,
+            Some(jti),
+            key.1.clone(),
+            issued + identity.jwt_ttl,
+        );
         let mut cache = self.jwt_cache();
         if cache.len() >= MAX_CACHED_JWT_SVIDS {
             cache.retain(|_, c| c.refresh_at > now);
@@ -268,6 +317,14 @@ impl IdentityManager {
         for (id, ttl) in due {
             match authority.mint_x509_svid(&id, ttl) {
                 Ok(svid) => {
+                    self.record(
+                        &id,
+                        SvidKind::X509,
+                        Some(svid.serial.clone()),
+                        None,
+                        Vec::new(),
+                        svid.not_after,
+                    );
                     if let Some(c) = self.x509_cache().get_mut(&id) {
                         c.svid = Arc::new(svid);
                         c.refresh_at = Instant::now() + svid_refresh_in(ttl, jitter());

@@ -15,4 +15,5 @@ pub mod registry;
 pub mod server;
 pub mod svid;
 pub mod telemetry;
+pub mod tls;
 pub mod workload_api;

@@ -419,6 +419,10 @@ fn json_to_value(v: serde_json::Value) -> prost_types::Value {
 }
 
 #[cfg(test)]
+#[path = "workload_api/rotation_tests.rs"]
+mod rotation_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

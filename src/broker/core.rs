@@ -88,6 +88,10 @@ impl Broker {
         self.policy.as_ref()
     }
 
+    pub fn audit_log(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
+    }
+
     /// Replaces the task table (state rebuilt from the audit log at start).
     pub fn restore(&self, table: TaskTable) {
         *self.lock() = table;
@@ -133,7 +137,8 @@ impl Broker {
         limits::scopes(&req.scopes)?;
         limits::token("parent_token", &req.parent_token)?;
         limits::token("subject_token", &req.subject_token)?;
-        let policy = self.policy_or_deny()?;
+        // One policy version for every decision of this request (Delegate and each pair).
+        let policy = self.policy_or_deny()?.pin();
         let owner = choose_identity(caller, &req.spiffe_id)?;
         let now = SystemTime::now();
         let now_secs = unix_seconds(now);
@@ -144,6 +149,15 @@ impl Broker {
         } else {
             Some(self.check_parent(&req.parent_token, &owner, now)?)
         };
+        if let Some((task_id, jti, uses)) = parent.as_ref().and_then(|p| p.used.clone()) {
+            self.audit(AuditEvent::TokenUsed {
+                task_id,
+                jti,
+                by: owner.to_string(),
+                uses,
+            })
+            .await?;
+        }
         let obo = if req.subject_token.is_empty() {
             parent.as_ref().and_then(|p| p.task.obo.clone())
         } else {
@@ -242,7 +256,7 @@ impl Broker {
             grants: &p.task.grants,
             token_scopes: &p.token_scopes,
         });
-        let outcome = grant::compute(policy, &ctx, &req.audiences, &req.scopes, limit.as_ref());
+        let outcome = grant::compute(&policy, &ctx, &req.audiences, &req.scopes, limit.as_ref());
         narrowed.extend(outcome.narrowed);
         let task_id = format!("task_{}", random_hex(16));
         for mut d in outcome.decisions {
@@ -272,9 +286,27 @@ impl Broker {
             obo,
         };
         self.audit(task_open_event(&task)).await?;
-        self.lock()
-            .insert(task.clone(), self.config.max_open_tasks, now_secs)
-            .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
+        let closed_meanwhile = {
+            let mut table = self.lock();
+            table
+                .insert(task.clone(), self.config.max_open_tasks, now_secs)
+                .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
+            table.get(&task_id).is_some_and(|t| t.closed)
+        };
+        if closed_meanwhile {
+            // The parent was closed after its token was checked: the child went in closed
+            // with it (as a replay of the log would have it), and nothing is handed out.
+            let parent_id = task.parent.clone().unwrap_or_default();
+            self.audit(AuditEvent::Revocation {
+                task_id: task_id.clone(),
+                reason: "its parent task was closed while it was being opened".into(),
+                cause_task_id: task.parent.clone(),
+            })
+            .await?;
+            return Err(Status::permission_denied(format!(
+                "parent_token rejected: its task {parent_id} was closed while this task was being opened"
+            )));
+        }
         Ok(pb::OpenTaskResponse {
             task_id,
             spiffe_id: owner_str,
@@ -316,7 +348,7 @@ impl Broker {
         .map_err(|e| denied(e.to_string()))?;
         let claims =
             token::read(&verified.parsed).ok_or_else(|| denied("not a task token".into()))?;
-        let table = self.lock();
+        let mut table = self.lock();
         let task = table
             .get(&claims.task_id)
             .ok_or_else(|| denied("its task is unknown".into()))?;
@@ -347,9 +379,21 @@ impl Broker {
         } else {
             claims.scopes.into_iter().collect()
         };
+        let counted = token_state.max_uses > 0;
+        let task = task.clone();
+        // Opening a child spends a use of an N-use delegation token, under the same lock
+        // as the check, so two children cannot share a single-use token.
+        let used = if counted {
+            table
+                .use_token(&claims.jti)
+                .map(|uses| (claims.task_id.clone(), claims.jti.clone(), uses))
+        } else {
+            None
+        };
         Ok(ParentInfo {
-            task: task.clone(),
+            task,
             token_scopes,
+            used,
         })
     }
 
@@ -684,8 +728,10 @@ impl Broker {
             return Ok(inactive);
         };
         let now_secs = unix_seconds(now);
-        let (active, uses_left) = {
-            let table = self.lock();
+        // Check and count a use under one lock: two racing introspections of a single-use
+        // token must not both see it unused.
+        let (active, uses_left, counted) = {
+            let mut table = self.lock();
             // The subject must own the task and the audience be granted: a SPIRE JWT-SVID that
             // merely names a task audience was not minted here.
             let task_open = table.get(&claims.task_id).is_some_and(|t| {
@@ -693,7 +739,7 @@ impl Broker {
                     && t.owner == verified.spiffe_id
                     && t.grants.contains_key(&claims.audience)
             });
-            match table.token(&claims.jti) {
+            let (active, uses_left) = match table.token(&claims.jti) {
                 Some(t) if task_open && t.task_id == claims.task_id && t.exp > now_secs => {
                     if t.max_uses == 0 {
                         (true, None)
@@ -704,10 +750,15 @@ impl Broker {
                     }
                 }
                 _ => (false, None),
-            }
+            };
+            let counted = if active && uses_left.is_some() {
+                table.use_token(&claims.jti)
+            } else {
+                None
+            };
+            (active, uses_left, counted)
         };
-        if active && uses_left.is_some() {
-            let uses = self.lock().use_token(&claims.jti).unwrap_or(0);
+        if let Some(uses) = counted {
             self.audit(AuditEvent::TokenUsed {
                 task_id: claims.task_id.clone(),
                 jti: claims.jti.clone(),
@@ -823,6 +874,8 @@ impl Broker {
 struct ParentInfo {
     task: Task,
     token_scopes: BTreeSet<String>,
+    /// (task, jti, uses) when opening this child spent a use of the delegation token.
+    used: Option<(String, String, u32)>,
 }
 
 fn choose_identity(caller: &Caller, wanted: &str) -> Result<SpiffeId, Status> {

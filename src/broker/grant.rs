@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::audit::AuditEvent;
-use crate::policy::{Action, Decision, PolicyEngine, PolicyRequest, Principal};
+use crate::policy::{Action, Decision, PinnedPolicy, PolicyRequest, Principal};
 
 use super::table::Grants;
 
@@ -33,8 +33,10 @@ pub struct GrantOutcome {
     pub decisions: Vec<AuditEvent>,
 }
 
+/// Every pair is decided by the one pinned policy version, so a reload in the middle of an
+/// OpenTask cannot give a grant that neither version allows.
 pub fn compute(
-    policy: &PolicyEngine,
+    policy: &PinnedPolicy<'_>,
     ctx: &GrantContext<'_>,
     audiences: &[String],
     scopes: &[String],
@@ -162,7 +164,7 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::AudienceAttributes;
+    use crate::policy::{AudienceAttributes, PolicyEngine};
 
     const POLICY: &str = r#"
 @id("read-search")
@@ -190,7 +192,7 @@ when { ["read"].containsAll(context.scopes) };
         let engine = PolicyEngine::from_text(POLICY, AudienceAttributes::default()).unwrap();
         let sels = vec![];
         let out = compute(
-            &engine,
+            &engine.pin(),
             &ctx(&sels),
             &["search".into(), "mail".into()],
             &["read".into(), "write".into()],
@@ -212,7 +214,7 @@ when { ["read"].containsAll(context.scopes) };
             token_scopes: &token_scopes,
         };
         let out = compute(
-            &engine,
+            &engine.pin(),
             &ctx(&sels),
             &["search".into()],
             &["read".into()],

@@ -95,8 +95,12 @@ impl TaskBroker for TaskBrokerService {
     ) -> Result<Response<pb::CloseTaskResponse>, Status> {
         let r = async {
             let who = self.who(&request).await?;
+            let reason = match who {
+                Who::Admin => "closed by an operator",
+                Who::Workload(_) => "closed by its owner",
+            };
             self.broker
-                .close(&who, &request.get_ref().task_id, "closed by its owner")
+                .close(&who, &request.get_ref().task_id, reason)
                 .await
         }
         .await;

@@ -95,8 +95,15 @@ impl TaskTable {
     }
 
     /// Inserts without the open-task bound (state rebuild).
-    pub fn insert_unchecked(&mut self, task: Task) {
+    ///
+    /// A child whose parent is already closed is inserted closed: the parent's close may
+    /// have run while the child was being opened (after its parent token was checked), and
+    /// a close must take every descendant with it, live and on replay alike.
+    pub fn insert_unchecked(&mut self, mut task: Task) {
         if let Some(parent) = task.parent.as_ref().and_then(|p| self.tasks.get_mut(p)) {
+            if parent.closed {
+                task.closed = true;
+            }
             parent.children.push(task.id.clone());
         }
         self.tasks.insert(task.id.clone(), task);
@@ -251,6 +258,15 @@ mod tests {
         assert_eq!(t.get("c").unwrap().state(10), TaskState::Closed);
         assert_eq!(t.get("x").unwrap().state(10), TaskState::Open);
         assert!(t.close("a").is_empty(), "closing twice closes nothing new");
+    }
+
+    #[test]
+    fn child_of_a_closed_task_is_born_closed() {
+        let mut t = TaskTable::default();
+        t.insert(task("a", None, 100), 10, 0).unwrap();
+        assert_eq!(t.close("a"), ["a"]);
+        t.insert(task("b", Some("a"), 100), 10, 0).unwrap();
+        assert_eq!(t.get("b").unwrap().state(10), TaskState::Closed);
     }
 
     #[test]

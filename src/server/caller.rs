@@ -10,6 +10,7 @@ use tonic::{Request, Status};
 
 use crate::attest::peer::{PinnedProcess, ProcessFingerprint};
 use crate::attest::{AttestError, Attestation, Attestors, Selector};
+use crate::audit::{AuditEvent, AuditLog};
 use crate::registry::{Identity, Registry};
 use crate::telemetry::Metrics;
 
@@ -89,6 +90,7 @@ pub struct CallerResolver {
     metrics: Arc<Metrics>,
     /// Identities from a SPIRE agent instead of the registry.
     spire: Option<Arc<crate::authority::SpireAuthority>>,
+    audit: std::sync::OnceLock<AuditLog>,
 }
 
 impl CallerResolver {
@@ -98,6 +100,7 @@ impl CallerResolver {
             registry,
             metrics,
             spire: None,
+            audit: std::sync::OnceLock::new(),
         }
     }
 
@@ -105,6 +108,11 @@ impl CallerResolver {
     pub fn with_spire(mut self, spire: Arc<crate::authority::SpireAuthority>) -> Self {
         self.spire = Some(spire);
         self
+    }
+
+    /// Records every attestation in `log` from now on.
+    pub fn set_audit(&self, log: AuditLog) {
+        let _ = self.audit.set(log);
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -171,6 +179,21 @@ impl CallerResolver {
                 }
             }
         });
+        if let Some(log) = self.audit.get() {
+            // Once per connection, so waiting for the disk costs nothing on later calls.
+            let event = AuditEvent::Attestation {
+                pid: caller.pid,
+                selectors: caller.selector_strings(),
+                spiffe_ids: caller
+                    .identities
+                    .iter()
+                    .map(|i| i.spiffe_id.to_string())
+                    .collect(),
+            };
+            log.append(event)
+                .await
+                .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))?;
+        }
         tracing::debug!(
             pid = caller.pid,
             pin = process.method().as_str(),
