@@ -14,6 +14,11 @@
 //! The trust domain is `example.org`. Nothing is written outside the temp dir. When a test
 //! panics, the daemon's log is printed as the value drops.
 //!
+//! Dropping a [`Daemon`] blocks the thread until the daemon has exited. In an async test, use
+//! `#[tokio::test(flavor = "multi_thread")]`: on a current-thread runtime the test's own gRPC
+//! connections cannot answer the daemon's GOAWAY while the drop blocks, so the daemon waits out
+//! its whole `shutdown_grace`.
+//!
 //! The Python peers come from `scripts/install-peers.sh`; [`venv_python`] and [`venv_bin`]
 //! find them or panic saying how to install them: a missing peer is a failure, never a skip.
 
