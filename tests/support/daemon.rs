@@ -341,6 +341,13 @@ impl Daemon {
         }
     }
 
+    /// Stops the daemon and starts it again with the same config and temp dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn_daemon(&self.config_path, &self.log_path));
+        self.wait_ready();
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within [`STOP_TIMEOUT`]. Returns the exit
     /// status and whether it needed SIGKILL.
     pub fn stop(&mut self) -> Option<(ExitStatus, bool)> {
