@@ -278,13 +278,13 @@ impl Daemon {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// Everything the daemon has logged so far.
+    /// Everything the daemon has logged so far, without terminal colour codes.
     pub fn log(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log_path) {
             let _ = f.read_to_string(&mut s);
         }
-        s
+        strip_ansi(&s)
     }
 
     /// Runs the CLI with `SPIFFE_ENDPOINT_SOCKET` pointing at this daemon.
@@ -376,6 +376,25 @@ impl Drop for Daemon {
     }
 }
 
+/// `text` without ANSI escape sequences (`ESC [ … letter`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Starts `svid-broker run --config FILE` with its output in `log`.
 pub fn spawn_daemon(config: &Path, log: &Path) -> Child {
     let out = std::fs::File::create(log).expect("create daemon log");
@@ -384,6 +403,7 @@ pub fn spawn_daemon(config: &Path, log: &Path) -> Child {
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info,svid_broker=debug")
+        .env("NO_COLOR", "1")
         .env_remove("SPIFFE_ENDPOINT_SOCKET")
         .stdin(Stdio::null())
         .stdout(out)
