@@ -48,7 +48,10 @@ async fn sigterm_with_an_open_stream_exits_within_the_grace_and_removes_the_sock
     let took = started.elapsed();
     assert!(status.success(), "exit status {status}\n{}", d.log());
     assert!(took < grace + Duration::from_secs(2), "took {took:?}");
-    assert!(!d.socket_path().exists(), "the socket must be removed on exit");
+    assert!(
+        !d.socket_path().exists(),
+        "the socket must be removed on exit"
+    );
     assert!(d.log().contains("shutting down"), "{}", d.log());
 }
 
@@ -93,7 +96,8 @@ fn a_live_socket_is_not_stolen() {
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "second daemon must exit non-zero");
     assert!(
-        stderr.contains("already listening") && stderr.contains(&d.socket_path().display().to_string()),
+        stderr.contains("already listening")
+            && stderr.contains(&d.socket_path().display().to_string()),
         "a clear message naming the socket: {stderr}"
     );
     // The first one still owns its socket and serves.
@@ -147,13 +151,27 @@ async fn keys_in_data_dir_survive_a_restart() {
     tokio::task::block_in_place(|| d.restart());
     let after = d.fetch_jwt("spiffe://example.org/a");
     let header = |t: &str| t.split('.').next().unwrap().to_string();
-    assert_eq!(header(&before), header(&after), "same signing key (kid) after restart");
-    let out = d.cli_ok(&["api", "validate", "--audience", "spiffe://example.org/a", "--token", &before]);
+    assert_eq!(
+        header(&before),
+        header(&after),
+        "same signing key (kid) after restart"
+    );
+    let out = d.cli_ok(&[
+        "api",
+        "validate",
+        "--audience",
+        "spiffe://example.org/a",
+        "--token",
+        &before,
+    ]);
     assert!(out.contains(ID), "{out}");
     // Keys are private: 0700 directory, 0600 files.
     use std::os::unix::fs::PermissionsExt;
     let data = d.dir().join("data");
-    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     for f in std::fs::read_dir(&data).unwrap() {
         let f = f.unwrap();
         if f.file_type().unwrap().is_file() {

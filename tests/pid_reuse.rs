@@ -65,7 +65,11 @@ fn child_connects(path: &std::path::Path) -> ChildConnection {
     let (ready_r, ready_w) = pipe();
     let (release_r, release_w) = pipe();
     use std::os::fd::AsRawFd;
-    let (sfd, rw, rr) = (socket.as_raw_fd(), ready_w.as_raw_fd(), release_r.as_raw_fd());
+    let (sfd, rw, rr) = (
+        socket.as_raw_fd(),
+        ready_w.as_raw_fd(),
+        release_r.as_raw_fd(),
+    );
     let (ready_r_fd, release_w_fd) = (ready_r.as_raw_fd(), release_w.as_raw_fd());
 
     // SAFETY: fork in a multi-threaded process; the child below only calls async-signal-safe
@@ -208,7 +212,8 @@ fn a_reused_pid_never_inherits_the_callers_identity() {
         pid: _,
         release,
     } = alive;
-    let mut client = rt.block_on(async { SpiffeWorkloadApiClient::new(channel_over(socket).await) });
+    let mut client =
+        rt.block_on(async { SpiffeWorkloadApiClient::new(channel_over(socket).await) });
     let ok = rt
         .block_on(client.fetch_jwtsvid(jwt_request()))
         .expect("a live caller gets its JWT-SVID")
@@ -222,7 +227,10 @@ fn a_reused_pid_never_inherits_the_callers_identity() {
     drop(release);
     let mut status = 0;
     // SAFETY: our own child.
-    assert_eq!(unsafe { libc::waitpid(child_pid, &mut status, 0) }, child_pid);
+    assert_eq!(
+        unsafe { libc::waitpid(child_pid, &mut status, 0) },
+        child_pid
+    );
 
     // The caller has exited and is reaped: the same connection gets Unavailable.
     let r = rt.block_on(client.fetch_jwtsvid(jwt_request()));
@@ -252,7 +260,8 @@ fn a_reused_pid_never_inherits_the_callers_identity() {
     if let Some(c) = &taker {
         assert!(std::path::Path::new(&format!("/proc/{}", c.id())).exists());
     }
-    let mut client = rt.block_on(async { SpiffeWorkloadApiClient::new(channel_over(socket).await) });
+    let mut client =
+        rt.block_on(async { SpiffeWorkloadApiClient::new(channel_over(socket).await) });
     for attempt in 0..3 {
         let r = rt.block_on(client.fetch_jwtsvid(jwt_request()));
         match r {

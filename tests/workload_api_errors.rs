@@ -90,7 +90,12 @@ async fn missing_and_duplicated_security_header() {
         .await;
     assert_status(r, Code::InvalidArgument, "security header", "no header");
     let r = c.fetch_x509svid(Request::new(pb::X509svidRequest {})).await;
-    assert_status(r.map(|_| ()), Code::InvalidArgument, "security header", "no header (stream)");
+    assert_status(
+        r.map(|_| ()),
+        Code::InvalidArgument,
+        "security header",
+        "no header (stream)",
+    );
     still_serving(&d, &mut c).await;
 
     let mut twice = req(pb::JwtsvidRequest {
@@ -109,7 +114,12 @@ async fn missing_and_duplicated_security_header() {
     });
     wrong.metadata_mut().insert(HEADER, "True".parse().unwrap());
     let r = c.fetch_jwtsvid(wrong).await;
-    assert_status(r, Code::InvalidArgument, "security header", "header value True");
+    assert_status(
+        r,
+        Code::InvalidArgument,
+        "security header",
+        "header value True",
+    );
     still_serving(&d, &mut c).await;
 }
 
@@ -142,7 +152,12 @@ async fn bad_audiences() {
             svid: d.fetch_jwt(AUDIENCE),
         }))
         .await;
-    assert_status(r, Code::InvalidArgument, "audience", "validate with a 1 MiB audience");
+    assert_status(
+        r,
+        Code::InvalidArgument,
+        "audience",
+        "validate with a 1 MiB audience",
+    );
     still_serving(&d, &mut c).await;
 
     let r = c
@@ -151,7 +166,12 @@ async fn bad_audiences() {
             svid: d.fetch_jwt(AUDIENCE),
         }))
         .await;
-    assert_status(r, Code::InvalidArgument, "audience", "validate with no audience");
+    assert_status(
+        r,
+        Code::InvalidArgument,
+        "audience",
+        "validate with no audience",
+    );
     still_serving(&d, &mut c).await;
 }
 
@@ -181,9 +201,17 @@ async fn spiffe_id_in_fetch_jwtsvid() {
 
     // A valid ID the caller does not hold.
     let r = c
-        .fetch_jwtsvid(jwt_req(vec![AUDIENCE.into()], "spiffe://example.org/someone-else"))
+        .fetch_jwtsvid(jwt_req(
+            vec![AUDIENCE.into()],
+            "spiffe://example.org/someone-else",
+        ))
         .await;
-    assert_status(r, Code::PermissionDenied, "no identity issued", "an ID not held");
+    assert_status(
+        r,
+        Code::PermissionDenied,
+        "no identity issued",
+        "an ID not held",
+    );
     still_serving(&d, &mut c).await;
 
     // The ID it does hold works.
@@ -197,7 +225,11 @@ async fn spiffe_id_in_fetch_jwtsvid() {
 }
 
 /// A compact JWS from header and claims JSON, signed by `sign` over `header.payload`.
-fn compact(header: &serde_json::Value, claims: &serde_json::Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+fn compact(
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    sign: impl Fn(&[u8]) -> Vec<u8>,
+) -> String {
     let input = format!(
         "{}.{}",
         B64.encode(header.to_string()),
@@ -234,7 +266,11 @@ async fn bad_tokens_in_validate_jwtsvid() {
     };
 
     // The real one validates.
-    let ok = c.validate_jwtsvid(validate(good.clone())).await.unwrap().into_inner();
+    let ok = c
+        .validate_jwtsvid(validate(good.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ok.spiffe_id, ID);
 
     let r = c.validate_jwtsvid(validate(String::new())).await;
@@ -244,16 +280,26 @@ async fn bad_tokens_in_validate_jwtsvid() {
     // Signed by a key of our own, claiming the daemon's kid.
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let other = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let other =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
     let header = serde_json::json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
-    let forged = compact(&header, &claims(), |m| other.sign(&rng, m).unwrap().as_ref().to_vec());
+    let forged = compact(&header, &claims(), |m| {
+        other.sign(&rng, m).unwrap().as_ref().to_vec()
+    });
     let r = c.validate_jwtsvid(validate(forged)).await;
-    assert_status(r, Code::InvalidArgument, "invalid JWT-SVID", "signed by another key");
+    assert_status(
+        r,
+        Code::InvalidArgument,
+        "invalid JWT-SVID",
+        "signed by another key",
+    );
     still_serving(&d, &mut c).await;
 
     // The same, under a kid the bundle does not have.
     let header = serde_json::json!({"alg": "ES256", "kid": "no-such-kid", "typ": "JWT"});
-    let forged = compact(&header, &claims(), |m| other.sign(&rng, m).unwrap().as_ref().to_vec());
+    let forged = compact(&header, &claims(), |m| {
+        other.sign(&rng, m).unwrap().as_ref().to_vec()
+    });
     let r = c.validate_jwtsvid(validate(forged)).await;
     assert_status(r, Code::InvalidArgument, "invalid JWT-SVID", "unknown kid");
     still_serving(&d, &mut c).await;
@@ -266,21 +312,29 @@ async fn bad_tokens_in_validate_jwtsvid() {
     let r = c
         .validate_jwtsvid(validate(none.trim_end_matches('.').to_string()))
         .await;
-    assert_status(r, Code::InvalidArgument, "invalid JWT-SVID", "alg none, two parts");
+    assert_status(
+        r,
+        Code::InvalidArgument,
+        "invalid JWT-SVID",
+        "alg none, two parts",
+    );
     still_serving(&d, &mut c).await;
 
     // HS256 keyed with the public JWKS: the classic algorithm confusion.
     let jwks = d.cli_ok(&["api", "fetch", "bundles"]);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, jwks.as_bytes());
     let header = serde_json::json!({"alg": "HS256", "kid": kid, "typ": "JWT"});
-    let hs = compact(&header, &claims(), |m| ring::hmac::sign(&key, m).as_ref().to_vec());
+    let hs = compact(&header, &claims(), |m| {
+        ring::hmac::sign(&key, m).as_ref().to_vec()
+    });
     let r = c.validate_jwtsvid(validate(hs)).await;
     assert_status(r, Code::InvalidArgument, "invalid JWT-SVID", "HS256");
     still_serving(&d, &mut c).await;
 
     // The real token with one claim changed, and garbage.
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
-    let mut cl: serde_json::Value = serde_json::from_slice(&B64.decode(&parts[1]).unwrap()).unwrap();
+    let mut cl: serde_json::Value =
+        serde_json::from_slice(&B64.decode(&parts[1]).unwrap()).unwrap();
     cl["sub"] = "spiffe://example.org/admin".into();
     parts[1] = B64.encode(cl.to_string());
     let r = c.validate_jwtsvid(validate(parts.join("."))).await;
@@ -301,7 +355,12 @@ async fn bad_tokens_in_validate_jwtsvid() {
             svid: good,
         }))
         .await;
-    assert_status(r, Code::InvalidArgument, "invalid JWT-SVID", "wrong audience");
+    assert_status(
+        r,
+        Code::InvalidArgument,
+        "invalid JWT-SVID",
+        "wrong audience",
+    );
     still_serving(&d, &mut c).await;
 }
 
@@ -320,11 +379,26 @@ async fn caller_with_no_matching_entry_is_denied() {
     let mut c = client(&d).await;
     for _ in 0..2 {
         let r = c.fetch_jwtsvid(jwt_req(vec![AUDIENCE.into()], "")).await;
-        assert_status(r, Code::PermissionDenied, "no identity issued", "FetchJWTSVID");
+        assert_status(
+            r,
+            Code::PermissionDenied,
+            "no identity issued",
+            "FetchJWTSVID",
+        );
         let r = c.fetch_x509svid(req(pb::X509svidRequest {})).await;
-        assert_status(r.map(|_| ()), Code::PermissionDenied, "no identity issued", "FetchX509SVID");
+        assert_status(
+            r.map(|_| ()),
+            Code::PermissionDenied,
+            "no identity issued",
+            "FetchX509SVID",
+        );
         let r = c.fetch_jwt_bundles(req(pb::JwtBundlesRequest {})).await;
-        assert_status(r.map(|_| ()), Code::PermissionDenied, "no identity issued", "FetchJWTBundles");
+        assert_status(
+            r.map(|_| ()),
+            Code::PermissionDenied,
+            "no identity issued",
+            "FetchJWTBundles",
+        );
     }
     // The CLI says the same, and fails.
     let out = d.cli(&["api", "fetch", "jwt", "--audience", AUDIENCE]);
@@ -384,6 +458,9 @@ fn cli_against_a_missing_socket_says_to_start_the_daemon() {
             stderr.contains("is `svid-broker run` running"),
             "{args:?}: {stderr}"
         );
-        assert!(stderr.contains(&socket.display().to_string()), "names the socket: {stderr}");
+        assert!(
+            stderr.contains(&socket.display().to_string()),
+            "names the socket: {stderr}"
+        );
     }
 }

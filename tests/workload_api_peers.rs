@@ -71,7 +71,9 @@ async fn spiffe_crate_fetches_and_validates_a_jwt_svid() {
     let bundles: JwtBundleSet = client.fetch_jwt_bundles().await.expect("FetchJWTBundles");
     let offline = JwtSvid::parse_and_validate(&token, &bundles, &[AUDIENCE]).expect("offline");
     assert_eq!(offline.spiffe_id().to_string(), ID);
-    assert!(JwtSvid::parse_and_validate(&token, &bundles, &["spiffe://example.org/other"]).is_err());
+    assert!(
+        JwtSvid::parse_and_validate(&token, &bundles, &["spiffe://example.org/other"]).is_err()
+    );
 
     // Asking for the identity by SPIFFE ID gives the same subject.
     let id = SpiffeId::new(ID).unwrap();
@@ -115,7 +117,8 @@ async fn spiffe_crate_bundle_stream_receives_a_rotation() {
 
 /// `spiffe_sequence` of the example.org JWKS, through the CLI.
 fn jwks_sequence(d: &Daemon) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(&d.cli_ok(&["api", "fetch", "bundles"])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["api", "fetch", "bundles"])).unwrap();
     v["spiffe://example.org"]["jwks"]["spiffe_sequence"]
         .as_u64()
         .expect("spiffe_sequence")
@@ -143,7 +146,10 @@ fn py_spiffe_fetches_x509_context_and_jwt_and_validates() {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON from py-spiffe");
     assert_eq!(v["x509_spiffe_id"], ID);
     assert_eq!(v["x509_chain_len"], 1);
-    assert_eq!(v["x509_bundle_trust_domains"], serde_json::json!(["example.org"]));
+    assert_eq!(
+        v["x509_bundle_trust_domains"],
+        serde_json::json!(["example.org"])
+    );
     assert!(v["x509_bundle_authorities"].as_u64().unwrap() >= 1);
     assert_eq!(v["jwt_spiffe_id"], ID);
     assert_eq!(v["jwt_audience"], serde_json::json!([AUDIENCE]));
@@ -158,8 +164,14 @@ fn py_spiffe_fetches_x509_context_and_jwt_and_validates() {
 fn buf_curl(d: &Daemon, headers: &[&str], method: &str, body: &str) -> std::process::Output {
     let buf = venv_bin("buf");
     let mut cmd = Command::new(buf);
-    cmd.args(["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--unix-socket"])
-        .arg(d.socket_path());
+    cmd.args([
+        "curl",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "--unix-socket",
+    ])
+    .arg(d.socket_path());
     for h in headers {
         cmd.args(["-H", h]);
     }
@@ -195,7 +207,10 @@ fn buf_curl_needs_the_security_header() {
     );
     let resp: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(resp["svids"][0]["spiffeId"], ID);
-    assert!(resp["svids"][0]["svid"].as_str().unwrap().starts_with("eyJ"));
+    assert!(resp["svids"][0]["svid"]
+        .as_str()
+        .unwrap()
+        .starts_with("eyJ"));
 }
 
 // ---- relying parties that are not ours -----------------------------------------------------
@@ -207,7 +222,10 @@ fn pyjwt_and_jwcrypto_verify_with_only_the_jwks() {
     let bundles: serde_json::Value =
         serde_json::from_str(&d.cli_ok(&["api", "fetch", "bundles"])).unwrap();
     let jwks = &bundles["spiffe://example.org"]["jwks"];
-    assert!(jwks["keys"].as_array().is_some_and(|k| !k.is_empty()), "{bundles}");
+    assert!(
+        jwks["keys"].as_array().is_some_and(|k| !k.is_empty()),
+        "{bundles}"
+    );
     let jwks_file = d.dir().join("jwks.json");
     std::fs::write(&jwks_file, jwks.to_string()).unwrap();
     let token = d.fetch_jwt(AUDIENCE);
@@ -239,14 +257,20 @@ fn pyjwt_and_jwcrypto_verify_with_only_the_jwks() {
     // The same libraries refuse it for another audience and with a flipped signature byte.
     let v = run(&token, "spiffe://example.org/someone-else");
     for lib in ["pyjwt", "jwcrypto"] {
-        assert_eq!(v[lib]["ok"], false, "{lib} must refuse a wrong audience: {v}");
+        assert_eq!(
+            v[lib]["ok"], false,
+            "{lib} must refuse a wrong audience: {v}"
+        );
     }
     let mut tampered = token.clone().into_bytes();
     let i = tampered.len() - 10;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     let v = run(std::str::from_utf8(&tampered).unwrap(), AUDIENCE);
     for lib in ["pyjwt", "jwcrypto"] {
-        assert_eq!(v[lib]["ok"], false, "{lib} must refuse a bad signature: {v}");
+        assert_eq!(
+            v[lib]["ok"], false,
+            "{lib} must refuse a bad signature: {v}"
+        );
     }
 }
 
@@ -259,7 +283,10 @@ fn write_svid(d: &Daemon) -> std::path::PathBuf {
 
 #[test]
 fn openssl_verifies_the_x509_svid_for_client_and_server() {
-    let openssl = require_tool("openssl", "run scripts/install-peers.sh (apt-get install openssl)");
+    let openssl = require_tool(
+        "openssl",
+        "run scripts/install-peers.sh (apt-get install openssl)",
+    );
     let d = daemon();
     let dir = write_svid(&d);
     for purpose in ["sslclient", "sslserver"] {
@@ -277,12 +304,23 @@ fn openssl_verifies_the_x509_svid_for_client_and_server() {
         );
     }
     // The key is private to its owner.
-    let mode = std::fs::metadata(dir.join("svid_key.pem")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.join("svid_key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "svid_key.pem mode {:o}", mode & 0o777);
     // And openssl agrees the key belongs to the certificate.
     let pubkey = |args: &[&str], file: &Path| {
-        let out = Command::new(&openssl).args(args).arg(file).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&openssl)
+            .args(args)
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     };
     assert_eq!(
@@ -308,9 +346,8 @@ fn x509_svid_follows_the_spiffe_rules_field_by_field() {
     use x509_parser::prelude::*;
 
     let d = Daemon::start(
-        DaemonConfig::new().entry(
-            Entry::new(ID, &[&format!("unix:uid:{}", daemon::euid())]).x509_ttl("30m"),
-        ),
+        DaemonConfig::new()
+            .entry(Entry::new(ID, &[&format!("unix:uid:{}", daemon::euid())]).x509_ttl("30m")),
     );
     let dir = write_svid(&d);
     let chain = pem_blocks(&dir.join("svid.pem"), "CERTIFICATE");
@@ -331,7 +368,10 @@ fn x509_svid_follows_the_spiffe_rules_field_by_field() {
         .expect("SAN present");
     let names: Vec<_> = san.value.general_names.iter().collect();
     assert_eq!(names.len(), 1, "exactly one SAN: {names:?}");
-    assert!(matches!(names[0], GeneralName::URI(u) if *u == ID), "{names:?}");
+    assert!(
+        matches!(names[0], GeneralName::URI(u) if *u == ID),
+        "{names:?}"
+    );
 
     // basicConstraints present, cA = false.
     let bc = leaf
@@ -341,7 +381,10 @@ fn x509_svid_follows_the_spiffe_rules_field_by_field() {
     assert!(!bc.value.ca, "leaf must have cA=false");
 
     // keyUsage critical, digitalSignature, and never keyCertSign / cRLSign.
-    let ku = leaf.key_usage().expect("keyUsage parses").expect("keyUsage present");
+    let ku = leaf
+        .key_usage()
+        .expect("keyUsage parses")
+        .expect("keyUsage present");
     assert!(ku.critical, "keyUsage must be critical");
     assert!(ku.value.digital_signature());
     assert!(!ku.value.key_cert_sign() && !ku.value.crl_sign());
@@ -356,7 +399,11 @@ fn x509_svid_follows_the_spiffe_rules_field_by_field() {
         .extended_key_usage()
         .expect("EKU parses")
         .expect("EKU present");
-    assert!(eku.value.server_auth && eku.value.client_auth, "{:?}", eku.value);
+    assert!(
+        eku.value.server_auth && eku.value.client_auth,
+        "{:?}",
+        eku.value
+    );
 
     // No unknown critical extension; the leaf is not a CA in any other way.
     for ext in leaf.extensions() {
@@ -364,7 +411,8 @@ fn x509_svid_follows_the_spiffe_rules_field_by_field() {
             assert!(
                 matches!(
                     ext.parsed_extension(),
-                    ParsedExtension::KeyUsage(_) | ParsedExtension::BasicConstraints(_)
+                    ParsedExtension::KeyUsage(_)
+                        | ParsedExtension::BasicConstraints(_)
                         | ParsedExtension::SubjectAlternativeName(_)
                 ),
                 "unexpected critical extension {}",
@@ -375,7 +423,10 @@ fn x509_svid_follows_the_spiffe_rules_field_by_field() {
 
     // Lifetime as configured (NotBefore may be backdated a little).
     let life = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
-    assert!((30 * 60..=30 * 60 + 60).contains(&life), "lifetime {life} s for x509_ttl 30m");
+    assert!(
+        (30 * 60..=30 * 60 + 60).contains(&life),
+        "lifetime {life} s for x509_ttl 30m"
+    );
     assert!(leaf.validity().is_valid());
 
     // The leaf chains to a CA in the bundle, and that CA is a proper SPIFFE CA.
@@ -389,9 +440,15 @@ fn x509_svid_follows_the_spiffe_rules_field_by_field() {
         issuer.public_key().subject_public_key.data.as_ref(),
     );
     verify
-        .verify(leaf.tbs_certificate.as_ref(), leaf.signature_value.data.as_ref())
+        .verify(
+            leaf.tbs_certificate.as_ref(),
+            leaf.signature_value.data.as_ref(),
+        )
         .expect("the leaf's signature verifies with the bundle CA's key");
-    let ca_bc = issuer.basic_constraints().unwrap().expect("CA basicConstraints");
+    let ca_bc = issuer
+        .basic_constraints()
+        .unwrap()
+        .expect("CA basicConstraints");
     assert!(ca_bc.value.ca);
     let ca_ku = issuer.key_usage().unwrap().expect("CA keyUsage");
     assert!(ca_ku.value.key_cert_sign());
@@ -419,6 +476,9 @@ fn x509_svid_follows_the_spiffe_rules_field_by_field() {
         leaf.public_key().subject_public_key.data.as_ref(),
         "the private key matches the certificate"
     );
-    let mode = std::fs::metadata(dir.join("svid_key.pem")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.join("svid_key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }

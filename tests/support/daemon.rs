@@ -231,7 +231,11 @@ impl Daemon {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "svid-broker exited during startup with {status}\nconfig:\n{}\nlog:\n{}",
                     self.config_text(),
@@ -308,9 +312,16 @@ impl Daemon {
 
     /// A JWT-SVID for `audience`, through the CLI: proves the daemon still serves.
     pub fn fetch_jwt(&self, audience: &str) -> String {
-        self.cli_ok(&["api", "fetch", "jwt", "--audience", audience, "--token-only"])
-            .trim()
-            .to_string()
+        self.cli_ok(&[
+            "api",
+            "fetch",
+            "jwt",
+            "--audience",
+            audience,
+            "--token-only",
+        ])
+        .trim()
+        .to_string()
     }
 
     /// Sends `signal` to the daemon.
