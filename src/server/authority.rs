@@ -5,10 +5,13 @@
 //! path itself. The `h2` crate under tonic rejects such a request with `RST_STREAM
 //! PROTOCOL_ERROR` (hyperium/h2 #487, still open), so those SPIFFE clients could not talk to us.
 //! On a Unix socket the authority means nothing — requests are routed by `:path` — so the
-//! request stream is rewritten before `h2` reads it: every literal `:authority` field (static
-//! table index 1) gets the value `localhost`. The server's HPACK table then holds
-//! `:authority: localhost` where the client's holds its value; entries of the server's table are
-//! never larger than the client's, so both sides still agree on every index the client uses.
+//! request stream is rewritten before `h2` reads it: every literal `:authority` field gets the
+//! value `localhost`, cut to the original value's length when that is shorter. The server's HPACK
+//! table then holds `:authority: localhost` where the client's holds its own value. Because no
+//! entry on the server's side is larger than the client's, the server evicts no entry the client
+//! still has, and both sides agree on every index the client uses (RFC 7541 §4.4). A
+//! Huffman-coded value's decoded length is bounded below by its coded length (a symbol takes at
+//! most 30 bits), and the replacement stays within that bound.
 //!
 //! Only header blocks are touched; every other frame passes through byte for byte. A block that
 //! does not parse, or is larger than [`MAX_BLOCK`], passes unchanged for `h2` to judge.
@@ -308,11 +311,19 @@ pub fn rewrite_block(b: &[u8]) -> Option<Vec<u8>> {
             name_index == 1
         };
         let name_end = pos;
-        string(b, &mut pos)?;
-        if is_authority {
+        let (value, huffman) = string(b, &mut pos)?;
+        // The shortest the value can be once decoded: a replacement no longer than that keeps
+        // the server's table entry no larger than the client's.
+        let min_len = if huffman {
+            value.len() * 8 / 30
+        } else {
+            value.len()
+        };
+        let replacement = &LOCALHOST[..LOCALHOST.len().min(min_len)];
+        if is_authority && !replacement.is_empty() {
             out.extend_from_slice(&b[start..name_end]);
-            out.push(LOCALHOST.len() as u8);
-            out.extend_from_slice(LOCALHOST);
+            out.push(replacement.len() as u8);
+            out.extend_from_slice(replacement);
         } else {
             out.extend_from_slice(&b[start..pos]);
         }
@@ -405,8 +416,8 @@ mod tests {
         let mut want = block[..8].to_vec();
         want.extend_from_slice(&[0x10, 0x0a]);
         want.extend_from_slice(b":authority");
-        want.push(9);
-        want.extend_from_slice(b"localhost");
+        want.push(3);
+        want.extend_from_slice(b"loc");
         assert_eq!(got, want);
     }
 
@@ -446,6 +457,40 @@ mod tests {
         let mut cut = PREFACE.to_vec();
         cut.extend(&frame(HEADERS, END_HEADERS, 1, &block_with_authority(b"x"))[..12]);
         assert_eq!(run(&[&cut]), cut);
+    }
+
+    #[test]
+    fn grpc_core_block_as_captured() {
+        // What grpc-python 1.85 sent for `unix:///tmp/cap.sock`: a new-name literal.
+        let mut block = vec![0x40, 0x0a];
+        block.extend_from_slice(b":authority");
+        block.push(0x0e);
+        block.extend_from_slice(b"tmp%2Fcap.sock");
+        block.push(0x83);
+        let mut want = vec![0x40, 0x0a];
+        want.extend_from_slice(b":authority");
+        want.push(9);
+        want.extend_from_slice(b"localhost");
+        want.push(0x83);
+        assert_eq!(rewrite_block(&block).unwrap(), want);
+    }
+
+    #[test]
+    fn replacement_never_outgrows_the_original() {
+        // A short value becomes as short a prefix of localhost.
+        assert_eq!(
+            rewrite_block(&[0x41, 0x03, b'a', b'/', b'b']).unwrap(),
+            [0x41, 0x03, b'l', b'o', b'c']
+        );
+        // An empty value stays (h2 judges it).
+        assert_eq!(rewrite_block(&[0x41, 0x00]).unwrap(), [0x41, 0x00]);
+        // Huffman-coded: 15 coded bytes decode to at least 4.
+        let mut block = vec![0x41, 0x80 | 15];
+        block.extend_from_slice(&[0xff; 15]);
+        assert_eq!(
+            rewrite_block(&block).unwrap(),
+            [0x41, 0x04, b'l', b'o', b'c', b'a']
+        );
     }
 
     #[test]
