@@ -39,8 +39,8 @@ timed "install peers" bash scripts/install-peers.sh
 step "building (cargo test --all-targets --no-run)"
 timed "build" cargo test --all-targets --no-run
 
-step "cargo test --all-targets ${cargo_args[*]}"
-timed "cargo test" cargo test --all-targets "${cargo_args[@]}"
+step "cargo test --all-targets --no-fail-fast ${cargo_args[*]}"
+timed "cargo test" cargo test --all-targets --no-fail-fast "${cargo_args[@]}"
 
 step "validating deploy manifests (scripts/validate-manifests.sh)"
 timed "manifests" bash scripts/validate-manifests.sh

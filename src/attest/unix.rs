@@ -279,7 +279,13 @@ mod tests {
 
     #[test]
     fn attests_this_process() {
-        let a = UnixAttestor::new(UnixAttestorConfig::default(), true);
+        // A debug test binary can outgrow the default hashing limit; hash it whatever its size.
+        let exe_size = std::fs::metadata(std::env::current_exe().unwrap()).unwrap().len();
+        let config = UnixAttestorConfig {
+            sha256_size_limit: exe_size.max(DEFAULT_SHA256_SIZE_LIMIT),
+            ..UnixAttestorConfig::default()
+        };
+        let a = UnixAttestor::new(config, true);
         let sels = a.selectors_blocking(std::process::id() as i32).unwrap();
         let text: Vec<String> = sels.iter().map(ToString::to_string).collect();
         let uid = unsafe { libc::geteuid() };
