@@ -242,6 +242,18 @@ impl App {
     }
 }
 
+/// Says once at start how callers will be pinned (the kernel decides: `SO_PEERPIDFD` needs
+/// Linux 6.5).
+fn log_pin_method() {
+    use std::os::fd::AsRawFd;
+    let probe = std::os::unix::net::UnixStream::pair()
+        .and_then(|(a, _b)| crate::attest::peer::PinnedProcess::from_socket(a.as_raw_fd()));
+    match probe {
+        Ok(p) => tracing::info!(method = p.method().as_str(), "callers are pinned by pidfd"),
+        Err(e) => tracing::warn!(error = %e, "cannot pin callers by pidfd on this kernel; every call will be refused"),
+    }
+}
+
 fn remove_sockets(paths: &[PathBuf]) {
     for p in paths {
         let _ = std::fs::remove_file(p);

@@ -79,7 +79,7 @@ impl Attestors {
     /// # Errors
     /// The process is gone, an attestor refused, or every attestor failed.
     pub async fn attest(&self, process: &PinnedProcess) -> Result<Attestation, AttestError> {
-        let attestation = self.attest_pid(process.pid()).await?;
+        let attestation = self.run(process.pid(), true).await?;
         if !process.is_alive() {
             return Err(AttestError::ProcessGone { pid: process.pid() });
         }
@@ -89,9 +89,18 @@ impl Attestors {
     /// Runs the attestors on a PID without pinning it. Only for diagnostics (`debug
     /// selectors` on a fake proc root): nothing issued may rest on an unpinned attestation.
     ///
+    /// A process an attestor cannot find is that attestor's failure here (a fake proc root may
+    /// hold only what one attestor reads), not the end of the run.
+    ///
     /// # Errors
-    /// As [`Attestors::attest`].
+    /// An attestor refused, or every attestor failed.
     pub async fn attest_pid(&self, pid: i32) -> Result<Attestation, AttestError> {
+        self.run(pid, false).await
+    }
+
+    /// `gone_is_fatal`: for a pinned caller, any attestor seeing the process gone ends the
+    /// attestation.
+    async fn run(&self, pid: i32, gone_is_fatal: bool) -> Result<Attestation, AttestError> {
         let started = Instant::now();
         let results = futures::future::join_all(self.attestors.iter().map(|a| a.attest(pid))).await;
         let mut selectors = BTreeSet::new();
@@ -100,9 +109,8 @@ impl Attestors {
         for (attestor, result) in self.attestors.iter().zip(results) {
             match result {
                 Ok(found) => selectors.extend(found),
-                Err(e @ (AttestError::Refused { .. } | AttestError::ProcessGone { .. })) => {
-                    return Err(e)
-                }
+                Err(e @ AttestError::Refused { .. }) => return Err(e),
+                Err(e @ AttestError::ProcessGone { .. }) if gone_is_fatal => return Err(e),
                 Err(e) => {
                     tracing::warn!(attestor = attestor.name(), pid, error = %e, "attestor failed; using the others' selectors");
                     failures.push(e.to_string());

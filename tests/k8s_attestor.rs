@@ -705,3 +705,71 @@ fn shipped_configmap_attestor_table_is_valid() {
         "https://kubernetes.default.svc/api/v1/nodes/node-a/proxy/pods"
     );
 }
+
+/// `svid-broker debug selectors` with a fake proc root: the k8s selectors of set A come through
+/// the real CLI, the unix attestor's failure on the fake root is shown but does not hide them,
+/// and an entry written with k8s selectors matches.
+#[tokio::test(flavor = "multi_thread")]
+async fn debug_selectors_cli_on_a_fake_proc_root() {
+    let kubelet = TestKubelet::http(std::fs::read(k8s("pod_list.json")).unwrap()).await;
+    let fake = fake_proc(PID, Some(&k8s("cgroups_pid_in_pod.txt")), None);
+    let config = fake.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+trust_domain = "example.org"
+[attestor.unix]
+proc_root = "{root}"
+[attestor.k8s]
+kubelet_url = "{url}"
+proc_root = "{root}"
+node_name = "k8s-node-1"
+[[entry]]
+spiffe_id = "spiffe://example.org/ns/{{k8s:ns}}/sa/{{k8s:sa}}"
+selectors = ["k8s:pod-label:k8s-app:blog", "k8s:container-name:blog"]
+[[entry]]
+spiffe_id = "spiffe://example.org/other"
+selectors = ["k8s:ns:kube-system"]
+"#,
+            root = fake.path().display(),
+            url = kubelet.url,
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_svid-broker"))
+            .args(["debug", "selectors", "--pid", &PID.to_string(), "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in [
+        "k8s:ns:default",
+        "k8s:sa:default",
+        "k8s:pod-name:blog-24ck7",
+        "k8s:container-name:blog",
+    ] {
+        assert!(text.contains(s), "missing {s}:\n{text}");
+    }
+    assert!(
+        text.contains("attestor failure"),
+        "unix failure shown:\n{text}"
+    );
+    assert!(
+        text.contains("spiffe://example.org/ns/default/sa/default (default)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spiffe://example.org/other  missing: k8s:ns:kube-system"),
+        "{text}"
+    );
+}
