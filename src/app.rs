@@ -58,6 +58,7 @@ impl App {
     /// # Errors
     /// Key material, policy, audit log, socket or metrics address problems, with the reason.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        log_pin_method();
         let metrics = Arc::new(Metrics::default());
         let identities = if config.authority.kind == AuthorityKind::Spire {
             crate::authority::spire::build_identities(&config).await?
