@@ -40,6 +40,9 @@ pub const ROW_NAMES: &[&str] = &[
     Workload::SpireJwtFreshAudience.name(),
 ];
 
+/// The SPIRE comparison row: present only when SPIRE ran (the report says why otherwise).
+pub const SPIRE_ROW: &str = Workload::SpireJwtFreshAudience.name();
+
 /// The single-value measurements, in order; also checked by the smoke test.
 pub const FACT_NAMES: &[&str] = report::FACT_NAMES;
 
@@ -85,6 +88,13 @@ pub struct BenchArgs {
     /// Do not run the SPIRE comparison even when SPIRE is found.
     #[arg(long)]
     pub no_spire: bool,
+    /// Run only the latency rows whose name contains one of these (case-insensitive), e.g.
+    /// `--only validate,no-op`; for iterating on one path.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Skip the stream and CA rotation measurement.
+    #[arg(long)]
+    pub no_streams: bool,
     /// TOML appended to the generated daemon config (e.g. `[broker]` settings).
     #[arg(long)]
     pub extra_config: Option<PathBuf>,
@@ -132,6 +142,11 @@ impl Settings {
     }
 }
 
+fn selected(only: &[String], w: Workload) -> bool {
+    let name = w.name().to_lowercase();
+    only.is_empty() || only.iter().any(|o| name.contains(&o.to_lowercase()))
+}
+
 /// Runs the whole benchmark and writes the report.
 ///
 /// # Errors
@@ -158,7 +173,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }),
     };
 
-    let mut facts = Facts::default();
+    let mut facts = Facts {
+        load_average: (report::load_average(), None),
+        ..Facts::default()
+    };
     let mut rows: Vec<RowResult> = Vec::new();
 
     // Latency rows, start-up time and idle RSS on a daemon with default key lifetimes.
@@ -173,6 +191,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         facts.idle_rss_kib = daemon.idle_rss_kib;
         facts.broker_config_note = daemon.note.clone();
         for workload in Workload::BROKER_ROWS {
+            if !selected(&args.only, *workload) {
+                continue;
+            }
             for &clients in &settings.clients {
                 let before = metrics::scrape(daemon.metrics_addr).await;
                 let row = load::run_row(
@@ -197,7 +218,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // 10,000 streams and a CA rotation, on a daemon whose CA lives `rotation_ca_ttl`.
-    {
+    if !args.no_streams {
         let rotation_target = match &target {
             Target::Start(o) => Target::Start(DaemonOptions {
                 ca_ttl: Some(settings.rotation_ca_ttl),
@@ -222,7 +243,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // The same fresh-audience FetchJWTSVID workload against a SPIRE agent.
-    if args.no_spire {
+    if args.no_spire || !selected(&args.only, Workload::SpireJwtFreshAudience) {
         facts.spire_note = Some("SPIRE comparison skipped (--no-spire)".into());
     } else {
         match spire::find_binaries(args.spire_bin.as_deref()) {
@@ -251,6 +272,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    facts.load_average.1 = report::load_average();
     let report = Report {
         settings: settings.clone(),
         rows,

@@ -19,6 +19,9 @@ use crate::svid::bundle::TrustBundle;
 use crate::svid::jwt;
 use crate::telemetry::Metrics;
 
+mod validated;
+use validated::ValidatedTokens;
+
 /// Most audiences in one FetchJWTSVID request.
 pub const MAX_AUDIENCES: usize = 64;
 /// Longest single audience, in bytes.
@@ -42,6 +45,7 @@ pub struct WorkloadApi {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     audience_gate: Option<Arc<dyn AudienceGate>>,
+    validated: Arc<ValidatedTokens>,
 }
 
 impl WorkloadApi {
@@ -58,6 +62,7 @@ impl WorkloadApi {
             metrics,
             shutdown,
             audience_gate,
+            validated: Arc::default(),
         }
     }
 
@@ -177,6 +182,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 metrics: self.metrics.clone(),
                 shutdown: self.shutdown.clone(),
                 audience_gate: None,
+                validated: self.validated.clone(),
             };
             let stream = self.watch_stream(move || api.x509_response(&caller));
             Ok(Response::new(stream))
@@ -301,13 +307,30 @@ impl SpiffeWorkloadApi for WorkloadApi {
             }
             self.resolver.resolve(&request).await?;
             let bundle = self.identities.authority().current_bundle();
-            let verified = jwt::verify(&req.svid, &req.audience, SystemTime::now(), |td| {
+            let now = SystemTime::now();
+            // A token verified before under the same bundle needs only its time and audience
+            // checked again.
+            if let Some((spiffe_id, claims)) = self.validated.get(
+                &req.svid,
+                &req.audience,
+                bundle.sequence,
+                crate::svid::unix_seconds(now),
+            ) {
+                return Ok(Response::new(pb::ValidateJwtsvidResponse {
+                    spiffe_id: spiffe_id.to_string(),
+                    claims: Some(claims),
+                }));
+            }
+            let verified = jwt::verify(&req.svid, &req.audience, now, |td| {
                 (td == &bundle.trust_domain).then_some(bundle.as_ref())
             })
             .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+            let claims = json_to_struct(verified.parsed.claims.clone());
+            self.validated
+                .insert(&req.svid, bundle.sequence, &verified, &claims);
             Ok(Response::new(pb::ValidateJwtsvidResponse {
                 spiffe_id: verified.spiffe_id.to_string(),
-                claims: Some(json_to_struct(verified.parsed.claims)),
+                claims: Some(claims),
             }))
         }
         .await;

@@ -40,6 +40,9 @@ pub struct Facts {
     pub attestation: Option<AttestationProbe>,
     pub streams: Option<StreamsResult>,
     pub spire_note: Option<String>,
+    /// `/proc/loadavg` when the run started and when it ended: other work on the machine
+    /// shows in the tail latencies.
+    pub load_average: (Option<String>, Option<String>),
 }
 
 pub struct Report {
@@ -106,7 +109,13 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# svid-broker benchmark\n");
-        let _ = writeln!(s, "{}\n", machine_line());
+        let _ = writeln!(
+            s,
+            "{} Load average (1/5/15 min) at start: {}; at end: {}.\n",
+            machine_line(),
+            self.facts.load_average.0.as_deref().unwrap_or("?"),
+            self.facts.load_average.1.as_deref().unwrap_or("?")
+        );
         let plan = &self.settings.plan;
         let _ = writeln!(
             s,
@@ -437,6 +446,12 @@ impl Report {
         }
         s
     }
+}
+
+/// The first three fields of `/proc/loadavg`.
+pub fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 /// CPU model, core count and kernel, for the report header.
