@@ -107,10 +107,16 @@ impl WorkloadApi {
 
     /// A stream that sends `make()` at once, then again whenever the bundle or the SVIDs
     /// change and `make` yields a different state (compared by `key`), until shutdown.
+    ///
+    /// The first message is built here, after subscribing to changes (so none is missed in
+    /// between) and only once: a failure is the call's status, not a broken stream.
+    ///
+    /// # Errors
+    /// The first `make()` failed.
     fn watch_stream<T, K>(
         &self,
         make: impl Fn() -> Result<(T, K), Status> + Send + Sync + 'static,
-    ) -> BoxStream<T>
+    ) -> Result<BoxStream<T>, Status>
     where
         T: Send + 'static,
         K: PartialEq + Send + 'static,
@@ -118,14 +124,18 @@ impl WorkloadApi {
         let bundle_rx = self.identities.authority().bundle();
         let svid_rx = self.identities.changes();
         let shutdown = self.shutdown.clone();
-        let state = (bundle_rx, svid_rx, shutdown, None::<K>, false);
+        let (first, key) = make()?;
+        let state = (bundle_rx, svid_rx, shutdown, Some(key), false, Some(first));
         let make = Arc::new(make);
-        Box::pin(futures::stream::unfold(
+        Ok(Box::pin(futures::stream::unfold(
             state,
-            move |(mut b, mut s, mut stop, last, done)| {
+            move |(mut b, mut s, mut stop, last, done, pending)| {
                 let produced = {
                     let make = make.clone();
                     async move {
+                        if let Some(msg) = pending {
+                            return Some((Ok(msg), (b, s, stop, last, false, None)));
+                        }
                         if done {
                             return None;
                         }
@@ -144,10 +154,10 @@ impl WorkloadApi {
                                         continue;
                                     }
                                     last = Some(key);
-                                    return Some((Ok(msg), (b, s, stop, last, false)));
+                                    return Some((Ok(msg), (b, s, stop, last, false, None)));
                                 }
                                 Err(status) => {
-                                    return Some((Err(status), (b, s, stop, last, true)))
+                                    return Some((Err(status), (b, s, stop, last, true, None)))
                                 }
                             }
                         }
@@ -155,7 +165,7 @@ impl WorkloadApi {
                 };
                 produced
             },
-        ))
+        )))
     }
 }
 
@@ -174,8 +184,6 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let r = async {
             let caller = self.resolver.resolve(&request).await?;
             caller.require_identities()?;
-            // Mint before answering, so a failure is the call's status, not a broken stream.
-            self.x509_response(&caller)?;
             let api = Self {
                 resolver: self.resolver.clone(),
                 identities: self.identities.clone(),
@@ -184,7 +192,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 audience_gate: None,
                 validated: self.validated.clone(),
             };
-            let stream = self.watch_stream(move || api.x509_response(&caller));
+            let stream = self.watch_stream(move || api.x509_response(&caller))?;
             Ok(Response::new(stream))
         }
         .await;
@@ -208,7 +216,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     bundles: HashMap::from([(bundle_key(&b), b.x509_der.clone())]),
                 };
                 Ok((msg, b.sequence))
-            });
+            })?;
             Ok(Response::new(stream))
         }
         .await;
@@ -281,7 +289,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     bundles: HashMap::from([(bundle_key(&b), b.jwks.clone())]),
                 };
                 Ok((msg, b.sequence))
-            });
+            })?;
             Ok(Response::new(stream))
         }
         .await;
