@@ -58,7 +58,7 @@ impl RowResult {
 
     /// Quantile `q` of the latency in microseconds.
     pub fn quantile_us(&self, q: f64) -> Option<f64> {
-        (self.latency.len() > 0).then(|| self.latency.value_at_quantile(q) as f64 / 1_000.0)
+        (!self.latency.is_empty()).then(|| self.latency.value_at_quantile(q) as f64 / 1_000.0)
     }
 
     pub fn cpu_per_call_us(&self) -> Option<f64> {

@@ -302,14 +302,14 @@ async fn output(bin: &Path, args: &[&str]) -> anyhow::Result<Output> {
 
 fn spawn_logged(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<tokio::process::Child> {
     let file = std::fs::File::create(log)?;
-    Ok(tokio::process::Command::new(bin)
+    tokio::process::Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("start {}", bin.display()))?)
+        .with_context(|| format!("start {}", bin.display()))
 }
 
 fn server_conf(r: &Path, port: u16) -> String {
