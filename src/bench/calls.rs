@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::daemon::{TASK_AUDIENCE, TASK_SCOPE};
+use super::daemon::{BENCH_SPIFFE_ID, TASK_AUDIENCE, TASK_SCOPE};
 use crate::client::{with_header, HeaderChannel};
 use crate::proto::svidbroker::v1 as broker;
 use crate::proto::svidbroker::v1::task_broker_client::TaskBrokerClient;
@@ -164,8 +164,10 @@ impl Client {
                 c.task_id = c.open_task().await?;
             }
             Workload::IntrospectToken => {
+                // Only a token's audience (or an operator) may introspect it: mint one for
+                // ourselves.
                 c.task_id = c.open_task().await?;
-                c.token = c.mint().await?;
+                c.token = c.mint_for(BENCH_SPIFFE_ID).await?;
             }
             _ => {}
         }
@@ -259,7 +261,7 @@ impl Client {
             .broker
             .open_task(broker::OpenTaskRequest {
                 purpose: "benchmark".into(),
-                audiences: vec![TASK_AUDIENCE.into()],
+                audiences: vec![TASK_AUDIENCE.into(), BENCH_SPIFFE_ID.into()],
                 scopes: vec![TASK_SCOPE.into()],
                 ttl_seconds: 600,
                 ..Default::default()
@@ -269,11 +271,15 @@ impl Client {
     }
 
     async fn mint(&mut self) -> Result<String, Status> {
+        self.mint_for(TASK_AUDIENCE).await
+    }
+
+    async fn mint_for(&mut self, audience: &str) -> Result<String, Status> {
         let r = self
             .broker
             .mint_task_token(broker::MintTaskTokenRequest {
                 task_id: self.task_id.clone(),
-                audience: TASK_AUDIENCE.into(),
+                audience: audience.into(),
                 scopes: vec![TASK_SCOPE.into()],
                 ..Default::default()
             })
