@@ -138,6 +138,8 @@ pub struct Client {
     /// A JWT-SVID (ValidateJWTSVID) or a task token (IntrospectToken).
     token: String,
     task_id: String,
+    /// Tasks the OpenTask row opened, closed after the row (untimed).
+    opened: Vec<String>,
 }
 
 impl Client {
@@ -155,6 +157,7 @@ impl Client {
             broker: TaskBrokerClient::new(with_header(channel)),
             token: String::new(),
             task_id: String::new(),
+            opened: Vec::new(),
         };
         match workload {
             Workload::ValidateJwt => {
@@ -207,7 +210,8 @@ impl Client {
                     .await?;
             }
             Workload::OpenTask => {
-                self.open_task().await?;
+                let id = self.open_task().await?;
+                self.opened.push(id);
             }
             Workload::MintTaskToken => {
                 self.mint().await?;
@@ -234,6 +238,21 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Closes what the row left open (the tasks OpenTask opened, the task MintTaskToken and
+    /// IntrospectToken minted from), so the next row starts with an empty task table.
+    pub async fn clean_up(&mut self) {
+        let mut ids = std::mem::take(&mut self.opened);
+        if !self.task_id.is_empty() {
+            ids.push(std::mem::take(&mut self.task_id));
+        }
+        for task_id in ids {
+            let _ = self
+                .broker
+                .close_task(broker::CloseTaskRequest { task_id })
+                .await;
+        }
     }
 
     /// FetchJWTSVID for one audience on this client's connection.

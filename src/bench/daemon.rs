@@ -16,6 +16,8 @@ pub const BENCH_SPIFFE_ID: &str = "spiffe://bench.test/bench";
 pub const TASK_AUDIENCE: &str = "spiffe://bench.test/tool";
 /// The scope the bench's tasks ask for.
 pub const TASK_SCOPE: &str = "bench:read";
+/// `[broker] max_open_tasks`: the OpenTask row opens tasks faster than it can close them.
+const MAX_OPEN_TASKS: usize = 100_000;
 /// How long the daemon may take to answer its first health check.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after serving starts before idle RSS is read.
@@ -101,11 +103,11 @@ impl Daemon {
             Target::Start(opts) => {
                 match Self::spawn(opts, true).await {
                     Ok(d) => Ok(d),
-                    // A daemon without the TaskBroker does not know [policy] / [audit] yet.
+                    // A daemon without the TaskBroker does not know [broker] / [policy] / [audit].
                     Err(e) if format!("{e:#}").contains("unknown field") => {
                         let mut d = Self::spawn(opts, false).await?;
                         d.note = Some(
-                            "the daemon does not accept [policy]/[audit]; started without them"
+                            "the daemon does not accept [broker]/[policy]/[audit] (no TaskBroker); started without them"
                                 .into(),
                         );
                         Ok(d)
@@ -228,7 +230,7 @@ pub fn config_text(
     ));
     if broker_sections {
         s.push_str(&format!(
-            "\n[policy]\nfile = \"{}\"\n\n[audit]\npath = \"{}\"\n",
+            "\n[broker]\nmax_open_tasks = {MAX_OPEN_TASKS}\n\n[policy]\nfile = \"{}\"\n\n[audit]\npath = \"{}\"\n",
             dir.join("policy.cedar").display(),
             dir.join("audit.jsonl").display()
         ));

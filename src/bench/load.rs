@@ -196,7 +196,7 @@ pub async fn run_row(
                     break;
                 }
             }
-            out
+            (out, client)
         }));
     }
     start_gate.wait().await;
@@ -204,9 +204,11 @@ pub async fn run_row(
     let started = Instant::now();
     let mut row = RowResult::empty(workload, clients, RowStatus::Ok);
     let mut first_error = None;
+    let mut finished = Vec::with_capacity(clients);
     for t in tasks {
         match t.await {
-            Ok(o) => {
+            Ok((o, client)) => {
+                finished.push(client);
                 row.calls += o.calls;
                 row.errors += o.errors;
                 let _ = row.latency.add(&o.latency);
@@ -227,6 +229,9 @@ pub async fn run_row(
     };
     if let Some(e) = first_error {
         row.status = failed(&e);
+    }
+    if workload.is_task_broker() {
+        futures::future::join_all(finished.iter_mut().map(Client::clean_up)).await;
     }
     row
 }
