@@ -6,6 +6,8 @@ const PROTOS: &[&str] = &[
     "proto/workload.proto",
     "proto/svidbroker/v1/broker.proto",
     "proto/svidbroker/v1/admin.proto",
+    "proto/spire/api/types/types.proto",
+    "proto/spire/api/agent/delegatedidentity/v1/delegatedidentity.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,10 +16,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(PROTOS, ["proto"])?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    // Served by the reflection service so grpcurl / buf curl need no proto files.
+    // Served by the reflection service so grpcurl / buf curl need no proto files. SPIRE's APIs
+    // are only called, never served: keep them out.
+    let mut served = descriptors.clone();
+    served.file.retain(|f| !f.package().starts_with("spire."));
     std::fs::write(
         out_dir.join("svid_broker_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        served.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
         .build_client(true)

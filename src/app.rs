@@ -1,31 +1,43 @@
-//! Lifecycle: build (keys, attestors, bound sockets) → run → shutdown signal → drain with a
-//! deadline → remove the sockets.
+//! Lifecycle: build (keys, policy, audit replay, attestors, bound sockets) → run → shutdown
+//! signal → drain with a deadline → remove the sockets.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 
 use crate::attest::unix::UnixAttestor;
 use crate::attest::{Attestors, WorkloadAttestor};
+use crate::audit::{AuditLog, AuditOptions};
 use crate::authority::EmbeddedAuthority;
+use crate::broker::oidc::OidcIssuers;
+use crate::broker::service::{AdminService, TaskBrokerService};
+use crate::broker::{replay, Broker};
 use crate::config::{AuthorityKind, Config};
 use crate::identity::IdentityManager;
+use crate::policy::{Action, PolicyEngine, PolicyRequest, Principal};
+use crate::proto::svidbroker::v1::admin_server::AdminServer;
+use crate::proto::svidbroker::v1::task_broker_server::TaskBrokerServer;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use crate::server::caller::CallerResolver;
+use crate::server::caller::{Caller, CallerResolver};
 use crate::server::conn::PeerConn;
 use crate::server::header::require_security_header;
 use crate::server::socket;
 use crate::telemetry::Metrics;
-use crate::workload_api::WorkloadApi;
+use crate::workload_api::{AudienceGate, WorkloadApi};
 
 /// Largest gRPC request message decoded.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Most concurrent HTTP/2 streams on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// The policy of the development profile: any workload of the trust domain may open tasks,
+/// mint tokens and delegate, for any audience and scope, within the broker's TTL bounds.
+pub const DEVELOPMENT_POLICY: &str = include_str!("policy/development.cedar");
 
 /// Everything built from the config, before serving.
 pub struct App {
@@ -33,33 +45,49 @@ pub struct App {
     pub identities: Arc<IdentityManager>,
     pub resolver: Arc<CallerResolver>,
     pub metrics: Arc<Metrics>,
-    listener: tokio::net::UnixListener,
+    pub broker: Arc<Broker>,
+    listener: UnixListener,
+    admin_listener: Option<UnixListener>,
     metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl App {
-    /// Loads keys and binds the sockets. Nothing is served until [`App::run`].
+    /// Loads keys, policy and the audit log, and binds the sockets. Nothing is served until
+    /// [`App::run`].
     ///
     /// # Errors
-    /// Key material, socket or metrics address problems, with the reason.
+    /// Key material, policy, audit log, socket or metrics address problems, with the reason.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        if config.authority.kind == AuthorityKind::Spire {
-            anyhow::bail!(
-                "authority kind \"spire\" is not available in this build; use \"embedded\""
-            );
-        }
-        let authority = Arc::new(EmbeddedAuthority::new(
-            config.trust_domain.clone(),
-            config.authority.clone(),
-            config.data_dir.as_deref(),
-        )?);
         let metrics = Arc::new(Metrics::default());
-        metrics.set_ca_not_after(authority.active_ca_not_after());
-        let identities = IdentityManager::new(authority);
+        let identities = if config.authority.kind == AuthorityKind::Spire {
+            crate::authority::spire::build_identities(&config).await?
+        } else {
+            let authority = Arc::new(EmbeddedAuthority::new(
+                config.trust_domain.clone(),
+                config.authority.clone(),
+                config.data_dir.as_deref(),
+            )?);
+            metrics.set_ca_not_after(authority.active_ca_not_after());
+            IdentityManager::new(authority)
+        };
         let registry = Arc::new(config.registry.clone());
         let attestors = build_attestors(&config)?;
-        let resolver = Arc::new(CallerResolver::new(attestors, registry, metrics.clone()));
+        let mut resolver = CallerResolver::new(attestors, registry, metrics.clone());
+        if let Some(spire) = identities.authority().spire() {
+            resolver = resolver.with_spire(spire.clone());
+        }
+        let resolver = Arc::new(resolver);
+        let broker = Arc::new(build_broker(&config, &identities, &metrics).await?);
+        if let Some(log) = broker.audit_log() {
+            resolver.set_audit(log.clone());
+            identities.set_audit(log.clone());
+        }
         let listener = socket::bind(&config.socket_path, 0o777)?;
+        let admin_listener = config
+            .admin_socket_path
+            .as_deref()
+            .map(|p| socket::bind(p, 0o600))
+            .transpose()?;
         let metrics_listener = match config.telemetry.metrics_addr {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -73,7 +101,9 @@ impl App {
             identities,
             resolver,
             metrics,
+            broker,
             listener,
+            admin_listener,
             metrics_listener,
         })
     }
@@ -83,7 +113,7 @@ impl App {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, gives in-flight calls
-    /// `shutdown_grace` to finish, ends open streams, and removes the socket.
+    /// `shutdown_grace` to finish, ends open streams, and removes the sockets.
     ///
     /// # Errors
     /// The server failed.
@@ -92,15 +122,28 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let rotation = tokio::spawn(self.identities.clone().run(stop_rx.clone()));
-        let metrics_task = self
-            .metrics_listener
-            .map(|l| tokio::spawn(crate::telemetry::serve_metrics(l, self.metrics.clone())));
+        let mut background = vec![
+            tokio::spawn(self.identities.clone().run(stop_rx.clone())),
+            tokio::spawn(self.broker.clone().sweep_forever()),
+            tokio::spawn(reload_on_sighup(self.broker.clone())),
+        ];
+        if let Some(l) = self.metrics_listener {
+            background.push(tokio::spawn(crate::telemetry::serve_metrics(
+                l,
+                self.metrics.clone(),
+            )));
+        }
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
             .await;
+        if let Some(spire) = self.identities.authority().spire() {
+            background.push(tokio::spawn(crate::authority::spire::report_health(
+                spire.clone(),
+                health_reporter.clone(),
+            )));
+        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;
@@ -108,59 +151,200 @@ impl App {
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
+        let gate: Option<Arc<dyn AudienceGate>> = match (&self.config.policy, self.broker.policy())
+        {
+            (Some(p), Some(engine)) if p.workload_api_jwt => {
+                Some(Arc::new(PolicyGate(engine.clone())))
+            }
+            _ => None,
+        };
         let workload = WorkloadApi::new(
             self.resolver.clone(),
             self.identities.clone(),
             self.metrics.clone(),
             stop_rx.clone(),
-            None,
+            gate,
         );
         let workload =
             SpiffeWorkloadApiServer::new(workload).max_decoding_message_size(MAX_REQUEST_BYTES);
-        let workload =
-            tonic::service::interceptor::InterceptedService::new(workload, require_security_header);
-
+        let task_broker = TaskBrokerServer::new(TaskBrokerService::new(
+            self.broker.clone(),
+            self.resolver.clone(),
+            self.metrics.clone(),
+            false,
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        use tonic::service::interceptor::InterceptedService;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(self.listener)
             .map(|conn| conn.map(PeerConn::accept));
 
-        let socket_path = self.config.socket_path.clone();
-        let grace = self.config.shutdown_grace;
-        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let drained = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|d| *d).await;
+        };
+        let public = Server::builder()
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(health_service)
+            .add_service(health_service.clone())
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(workload)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = drain_rx.await;
-            });
-        let mut server = tokio::spawn(server);
+            .add_service(InterceptedService::new(workload, require_security_header))
+            .add_service(InterceptedService::new(
+                task_broker,
+                require_security_header,
+            ))
+            .serve_with_incoming_shutdown(incoming, drained(drain_rx.clone()));
+        let mut servers = vec![tokio::spawn(public)];
+        if let Some(admin) = self.admin_listener {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(admin)
+                .map(|conn| conn.map(PeerConn::accept));
+            let admin_broker = TaskBrokerServer::new(TaskBrokerService::new(
+                self.broker.clone(),
+                self.resolver.clone(),
+                self.metrics.clone(),
+                true,
+            ));
+            let server = Server::builder()
+                .add_service(health_service)
+                .add_service(AdminServer::new(AdminService::new(self.broker.clone())))
+                .add_service(admin_broker)
+                .serve_with_incoming_shutdown(incoming, drained(drain_rx.clone()));
+            servers.push(tokio::spawn(server));
+        }
 
-        tracing::info!(socket = %socket_path.display(), trust_domain = %self.config.trust_domain, "svid-broker serving");
+        let mut sockets = vec![self.config.socket_path.clone()];
+        sockets.extend(self.config.admin_socket_path.clone());
+        let grace = self.config.shutdown_grace;
+        tracing::info!(
+            socket = %self.config.socket_path.display(),
+            admin_socket = ?self.config.admin_socket_path,
+            trust_domain = %self.config.trust_domain,
+            "svid-broker serving"
+        );
         tokio::select! {
-            _ = shutdown => {}
-            r = &mut server => {
-                let _ = std::fs::remove_file(&socket_path);
-                return Err(anyhow::anyhow!("server stopped: {r:?}"));
+            (r, _, _) = futures::future::select_all(servers.iter_mut()) => {
+                remove_sockets(&sockets);
+                return Err(anyhow::anyhow!("server stopped unexpectedly: {r:?}"));
             }
+            _ = shutdown => {}
         }
         tracing::info!(grace = ?grace, "shutting down: no new connections, draining calls");
         let _ = stop_tx.send(true);
-        let _ = drain_tx.send(());
-        match tokio::time::timeout(grace, &mut server).await {
-            Ok(_) => tracing::info!("drained"),
-            Err(_) => {
-                tracing::warn!("calls still open after the grace period; closing them");
-                server.abort();
-            }
+        let _ = drain_tx.send(true);
+        let all = futures::future::join_all(servers.iter_mut());
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("calls still open after the grace period; closing them");
         }
-        rotation.abort();
-        if let Some(t) = metrics_task {
-            t.abort();
-        }
-        let _ = std::fs::remove_file(&socket_path);
+        servers.iter().for_each(|s| s.abort());
+        background.iter().for_each(|t| t.abort());
+        remove_sockets(&sockets);
+        tracing::info!("stopped");
         Ok(())
+    }
+}
+
+fn remove_sockets(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+async fn reload_on_sighup(broker: Arc<Broker>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload policy with Admin.ReloadPolicy");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading policy");
+        let _ = broker.reload_policy().await;
+    }
+}
+
+async fn build_broker(
+    config: &Config,
+    identities: &Arc<IdentityManager>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Broker> {
+    let policy = match (&config.policy, config.development_profile) {
+        (Some(p), _) => Some(Arc::new(
+            PolicyEngine::load(&p.file, config.audiences.clone())
+                .map_err(|e| anyhow::anyhow!("[policy] file {}: {e}", p.file.display()))?,
+        )),
+        (None, true) => Some(Arc::new(PolicyEngine::from_text(
+            DEVELOPMENT_POLICY,
+            config.audiences.clone(),
+        )?)),
+        (None, false) => {
+            tracing::warn!("no [policy] configured: the TaskBroker denies every request");
+            None
+        }
+    };
+    let (audit, records) = match &config.audit {
+        Some(a) => {
+            let (log, records) = AuditLog::open(&a.path, AuditOptions::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("[audit] path {}: {e}", a.path.display()))?;
+            (Some(log), records)
+        }
+        None => {
+            tracing::warn!("no [audit] path configured: decisions and tokens are not recorded, and a restart forgets tasks");
+            (None, Vec::new())
+        }
+    };
+    let oidc = OidcIssuers::load(&config.oidc_issuers)?;
+    let broker = Broker::new(
+        config.broker.clone(),
+        identities.clone(),
+        policy,
+        audit,
+        oidc,
+        metrics.clone(),
+    );
+    if !records.is_empty() {
+        broker.restore(replay::rebuild(&records));
+        tracing::info!(
+            records = records.len(),
+            "task state rebuilt from the audit log"
+        );
+    }
+    Ok(broker)
+}
+
+/// Policy on the Workload API's JWT-SVID audiences.
+struct PolicyGate(Arc<PolicyEngine>);
+
+impl AudienceGate for PolicyGate {
+    fn check(
+        &self,
+        caller: &Caller,
+        spiffe_id: &spiffe::SpiffeId,
+        audience: &str,
+    ) -> Result<(), tonic::Status> {
+        let id = spiffe_id.to_string();
+        let selectors = caller.selector_strings();
+        let d = self.0.decide(&PolicyRequest {
+            principal: Principal {
+                spiffe_id: &id,
+                trust_domain: spiffe_id.trust_domain_name(),
+                selectors: &selectors,
+            },
+            action: Action::FetchJwtSvid,
+            audience,
+            purpose: "",
+            scopes: &[],
+            ttl_seconds: 0,
+            delegation_depth: 0,
+            issuance_rate: 0,
+            on_behalf_of: "",
+        });
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "JWT-SVID for audience {audience:?} {}",
+                crate::broker::grant::why(&d)
+            )))
+        }
     }
 }
 
@@ -171,7 +355,8 @@ impl App {
 pub fn build_attestors(config: &Config) -> anyhow::Result<Attestors> {
     let unix: Arc<dyn WorkloadAttestor> = Arc::new(UnixAttestor::new(
         config.attestor.unix.clone(),
-        config.registry.wants_sha256(),
+        // Under SPIRE the entries are not known here: offer unix:sha256 in case one uses it.
+        config.registry.wants_sha256() || config.authority.kind == AuthorityKind::Spire,
     ));
     let mut attestors = vec![unix];
     if let Some(k8s) = &config.attestor.k8s {

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod debug;
 pub mod policy;
 pub mod run;
+pub mod task;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,12 @@ pub enum Command {
     /// Diagnose attestation.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
+    /// Open tasks, mint task tokens, close, introspect.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+    /// Operator calls on the admin socket.
+    #[command(subcommand)]
+    Admin(task::AdminCommand),
     /// Check Cedar policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -46,6 +53,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Api(cmd) => api::run(cmd).await,
         Command::Debug(cmd) => debug::run(cmd).await,
+        Command::Task(cmd) => task::run(cmd).await,
+        Command::Admin(cmd) => task::run_admin(cmd).await,
         Command::Policy(cmd) => policy::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
     }

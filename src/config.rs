@@ -75,6 +75,9 @@ pub struct AuthorityConfig {
     pub ca_key_path: Option<PathBuf>,
     /// Roots to publish in the bundle with an operator CA (default: the last cert of the chain).
     pub ca_bundle_path: Option<PathBuf>,
+    /// `[authority.spire]`: the SPIRE agent, required with `kind = "spire"`.
+    #[serde(default)]
+    pub spire: Option<crate::authority::spire::SpireAuthorityConfig>,
 }
 
 fn default_ca_ttl() -> Duration {
@@ -93,6 +96,7 @@ impl Default for AuthorityConfig {
             ca_cert_path: None,
             ca_key_path: None,
             ca_bundle_path: None,
+            spire: None,
         }
     }
 }
@@ -124,6 +128,26 @@ pub struct AttestorConfig {
     pub k8s: Option<crate::attest::k8s::K8sAttestorConfig>,
 }
 
+/// `[policy]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Cedar policy file; reloaded on SIGHUP and Admin.ReloadPolicy.
+    pub file: PathBuf,
+    /// Also decide the Workload API's FetchJWTSVID audiences (action FetchJWTSVID). SPIRE
+    /// allows any audience; off by default for compatibility.
+    #[serde(default)]
+    pub workload_api_jwt: bool,
+}
+
+/// `[audit]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The hash-chained JSON-lines log.
+    pub path: PathBuf,
+}
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +169,16 @@ struct RawConfig {
     telemetry: TelemetryConfig,
     #[serde(default, rename = "entry")]
     entries: Vec<EntryConfig>,
+    #[serde(default)]
+    broker: crate::broker::BrokerConfig,
+    #[serde(default)]
+    policy: Option<PolicyConfig>,
+    #[serde(default)]
+    audit: Option<AuditConfig>,
+    #[serde(default, rename = "oidc_issuer")]
+    oidc_issuers: Vec<crate::broker::oidc::OidcIssuerConfig>,
+    #[serde(default, rename = "audience")]
+    audiences: crate::policy::AudienceAttributes,
 }
 
 /// A validated configuration.
@@ -161,6 +195,12 @@ pub struct Config {
     pub attestor: AttestorConfig,
     pub telemetry: TelemetryConfig,
     pub registry: Registry,
+    pub broker: crate::broker::BrokerConfig,
+    pub policy: Option<PolicyConfig>,
+    pub audit: Option<AuditConfig>,
+    pub oidc_issuers: Vec<crate::broker::oidc::OidcIssuerConfig>,
+    /// Attributes of audiences, for policy (`[audience."<aud>"]`).
+    pub audiences: crate::policy::AudienceAttributes,
     /// True for the built-in development profile (no config file).
     pub development_profile: bool,
 }
@@ -216,7 +256,27 @@ impl Config {
                 "authority.ca_cert_path and authority.ca_key_path go together".into(),
             ));
         }
-        if raw.entries.is_empty() {
+        let spire = raw.authority.kind == AuthorityKind::Spire;
+        match (&raw.authority.spire, spire) {
+            (None, true) => {
+                return Err(ConfigError::Invalid(
+                    "authority.kind = \"spire\" needs [authority.spire] workload_socket and admin_socket".into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ConfigError::Invalid(
+                    "[authority.spire] is only read with authority.kind = \"spire\"".into(),
+                ))
+            }
+            (Some(s), true) => s.validate().map_err(ConfigError::Invalid)?,
+            (None, false) => {}
+        }
+        if spire && (raw.authority.ca_cert_path.is_some() || !raw.entries.is_empty()) {
+            return Err(ConfigError::Invalid(
+                "with authority.kind = \"spire\", SPIRE issues every SVID: registration entries live in SPIRE (spire-server entry create) and there is no ca_cert_path; remove [[entry]] and the CA keys".into(),
+            ));
+        }
+        if raw.entries.is_empty() && !spire {
             return Err(ConfigError::Invalid(
                 "no [[entry]]: with no registration entries no workload can get an identity".into(),
             ));
@@ -230,6 +290,7 @@ impl Config {
             }
         }
         let registry = Registry::new(&trust_domain, raw.entries)?;
+        raw.broker.validate().map_err(ConfigError::Invalid)?;
         let socket_path = raw
             .socket_path
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
@@ -243,6 +304,11 @@ impl Config {
             attestor: raw.attestor,
             telemetry: raw.telemetry,
             registry,
+            broker: raw.broker,
+            policy: raw.policy,
+            audit: raw.audit,
+            oidc_issuers: raw.oidc_issuers,
+            audiences: raw.audiences,
             development_profile: false,
         })
     }
@@ -362,9 +428,68 @@ selectors = ["unix:uid:1000"]
             .contains("no [[entry]]"));
     }
 
+    const SPIRE: &str = r#"
+trust_domain = "example.org"
+[authority]
+kind = "spire"
+[authority.spire]
+workload_socket = "unix:///run/spire/agent/public/api.sock"
+admin_socket = "unix:///run/spire/agent/admin/admin.sock"
+"#;
+
+    #[test]
+    fn spire_authority_needs_its_sockets_and_no_entries() {
+        let c = Config::parse(SPIRE).unwrap();
+        assert_eq!(c.authority.kind, AuthorityKind::Spire);
+        let s = c.authority.spire.unwrap();
+        assert_eq!(s.startup_wait, Duration::from_secs(10));
+        let missing = "trust_domain = \"example.org\"\n[authority]\nkind = \"spire\"\n";
+        assert!(Config::parse(missing)
+            .unwrap_err()
+            .to_string()
+            .contains("[authority.spire]"));
+        let with_entry = format!(
+            "{SPIRE}\n[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\"]\n"
+        );
+        assert!(Config::parse(&with_entry)
+            .unwrap_err()
+            .to_string()
+            .contains("entries live in SPIRE"));
+        let unknown = SPIRE.replace("admin_socket =", "surprise = 1\nadmin_socket =");
+        assert!(Config::parse(&unknown).is_err());
+        let tcp = SPIRE.replace("unix:///run/spire/agent/admin", "tcp://127.0.0.1:1/x");
+        assert!(Config::parse(&tcp)
+            .unwrap_err()
+            .to_string()
+            .contains("admin_socket"));
+        let embedded = SPIRE.replace("kind = \"spire\"", "kind = \"embedded\"");
+        assert!(Config::parse(&embedded).is_err());
+    }
+
+    #[test]
+    fn spire_deploy_example_parses() {
+        let c = Config::parse(include_str!("../deploy/spire/svid-broker.toml")).unwrap();
+        assert_eq!(c.authority.kind, AuthorityKind::Spire);
+    }
+
     #[test]
     fn development_profile_parses() {
         let c = Config::development("example.org").unwrap();
         assert!(c.development_profile);
+    }
+
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                Config::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "examples missing from {}", dir.display());
     }
 }

@@ -1,5 +1,8 @@
 //! The SVIDs the broker hands out, cached per SPIFFE ID and renewed at half-life with jitter,
 //! plus the loop that drives key rotation. Streams wait on [`IdentityManager::changes`].
+//!
+//! With `[authority] kind = "spire"` the SPIRE agent issues and renews every SVID: this manager
+//! then only passes through to the [`SpireAuthority`] (see `authority/spire.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,9 +12,11 @@ use spiffe::SpiffeId;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::audit::{AuditEvent, AuditLog, SvidKind};
 use crate::authority::schedule::svid_refresh_in;
-use crate::authority::{AuthorityError, EmbeddedAuthority};
+use crate::authority::{Authority, AuthorityError, EmbeddedAuthority, SpireAuthority};
 use crate::registry::Identity;
+use crate::server::caller::Caller;
 use crate::svid::jwt::svid_claims;
 use crate::svid::random_hex;
 use crate::svid::x509::X509Svid;
@@ -36,32 +41,141 @@ struct CachedJwt {
 }
 
 pub struct IdentityManager {
-    authority: Arc<EmbeddedAuthority>,
+    authority: Authority,
     x509: Mutex<HashMap<SpiffeId, CachedX509>>,
     jwt: Mutex<HashMap<(SpiffeId, Vec<String>), CachedJwt>>,
     /// Bumped whenever any X.509-SVID is renewed.
     generation: watch::Sender<u64>,
     wake: Notify,
+    audit: std::sync::OnceLock<AuditLog>,
 }
 
 impl IdentityManager {
     pub fn new(authority: Arc<EmbeddedAuthority>) -> Arc<Self> {
+        Self::with_authority(Authority::Embedded(authority))
+    }
+
+    /// Every SVID from a SPIRE agent.
+    pub fn with_spire(spire: Arc<SpireAuthority>) -> Arc<Self> {
+        Self::with_authority(Authority::Spire(spire))
+    }
+
+    fn with_authority(authority: Authority) -> Arc<Self> {
         Arc::new(Self {
             authority,
             x509: Mutex::new(HashMap::new()),
             jwt: Mutex::new(HashMap::new()),
             generation: watch::channel(0).0,
             wake: Notify::new(),
+            audit: std::sync::OnceLock::new(),
         })
     }
 
-    pub fn authority(&self) -> &Arc<EmbeddedAuthority> {
+    pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// Records every SVID minted in `log` from now on. Workload API SVIDs are recorded
+    /// without waiting for the disk (they are renewed continuously and carry no task
+    /// authority); task tokens are recorded synchronously by the broker.
+    pub fn set_audit(&self, log: AuditLog) {
+        let _ = self.audit.set(log);
+    }
+
+    fn record(
+        &self,
+        spiffe_id: &SpiffeId,
+        kind: SvidKind,
+        serial: Option<String>,
+        jti: Option<String>,
+        audiences: Vec<String>,
+        expires: SystemTime,
+    ) {
+        let Some(log) = self.audit.get().cloned() else {
+            return;
+        };
+        let event = AuditEvent::SvidIssued {
+            spiffe_id: spiffe_id.to_string(),
+            svid: kind,
+            serial,
+            jti,
+            audiences,
+            expires_at: crate::svid::unix_seconds(expires) as u64,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = log.append(event).await {
+                tracing::error!(error = %e, "audit record of an SVID issuance failed");
+            }
+        });
     }
 
     /// Fires when SVIDs were renewed.
     pub fn changes(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
+        match &self.authority {
+            Authority::Embedded(_) => self.generation.subscribe(),
+            Authority::Spire(s) => s.changes(),
+        }
+    }
+
+    /// A JWT-SVID for `caller` as `identity`: signed here (embedded), or minted by the SPIRE
+    /// agent for the caller's selectors.
+    ///
+    /// # Errors
+    /// As a gRPC status for the caller.
+    pub async fn jwt_svid_for(
+        &self,
+        caller: &Caller,
+        identity: &Identity,
+        audiences: &[String],
+    ) -> Result<Arc<str>, tonic::Status> {
+        match &self.authority {
+            Authority::Embedded(_) => self
+                .jwt_svid(identity, audiences)
+                .map_err(|e| e.into_status("cannot sign JWT-SVID")),
+            Authority::Spire(s) => {
+                s.jwt_svid(&caller.selectors, &identity.spiffe_id, audiences)
+                    .await
+            }
+        }
+    }
+
+    /// A task token for `caller` with `claims` (as built by `broker::token::claims`).
+    ///
+    /// Embedded: the claims signed with our JWT key. SPIRE: a JWT-SVID the agent mints for
+    /// the caller's selectors, subject `claims.sub`, audiences `[claims.aud, task audience]`
+    /// where the task audience `urn:svid-broker:task:<task_id>:<jti>` makes every mint a
+    /// distinct token the task table can track; SPIRE sets `exp` and carries no other claim.
+    ///
+    /// # Errors
+    /// As a gRPC status for the caller.
+    pub async fn sign_task_token(
+        &self,
+        caller: &Caller,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, tonic::Status> {
+        match &self.authority {
+            Authority::Embedded(a) => a
+                .sign_jwt(claims)
+                .map_err(|e| e.into_status("cannot sign token")),
+            Authority::Spire(s) => {
+                let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+                let audience = claims
+                    .get("aud")
+                    .and_then(|a| a.as_array())
+                    .and_then(|a| a.first())
+                    .and_then(|a| a.as_str())
+                    .unwrap_or_default();
+                let sub = SpiffeId::new(text("sub"))
+                    .map_err(|e| tonic::Status::internal(format!("task token subject: {e}")))?;
+                let audiences = vec![
+                    audience.to_string(),
+                    crate::authority::spire::task_audience(text("task_id"), text("jti")),
+                ];
+                s.fetch_jwt(&caller.selectors, &sub, &audiences)
+                    .await
+                    .map(|(token, _)| token)
+            }
+        }
     }
 
     /// The current X.509-SVID for `identity`, minted on first use.
@@ -69,13 +183,26 @@ impl IdentityManager {
     /// # Errors
     /// Minting failed.
     pub fn x509_svid(&self, identity: &Identity) -> Result<Arc<X509Svid>, AuthorityError> {
+        let authority = match &self.authority {
+            Authority::Embedded(a) => a,
+            Authority::Spire(s) => {
+                return s
+                    .x509_svid(&identity.spiffe_id)
+                    .map_err(AuthorityError::Upstream)
+            }
+        };
         if let Some(c) = self.x509_cache().get_mut(&identity.spiffe_id) {
             c.wanted = true;
             return Ok(c.svid.clone());
         }
-        let svid = Arc::new(
-            self.authority
-                .mint_x509_svid(&identity.spiffe_id, identity.x509_ttl)?,
+        let svid = Arc::new(authority.mint_x509_svid(&identity.spiffe_id, identity.x509_ttl)?);
+        self.record(
+            &identity.spiffe_id,
+            SvidKind::X509,
+            Some(svid.serial.clone()),
+            None,
+            Vec::new(),
+            svid.not_after,
         );
         let mut cache = self.x509_cache();
         if cache.len() >= MAX_CACHED_X509_SVIDS {
@@ -114,14 +241,18 @@ impl IdentityManager {
                 return Ok(c.token.clone());
             }
         }
-        let claims = svid_claims(
-            &identity.spiffe_id,
-            &key.1,
-            SystemTime::now(),
-            identity.jwt_ttl,
-            &random_hex(16),
-        );
+        let jti = random_hex(16);
+        let issued = SystemTime::now();
+        let claims = svid_claims(&identity.spiffe_id, &key.1, issued, identity.jwt_ttl, &jti);
         let token: Arc<str> = self.authority.sign_jwt(&claims)?.into();
+        self.record(
+            &identity.spiffe_id,
+            SvidKind::Jwt,
+            None,
+            Some(jti),
+            key.1.clone(),
+            issued + identity.jwt_ttl,
+        );
         let mut cache = self.jwt_cache();
         if cache.len() >= MAX_CACHED_JWT_SVIDS {
             cache.retain(|_, c| c.refresh_at > now);
@@ -141,6 +272,13 @@ impl IdentityManager {
 
     /// Renews due SVIDs and rotates keys until `shutdown` fires.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if let Authority::Spire(s) = &self.authority {
+            // The agent renews; we follow its streams until shutdown.
+            s.start().await;
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            s.stop();
+            return;
+        }
         loop {
             let next = self.next_deadline();
             tokio::select! {
@@ -155,7 +293,10 @@ impl IdentityManager {
     /// One pass: rotate keys, then renew the SVIDs that are due (all of them when a new CA
     /// took over signing).
     pub fn tick(&self, now: Instant) {
-        let rotation = match self.authority.rotate(now) {
+        let Authority::Embedded(authority) = &self.authority else {
+            return;
+        };
+        let rotation = match authority.rotate(now) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "key rotation failed; retrying at the next tick");
@@ -174,8 +315,16 @@ impl IdentityManager {
         };
         let mut renewed = 0u64;
         for (id, ttl) in due {
-            match self.authority.mint_x509_svid(&id, ttl) {
+            match authority.mint_x509_svid(&id, ttl) {
                 Ok(svid) => {
+                    self.record(
+                        &id,
+                        SvidKind::X509,
+                        Some(svid.serial.clone()),
+                        None,
+                        Vec::new(),
+                        svid.not_after,
+                    );
                     if let Some(c) = self.x509_cache().get_mut(&id) {
                         c.svid = Arc::new(svid);
                         c.refresh_at = Instant::now() + svid_refresh_in(ttl, jitter());
@@ -197,7 +346,10 @@ impl IdentityManager {
 
     fn next_deadline(&self) -> Instant {
         let svids = self.x509_cache().values().map(|c| c.refresh_at).min();
-        let keys = self.authority.next_rotation();
+        let keys = match &self.authority {
+            Authority::Embedded(a) => a.next_rotation(),
+            Authority::Spire(_) => Instant::now() + Duration::from_secs(24 * 3600),
+        };
         svids.map_or(keys, |s| s.min(keys))
     }
 

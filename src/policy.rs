@@ -289,9 +289,23 @@ impl PolicyEngine {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// The policy set in force now, held for several decisions that must all come from the
+    /// same version (one OpenTask decides many (audience, scope) pairs; a reload between
+    /// them must not give a grant that neither version allows).
+    pub fn pin(&self) -> PinnedPolicy<'_> {
+        PinnedPolicy {
+            engine: self,
+            snapshot: self.snapshot(),
+        }
+    }
+
     /// Decides one request. Default deny; any error (building the request or evaluating a
     /// policy) denies and is reported in [`Decision::errors`].
     pub fn decide(&self, req: &PolicyRequest<'_>) -> Decision {
+        self.decide_with(&self.snapshot(), req)
+    }
+
+    fn decide_with(&self, snapshot: &Snapshot, req: &PolicyRequest<'_>) -> Decision {
         if req.principal.selectors.len() > MAX_REQUEST_SELECTORS {
             return Decision::error(format!(
                 "{} selectors; the limit is {MAX_REQUEST_SELECTORS}",
@@ -304,7 +318,6 @@ impl PolicyEngine {
                 req.scopes.len()
             ));
         }
-        let snapshot = self.snapshot();
         let request = match self.request(req) {
             Ok(r) => r,
             Err(e) => return Decision::error(e),
@@ -356,6 +369,19 @@ impl PolicyEngine {
             Some(&self.schema),
         )
         .map_err(|e| e.to_string())
+    }
+}
+
+/// One version of the policy set, pinned by [`PolicyEngine::pin`].
+pub struct PinnedPolicy<'a> {
+    engine: &'a PolicyEngine,
+    snapshot: Arc<Snapshot>,
+}
+
+impl PinnedPolicy<'_> {
+    /// As [`PolicyEngine::decide`], against the pinned version.
+    pub fn decide(&self, req: &PolicyRequest<'_>) -> Decision {
+        self.engine.decide_with(&self.snapshot, req)
     }
 }
 

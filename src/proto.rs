@@ -14,6 +14,22 @@ pub mod svidbroker {
     }
 }
 
+/// SPIRE APIs we call as a client (the agent's Delegated Identity API).
+pub mod spire {
+    pub mod api {
+        pub mod types {
+            tonic::include_proto!("spire.api.types");
+        }
+        pub mod agent {
+            pub mod delegatedidentity {
+                pub mod v1 {
+                    tonic::include_proto!("spire.api.agent.delegatedidentity.v1");
+                }
+            }
+        }
+    }
+}
+
 /// The encoded descriptor set of every proto, for the reflection service.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/svid_broker_descriptor.bin"));

@@ -77,13 +77,14 @@ impl WorkloadApi {
         caller: &Caller,
     ) -> Result<(pb::X509svidResponse, Vec<String>), Status> {
         let bundle = self.identities.authority().current_bundle();
-        let mut svids = Vec::with_capacity(caller.identities.len());
-        let mut serials = Vec::with_capacity(caller.identities.len() + 1);
-        for identity in &caller.identities {
+        let identities = caller.current_identities()?;
+        let mut svids = Vec::with_capacity(identities.len());
+        let mut serials = Vec::with_capacity(identities.len() + 1);
+        for identity in &identities {
             let svid = self
                 .identities
                 .x509_svid(identity)
-                .map_err(|e| Status::internal(format!("cannot mint X.509-SVID: {e}")))?;
+                .map_err(|e| e.into_status("cannot mint X.509-SVID"))?;
             self.metrics.x509_issued(svid.not_after);
             serials.push(svid.serial.clone());
             svids.push(pb::X509svid {
@@ -99,7 +100,7 @@ impl WorkloadApi {
             pb::X509svidResponse {
                 svids,
                 crl: Vec::new(),
-                federated_bundles: HashMap::new(),
+                federated_bundles: self.identities.authority().federated_x509_for(caller),
             },
             serials,
         ))
@@ -173,6 +174,21 @@ fn bundle_key(b: &TrustBundle) -> String {
     b.trust_domain.id_string()
 }
 
+/// Our bundle, plus (under SPIRE) the federated bundles the agent holds.
+fn with_federated(
+    authority: &crate::authority::Authority,
+    pick: impl Fn(&crate::authority::spire::bundles::Federated) -> &HashMap<String, Vec<u8>>,
+    b: &TrustBundle,
+    ours: Vec<u8>,
+) -> HashMap<String, Vec<u8>> {
+    let mut map = authority
+        .federated_bundles()
+        .map(|f| pick(&f).clone())
+        .unwrap_or_default();
+    map.insert(bundle_key(b), ours);
+    map
+}
+
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for WorkloadApi {
     type FetchX509SVIDStream = BoxStream<pb::X509svidResponse>;
@@ -213,7 +229,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 let b = authority.current_bundle();
                 let msg = pb::X509BundlesResponse {
                     crl: Vec::new(),
-                    bundles: HashMap::from([(bundle_key(&b), b.x509_der.clone())]),
+                    bundles: with_federated(&authority, |f| &f.x509, &b, b.x509_der.clone()),
                 };
                 Ok((msg, b.sequence))
             })?;
@@ -258,8 +274,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 }
                 let token = self
                     .identities
-                    .jwt_svid(identity, &req.audience)
-                    .map_err(|e| Status::internal(format!("cannot sign JWT-SVID: {e}")))?;
+                    .jwt_svid_for(&caller, identity, &req.audience)
+                    .await?;
                 self.metrics.jwt_issued();
                 svids.push(pb::Jwtsvid {
                     spiffe_id: identity.spiffe_id.to_string(),
@@ -286,7 +302,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             let stream = self.watch_stream(move || {
                 let b = authority.current_bundle();
                 let msg = pb::JwtBundlesResponse {
-                    bundles: HashMap::from([(bundle_key(&b), b.jwks.clone())]),
+                    bundles: with_federated(&authority, |f| &f.jwt, &b, b.jwks.clone()),
                 };
                 Ok((msg, b.sequence))
             })?;
@@ -432,6 +448,10 @@ fn json_to_value(v: serde_json::Value) -> prost_types::Value {
     };
     prost_types::Value { kind: Some(kind) }
 }
+
+#[cfg(test)]
+#[path = "workload_api/rotation_tests.rs"]
+mod rotation_tests;
 
 #[cfg(test)]
 mod tests {

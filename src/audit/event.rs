@@ -71,6 +71,9 @@ pub enum AuditEvent {
         parent_task_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         on_behalf_of: Option<String>,
+        /// Scopes granted per audience (the flat lists above are their union).
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        grants: std::collections::BTreeMap<String, Vec<String>>,
     },
     /// A task token was minted. Written (and synced) before the token is returned.
     TokenIssued {

@@ -50,6 +50,7 @@ fn sample_events() -> Vec<AuditEvent> {
             delegation_depth: 0,
             parent_task_id: None,
             on_behalf_of: Some("alice@example.com".into()),
+            grants: Default::default(),
         },
         token_issued(1),
         AuditEvent::TokenUsed {
@@ -697,6 +698,7 @@ async fn tokens_and_keys_are_refused() {
         delegation_depth: 0,
         parent_task_id: None,
         on_behalf_of: None,
+        grants: Default::default(),
     };
     assert!(matches!(
         log.append(e).await,

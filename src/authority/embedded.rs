@@ -35,6 +35,19 @@ pub enum AuthorityError {
     Store(#[from] StoreError),
     #[error("operator CA: {0}")]
     OperatorCa(String),
+    /// The SPIRE agent could not give us what was asked (retryable).
+    #[error("SPIRE: {0}")]
+    Upstream(String),
+}
+
+impl AuthorityError {
+    /// As a gRPC status: SPIRE trouble is `Unavailable` (clients retry), the rest `Internal`.
+    pub fn into_status(self, what: &str) -> tonic::Status {
+        match self {
+            AuthorityError::Upstream(e) => tonic::Status::unavailable(format!("{what}: {e}")),
+            e => tonic::Status::internal(format!("{what}: {e}")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

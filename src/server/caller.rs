@@ -10,6 +10,7 @@ use tonic::{Request, Status};
 
 use crate::attest::peer::{PinnedProcess, ProcessFingerprint};
 use crate::attest::{AttestError, Attestation, Attestors, Selector};
+use crate::audit::{AuditEvent, AuditLog};
 use crate::registry::{Identity, Registry};
 use crate::telemetry::Metrics;
 
@@ -23,6 +24,9 @@ pub struct Caller {
     pub selectors: BTreeSet<Selector>,
     /// In registry order: the first is the default identity.
     pub identities: Vec<Identity>,
+    /// With a SPIRE authority: the agent subscription for these selectors, held as long as
+    /// this caller is, so its SVIDs stay current.
+    pub upstream: Option<Arc<crate::authority::spire::Subscription>>,
 }
 
 impl Caller {
@@ -36,6 +40,23 @@ impl Caller {
         } else {
             Ok(&self.identities)
         }
+    }
+
+    /// The caller's identities now. Embedded: as attested. SPIRE: as the agent last sent them
+    /// for the caller's selectors, so entries added or removed in SPIRE reach open streams.
+    ///
+    /// # Errors
+    /// `PermissionDenied` "no identity issued" when there are none; `Unavailable` when SPIRE's
+    /// SVIDs expired while the agent is unreachable.
+    pub fn current_identities(&self) -> Result<Vec<Identity>, Status> {
+        let identities = match &self.upstream {
+            Some(sub) => sub.identities()?,
+            None => self.identities.clone(),
+        };
+        if identities.is_empty() {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        Ok(identities)
     }
 
     pub fn selector_strings(&self) -> Vec<String> {
@@ -67,6 +88,9 @@ pub struct CallerResolver {
     attestors: Attestors,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// Identities from a SPIRE agent instead of the registry.
+    spire: Option<Arc<crate::authority::SpireAuthority>>,
+    audit: std::sync::OnceLock<AuditLog>,
 }
 
 impl CallerResolver {
@@ -75,7 +99,20 @@ impl CallerResolver {
             attestors,
             registry,
             metrics,
+            spire: None,
+            audit: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Asks the SPIRE agent, by the caller's selectors, which identities a caller holds.
+    pub fn with_spire(mut self, spire: Arc<crate::authority::SpireAuthority>) -> Self {
+        self.spire = Some(spire);
+        self
+    }
+
+    /// Records every attestation in `log` from now on.
+    pub fn set_audit(&self, log: AuditLog) {
+        let _ = self.audit.set(log);
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -132,7 +169,33 @@ impl CallerResolver {
             ));
         }
         self.metrics.observe_attestation(attestation.elapsed);
-        let caller = Arc::new(self.caller_from(attestation));
+        let caller = Arc::new(match &self.spire {
+            None => self.caller_from(attestation),
+            Some(spire) => {
+                let (identities, upstream) = spire.identities_for(&attestation.selectors).await?;
+                Caller {
+                    pid: attestation.pid,
+                    selectors: attestation.selectors,
+                    identities,
+                    upstream: Some(upstream),
+                }
+            }
+        });
+        if let Some(log) = self.audit.get() {
+            // Once per connection, so waiting for the disk costs nothing on later calls.
+            let event = AuditEvent::Attestation {
+                pid: caller.pid,
+                selectors: caller.selector_strings(),
+                spiffe_ids: caller
+                    .identities
+                    .iter()
+                    .map(|i| i.spiffe_id.to_string())
+                    .collect(),
+            };
+            log.append(event)
+                .await
+                .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))?;
+        }
         tracing::debug!(
             pid = caller.pid,
             pin = process.method().as_str(),
@@ -149,6 +212,7 @@ impl CallerResolver {
             pid: attestation.pid,
             selectors: attestation.selectors,
             identities,
+            upstream: None,
         }
     }
 }

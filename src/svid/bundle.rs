@@ -157,6 +157,30 @@ pub enum JwksError {
 /// # Errors
 /// The document is oversize, not JSON, or has no `keys`.
 pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<JwtAuthority>, JwksError> {
+    parse_keys(bytes, |use_| use_ == Some("jwt-svid"))
+}
+
+/// Reads the keys of a JWT bundle as SPIRE's Workload and Delegated Identity APIs send it:
+/// `use` is `jwt-svid` or absent (go-spiffe writes JWT bundles without it).
+///
+/// # Errors
+/// As [`parse_jwks`].
+pub fn parse_jwt_bundle(bytes: &[u8]) -> Result<Vec<JwtAuthority>, JwksError> {
+    parse_keys(bytes, |use_| matches!(use_, None | Some("jwt-svid")))
+}
+
+/// Reads the signing keys of an OIDC provider's JWKS (`use` absent or `sig`).
+///
+/// # Errors
+/// As [`parse_jwks`].
+pub fn parse_oidc_jwks(bytes: &[u8]) -> Result<Vec<JwtAuthority>, JwksError> {
+    parse_keys(bytes, |use_| matches!(use_, None | Some("sig")))
+}
+
+fn parse_keys(
+    bytes: &[u8],
+    wanted_use: impl Fn(Option<&str>) -> bool,
+) -> Result<Vec<JwtAuthority>, JwksError> {
     if bytes.len() > MAX_JWKS_BYTES {
         return Err(JwksError::TooLarge);
     }
@@ -168,13 +192,14 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<JwtAuthority>, JwksError> {
     if keys.len() > MAX_JWKS_KEYS {
         return Err(JwksError::TooManyKeys);
     }
-    Ok(keys.iter().filter_map(parse_jwk).collect())
+    Ok(keys
+        .iter()
+        .filter(|k| wanted_use(k.get("use").and_then(Value::as_str)))
+        .filter_map(parse_jwk)
+        .collect())
 }
 
 fn parse_jwk(jwk: &Value) -> Option<JwtAuthority> {
-    if jwk.get("use").and_then(Value::as_str) != Some("jwt-svid") {
-        return None;
-    }
     let kid = jwk.get("kid")?.as_str()?.to_string();
     let b64 =
         |name: &str| -> Option<Vec<u8>> { URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok() };

@@ -127,6 +127,20 @@ impl ParsedJwt {
 /// # Errors
 /// The first rule the token breaks.
 pub fn parse(token: &str) -> Result<ParsedJwt, JwtError> {
+    let parsed = parse_jws(token)?;
+    if parsed.audiences().is_empty() {
+        return Err(JwtError::Claims("aud missing or empty".into()));
+    }
+    parsed.subject()?;
+    Ok(parsed)
+}
+
+/// Parses any JWS with an allowed algorithm, a `kid` and an integer `exp`, without the
+/// JWT-SVID rules on `sub` and `aud` (for users' OIDC tokens).
+///
+/// # Errors
+/// The first rule the token breaks.
+pub fn parse_jws(token: &str) -> Result<ParsedJwt, JwtError> {
     if token.is_empty() {
         return Err(JwtError::Empty);
     }
@@ -169,18 +183,54 @@ pub fn parse(token: &str) -> Result<ParsedJwt, JwtError> {
     if !claims.get("exp").is_some_and(Value::is_i64) {
         return Err(JwtError::Claims("exp missing or not an integer".into()));
     }
-    let parsed = ParsedJwt {
+    Ok(ParsedJwt {
         alg,
         kid,
         claims,
         signing_input_len: h.len() + 1 + c.len(),
         signature: decode(s)?,
-    };
-    if parsed.audiences().is_empty() {
-        return Err(JwtError::Claims("aud missing or empty".into()));
+    })
+}
+
+/// Checks the signature of a parsed token against the key with its `kid` among `keys`.
+///
+/// # Errors
+/// No such key, or the signature does not verify.
+pub fn verify_signature(
+    token: &str,
+    parsed: &ParsedJwt,
+    keys: &[super::bundle::JwtAuthority],
+) -> Result<(), JwtError> {
+    let key = keys
+        .iter()
+        .find(|k| k.kid == parsed.kid)
+        .ok_or_else(|| JwtError::UnknownKey {
+            kid: parsed.kid.clone(),
+            trust_domain: String::new(),
+        })?;
+    check_signature(
+        parsed,
+        &token.as_bytes()[..parsed.signing_input_len],
+        &key.key,
+    )
+}
+
+/// Checks `exp` and `nbf` against `now` with [`LEEWAY`].
+///
+/// # Errors
+/// Expired or not yet valid.
+pub fn check_times(parsed: &ParsedJwt, now: SystemTime) -> Result<(), JwtError> {
+    let now_s = unix_seconds(now);
+    let leeway = LEEWAY.as_secs() as i64;
+    if parsed.numeric("exp").unwrap_or(0) + leeway <= now_s {
+        return Err(JwtError::Expired);
     }
-    parsed.subject()?;
-    Ok(parsed)
+    if let Some(nbf) = parsed.numeric("nbf") {
+        if nbf - leeway > now_s {
+            return Err(JwtError::NotYetValid);
+        }
+    }
+    Ok(())
 }
 
 /// A validated token.
@@ -216,16 +266,7 @@ pub fn verify<'b>(
         &token.as_bytes()[..parsed.signing_input_len],
         &authority.key,
     )?;
-    let now_s = unix_seconds(now);
-    let leeway = LEEWAY.as_secs() as i64;
-    if parsed.numeric("exp").unwrap_or(0) + leeway <= now_s {
-        return Err(JwtError::Expired);
-    }
-    if let Some(nbf) = parsed.numeric("nbf") {
-        if nbf - leeway > now_s {
-            return Err(JwtError::NotYetValid);
-        }
-    }
+    check_times(&parsed, now)?;
     if !parsed.audiences().contains(&audience) {
         return Err(JwtError::Audience(audience.to_string()));
     }

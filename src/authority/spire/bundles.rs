@@ -1,0 +1,272 @@
+//! Trust bundles from the agent's Delegated Identity API: `SubscribeToX509Bundles` and
+//! `SubscribeToJWTBundles`, followed with backoff. The bundle of our trust domain becomes the
+//! [`TrustBundle`] every Workload API stream serves; its JWKS bytes are SPIRE's, unchanged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use super::backoff::Backoff;
+use super::{lock, SpireAuthority};
+use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
+use crate::svid::bundle::{parse_jwt_bundle, TrustBundle};
+
+/// Bundles of the other trust domains the agent holds (federation), keyed by trust domain ID, as
+/// the agent sent them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Federated {
+    pub x509: HashMap<String, Vec<u8>>,
+    pub jwt: HashMap<String, Vec<u8>>,
+}
+
+/// The last maps the agent sent, keyed by trust domain ID (`spiffe://example.org`).
+#[derive(Debug, Default)]
+pub struct Parts {
+    x509: HashMap<String, Vec<u8>>,
+    jwt: HashMap<String, Vec<u8>>,
+    sequence: u64,
+}
+
+pub(super) async fn follow_x509(authority: Weak<SpireAuthority>) {
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(me) = authority.upgrade() else {
+            return;
+        };
+        let mut client = me.admin_client();
+        drop(me);
+        let why = match client
+            .subscribe_to_x509_bundles(di::SubscribeToX509BundlesRequest {})
+            .await
+        {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(msg)) => {
+                            backoff.reset();
+                            let Some(me) = authority.upgrade() else {
+                                return;
+                            };
+                            me.set_link(|l| l.x509_bundles = true);
+                            me.update_bundle(|p| p.x509 = msg.ca_certificates);
+                        }
+                        Ok(None) => break "stream closed".to_string(),
+                        Err(s) => break super::stream_error(&s),
+                    }
+                }
+            }
+            Err(s) => super::stream_error(&s),
+        };
+        let Some(me) = authority.upgrade() else {
+            return;
+        };
+        tracing::debug!(error = %why, "SPIRE X.509 bundle stream down; reconnecting");
+        me.set_link(|l| l.x509_bundles = false);
+        drop(me);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+pub(super) async fn follow_jwt(authority: Weak<SpireAuthority>) {
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(me) = authority.upgrade() else {
+            return;
+        };
+        let mut client = me.admin_client();
+        drop(me);
+        let why = match client
+            .subscribe_to_jwt_bundles(di::SubscribeToJwtBundlesRequest {})
+            .await
+        {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(msg)) => {
+                            backoff.reset();
+                            let Some(me) = authority.upgrade() else {
+                                return;
+                            };
+                            me.set_link(|l| l.jwt_bundles = true);
+                            me.update_bundle(|p| p.jwt = msg.bundles);
+                        }
+                        Ok(None) => break "stream closed".to_string(),
+                        Err(s) => break super::stream_error(&s),
+                    }
+                }
+            }
+            Err(s) => super::stream_error(&s),
+        };
+        let Some(me) = authority.upgrade() else {
+            return;
+        };
+        tracing::debug!(error = %why, "SPIRE JWT bundle stream down; reconnecting");
+        me.set_link(|l| l.jwt_bundles = false);
+        drop(me);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+impl SpireAuthority {
+    /// Applies a bundle message and republishes our trust domain's bundle when it changed.
+    fn update_bundle(&self, apply: impl FnOnce(&mut Parts)) {
+        let mut parts = lock(&self.bundle_parts);
+        apply(&mut parts);
+        let td_id = self.trust_domain.id_string();
+        let td_name = self.trust_domain.to_string();
+        let find =
+            |m: &HashMap<String, Vec<u8>>| m.get(&td_id).or_else(|| m.get(&td_name)).cloned();
+        if !parts.x509.is_empty() && find(&parts.x509).is_none() {
+            tracing::error!(
+                trust_domain = %td_id,
+                agent_trust_domains = ?parts.x509.keys().collect::<Vec<_>>(),
+                "the SPIRE agent has no bundle for our trust_domain: set trust_domain to SPIRE's"
+            );
+        }
+        let x509 = find(&parts.x509).map(|d| split_der(&d)).unwrap_or_default();
+        let jwks = find(&parts.jwt);
+        let jwt = match &jwks {
+            Some(doc) => parse_jwt_bundle(doc).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "SPIRE sent an unreadable JWT bundle; keeping no JWT keys");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let others = |m: &HashMap<String, Vec<u8>>| -> HashMap<String, Vec<u8>> {
+            m.iter()
+                .filter(|(k, _)| **k != td_id && **k != td_name)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let federated = Federated {
+            x509: others(&parts.x509),
+            jwt: others(&parts.jwt),
+        };
+        let federated_changed = *lock(&self.federated).as_ref() != federated;
+        if federated_changed {
+            *lock(&self.federated) = Arc::new(federated);
+        }
+        let current = self.current_bundle();
+        if current.x509_authorities == x509
+            && current.jwt_authorities == jwt
+            && jwks.as_ref().is_none_or(|j| *j == current.jwks)
+            && !federated_changed
+        {
+            return;
+        }
+        parts.sequence += 1;
+        let refresh = jwks
+            .as_deref()
+            .and_then(refresh_hint)
+            .unwrap_or(crate::authority::embedded::BUNDLE_REFRESH_HINT);
+        let mut bundle = TrustBundle::new(
+            self.trust_domain.clone(),
+            parts.sequence,
+            refresh,
+            x509,
+            jwt,
+        );
+        if let Some(raw) = jwks {
+            bundle.jwks = raw;
+        }
+        tracing::info!(
+            sequence = parts.sequence,
+            x509_authorities = bundle.x509_authorities.len(),
+            jwt_authorities = bundle.jwt_authorities.len(),
+            "trust bundle from SPIRE"
+        );
+        self.bundle_tx.send_replace(Arc::new(bundle));
+    }
+}
+
+fn refresh_hint(jwks: &[u8]) -> Option<std::time::Duration> {
+    let v: serde_json::Value = serde_json::from_slice(jwks).ok()?;
+    let secs = v.get("spiffe_refresh_hint")?.as_u64()?;
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
+/// Concatenated DER certificates → one DER per certificate; stops at the first unreadable one.
+pub fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
+    use x509_parser::prelude::*;
+    let mut out = Vec::new();
+    while !der.is_empty() {
+        let Ok((rest, _)) = X509Certificate::from_der(der) else {
+            tracing::warn!("SPIRE sent an unreadable CA certificate; ignoring the rest");
+            break;
+        };
+        let used = der.len() - rest.len();
+        out.push(der[..used].to_vec());
+        der = rest;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::svid::keys::EcKey;
+    use crate::svid::x509::CaCert;
+    use spiffe::TrustDomain;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn our_bundle_and_federated_ones_are_kept_apart() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let cfg = crate::authority::spire::SpireAuthorityConfig {
+            workload_socket: "unix:///nonexistent/a.sock".into(),
+            admin_socket: "unix:///nonexistent/b.sock".into(),
+            startup_wait: Duration::from_secs(1),
+        };
+        let spire = SpireAuthority::new(td.clone(), cfg).unwrap();
+        let ca = |td: &TrustDomain| {
+            CaCert::self_signed(td, Duration::from_secs(60), EcKey::generate().unwrap())
+                .unwrap()
+                .cert_der
+        };
+        let other = TrustDomain::new("partner.org").unwrap();
+        let (ours, theirs) = (ca(&td), ca(&other));
+        let jwks = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","y":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}"#.to_vec();
+        let rx = spire.bundle();
+        spire.update_bundle(|p| {
+            p.x509 = HashMap::from([
+                ("spiffe://example.org".to_string(), ours.clone()),
+                ("spiffe://partner.org".to_string(), theirs.clone()),
+            ])
+        });
+        spire.update_bundle(|p| {
+            p.jwt = HashMap::from([("spiffe://example.org".to_string(), jwks.clone())])
+        });
+        assert!(rx.has_changed().unwrap());
+        let b = spire.current_bundle();
+        assert_eq!(b.x509_authorities, vec![ours]);
+        assert_eq!(
+            b.jwt_authorities.len(),
+            1,
+            "a JWKS without `use` is SPIRE's form"
+        );
+        assert_eq!(b.jwks, jwks, "JWKS served as the agent sent it");
+        let f = spire.federated();
+        assert_eq!(f.x509.get("spiffe://partner.org"), Some(&theirs));
+        assert!(!f.x509.contains_key("spiffe://example.org"));
+        let seq = b.sequence;
+        spire.update_bundle(|_| {});
+        assert_eq!(
+            spire.current_bundle().sequence,
+            seq,
+            "no change, no new sequence"
+        );
+    }
+
+    #[test]
+    fn concatenated_der_splits_back() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let a =
+            CaCert::self_signed(&td, Duration::from_secs(60), EcKey::generate().unwrap()).unwrap();
+        let b =
+            CaCert::self_signed(&td, Duration::from_secs(60), EcKey::generate().unwrap()).unwrap();
+        let joined = [a.cert_der.clone(), b.cert_der.clone()].concat();
+        assert_eq!(split_der(&joined), vec![a.cert_der, b.cert_der]);
+        assert!(split_der(b"garbage").is_empty());
+    }
+}
