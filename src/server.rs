@@ -2,6 +2,7 @@
 //! ([`conn`]), attested once and re-checked cheaply on each call ([`caller`]); every call must
 //! carry the Workload API security header ([`header`]).
 
+pub mod authority;
 pub mod caller;
 pub mod conn;
 pub mod header;

@@ -1,4 +1,5 @@
-//! A Unix connection that carries its pinned caller into every request's extensions.
+//! A Unix connection that carries its pinned caller into every request's extensions, and
+//! hands `h2` the request stream with `:authority` normalized ([`super::authority`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,11 +9,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tonic::transport::server::Connected;
 
+use super::authority::AuthorityRewriter;
 use super::caller::CallerHandle;
 
 pub struct PeerConn {
     stream: UnixStream,
     caller: Arc<CallerHandle>,
+    rewriter: AuthorityRewriter,
+    /// Rewritten bytes not yet read by the server, from `pending_at` on.
+    pending: Vec<u8>,
+    pending_at: usize,
+    eof: bool,
 }
 
 impl PeerConn {
@@ -26,6 +33,10 @@ impl PeerConn {
         Self {
             stream,
             caller: Arc::new(CallerHandle::new(pinned)),
+            rewriter: AuthorityRewriter::new(),
+            pending: Vec::new(),
+            pending_at: 0,
+            eof: false,
         }
     }
 }
@@ -44,7 +55,31 @@ impl AsyncRead for PeerConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            if this.pending_at < this.pending.len() {
+                let n = buf.remaining().min(this.pending.len() - this.pending_at);
+                buf.put_slice(&this.pending[this.pending_at..this.pending_at + n]);
+                this.pending_at += n;
+                if this.pending_at == this.pending.len() {
+                    this.pending.clear();
+                    this.pending_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.rewriter.flush(&mut this.pending);
+                this.eof = true;
+            } else {
+                this.rewriter.feed(read.filled(), &mut this.pending);
+            }
+        }
     }
 }
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The test command: installs the test peers, runs the whole Rust test suite (library, binaries,
+# integration tests with the real daemon and independent clients), then validates the deploy
+# manifests. Exits non-zero on any failure.
+#
+#   scripts/test.sh                      everything
+#   scripts/test.sh -- FILTER            extra arguments go to `cargo test` (e.g. a test name)
+#
+# Environment:
+#   SVID_BROKER_VENV      the Python venv for the peers (default <repo>/.venv); exported for tests
+#   SVID_BROKER_SKIP_GO=1 do not build SPIRE and go-spiffe; their tests say they skipped
+#   CARGO_TARGET_DIR      reuse a build directory (cargo's own variable)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+export SVID_BROKER_VENV=${SVID_BROKER_VENV:-$repo/.venv}
+
+cargo_args=()
+if [[ "${1:-}" == "--" ]]; then
+  shift
+  cargo_args=("$@")
+fi
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+started=$SECONDS
+timings=()
+timed() {
+  local name=$1
+  shift
+  local t=$SECONDS
+  "$@"
+  timings+=("$name: $((SECONDS - t)) s")
+}
+
+step "installing test peers (scripts/install-peers.sh)"
+timed "install peers" bash scripts/install-peers.sh
+
+step "building (cargo test --all-targets --no-run)"
+timed "build" cargo test --all-targets --no-run
+
+step "cargo test --all-targets --no-fail-fast ${cargo_args[*]}"
+timed "cargo test" cargo test --all-targets --no-fail-fast "${cargo_args[@]}"
+
+step "validating deploy manifests (scripts/validate-manifests.sh)"
+timed "manifests" bash scripts/validate-manifests.sh
+
+step "all passed in $((SECONDS - started)) s"
+printf '  %s\n' "${timings[@]}" >&2
