@@ -36,6 +36,8 @@ pub struct Metrics {
     attest_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     attest_count: AtomicU64,
     attest_sum_micros: AtomicU64,
+    recheck_count: AtomicU64,
+    recheck_sum_nanos: AtomicU64,
     x509_svids_issued: AtomicU64,
     jwt_svids_issued: AtomicU64,
     task_tokens_issued: AtomicU64,
@@ -59,6 +61,13 @@ impl Metrics {
         self.attest_count.fetch_add(1, Ordering::Relaxed);
         self.attest_sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The per-call re-check of a caller already attested on its connection.
+    pub fn observe_recheck(&self, elapsed: Duration) {
+        self.recheck_count.fetch_add(1, Ordering::Relaxed);
+        self.recheck_sum_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub fn x509_issued(&self, not_after: SystemTime) {
@@ -114,6 +123,11 @@ impl Metrics {
         let sum = self.attest_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "svid_broker_attestation_seconds_sum {sum}");
         let _ = writeln!(out, "svid_broker_attestation_seconds_count {count}");
+        out.push_str("# TYPE svid_broker_caller_recheck_seconds summary\n");
+        let sum = self.recheck_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let count = self.recheck_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "svid_broker_caller_recheck_seconds_sum {sum}");
+        let _ = writeln!(out, "svid_broker_caller_recheck_seconds_count {count}");
         let counters = [
             (
                 "svid_broker_x509_svids_issued_total",
@@ -219,7 +233,9 @@ mod tests {
         m.observe_request("FetchJWTSVID", tonic::Code::Ok);
         m.observe_request("FetchJWTSVID", tonic::Code::Ok);
         m.observe_attestation(Duration::from_micros(300));
+        m.observe_recheck(Duration::from_micros(4));
         let text = m.render();
+        assert!(text.contains("svid_broker_caller_recheck_seconds_count 1"));
         assert!(text.contains("svid_broker_requests_total{rpc=\"FetchJWTSVID\",code=\"OK\"} 2"));
         assert!(text.contains("svid_broker_attestation_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(text.contains("svid_broker_attestation_seconds_bucket{le=\"0.0001\"} 0"));

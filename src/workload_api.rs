@@ -19,6 +19,9 @@ use crate::svid::bundle::TrustBundle;
 use crate::svid::jwt;
 use crate::telemetry::Metrics;
 
+mod validated;
+use validated::ValidatedTokens;
+
 /// Most audiences in one FetchJWTSVID request.
 pub const MAX_AUDIENCES: usize = 64;
 /// Longest single audience, in bytes.
@@ -42,6 +45,7 @@ pub struct WorkloadApi {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     audience_gate: Option<Arc<dyn AudienceGate>>,
+    validated: Arc<ValidatedTokens>,
 }
 
 impl WorkloadApi {
@@ -58,6 +62,7 @@ impl WorkloadApi {
             metrics,
             shutdown,
             audience_gate,
+            validated: Arc::default(),
         }
     }
 
@@ -103,10 +108,16 @@ impl WorkloadApi {
 
     /// A stream that sends `make()` at once, then again whenever the bundle or the SVIDs
     /// change and `make` yields a different state (compared by `key`), until shutdown.
+    ///
+    /// The first message is built here, after subscribing to changes (so none is missed in
+    /// between) and only once: a failure is the call's status, not a broken stream.
+    ///
+    /// # Errors
+    /// The first `make()` failed.
     fn watch_stream<T, K>(
         &self,
         make: impl Fn() -> Result<(T, K), Status> + Send + Sync + 'static,
-    ) -> BoxStream<T>
+    ) -> Result<BoxStream<T>, Status>
     where
         T: Send + 'static,
         K: PartialEq + Send + 'static,
@@ -114,14 +125,18 @@ impl WorkloadApi {
         let bundle_rx = self.identities.authority().bundle();
         let svid_rx = self.identities.changes();
         let shutdown = self.shutdown.clone();
-        let state = (bundle_rx, svid_rx, shutdown, None::<K>, false);
+        let (first, key) = make()?;
+        let state = (bundle_rx, svid_rx, shutdown, Some(key), false, Some(first));
         let make = Arc::new(make);
-        Box::pin(futures::stream::unfold(
+        Ok(Box::pin(futures::stream::unfold(
             state,
-            move |(mut b, mut s, mut stop, last, done)| {
+            move |(mut b, mut s, mut stop, last, done, pending)| {
                 let produced = {
                     let make = make.clone();
                     async move {
+                        if let Some(msg) = pending {
+                            return Some((Ok(msg), (b, s, stop, last, false, None)));
+                        }
                         if done {
                             return None;
                         }
@@ -140,10 +155,10 @@ impl WorkloadApi {
                                         continue;
                                     }
                                     last = Some(key);
-                                    return Some((Ok(msg), (b, s, stop, last, false)));
+                                    return Some((Ok(msg), (b, s, stop, last, false, None)));
                                 }
                                 Err(status) => {
-                                    return Some((Err(status), (b, s, stop, last, true)))
+                                    return Some((Err(status), (b, s, stop, last, true, None)))
                                 }
                             }
                         }
@@ -151,7 +166,7 @@ impl WorkloadApi {
                 };
                 produced
             },
-        ))
+        )))
     }
 }
 
@@ -185,16 +200,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let r = async {
             let caller = self.resolver.resolve(&request).await?;
             caller.require_identities()?;
-            // Mint before answering, so a failure is the call's status, not a broken stream.
-            self.x509_response(&caller)?;
             let api = Self {
                 resolver: self.resolver.clone(),
                 identities: self.identities.clone(),
                 metrics: self.metrics.clone(),
                 shutdown: self.shutdown.clone(),
                 audience_gate: None,
+                validated: self.validated.clone(),
             };
-            let stream = self.watch_stream(move || api.x509_response(&caller));
+            let stream = self.watch_stream(move || api.x509_response(&caller))?;
             Ok(Response::new(stream))
         }
         .await;
@@ -218,7 +232,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     bundles: with_federated(&authority, |f| &f.x509, &b, b.x509_der.clone()),
                 };
                 Ok((msg, b.sequence))
-            });
+            })?;
             Ok(Response::new(stream))
         }
         .await;
@@ -291,7 +305,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     bundles: with_federated(&authority, |f| &f.jwt, &b, b.jwks.clone()),
                 };
                 Ok((msg, b.sequence))
-            });
+            })?;
             Ok(Response::new(stream))
         }
         .await;
@@ -317,13 +331,30 @@ impl SpiffeWorkloadApi for WorkloadApi {
             }
             self.resolver.resolve(&request).await?;
             let bundle = self.identities.authority().current_bundle();
-            let verified = jwt::verify(&req.svid, &req.audience, SystemTime::now(), |td| {
+            let now = SystemTime::now();
+            // A token verified before under the same bundle needs only its time and audience
+            // checked again.
+            if let Some((spiffe_id, claims)) = self.validated.get(
+                &req.svid,
+                &req.audience,
+                bundle.sequence,
+                crate::svid::unix_seconds(now),
+            ) {
+                return Ok(Response::new(pb::ValidateJwtsvidResponse {
+                    spiffe_id: spiffe_id.to_string(),
+                    claims: Some(claims),
+                }));
+            }
+            let verified = jwt::verify(&req.svid, &req.audience, now, |td| {
                 (td == &bundle.trust_domain).then_some(bundle.as_ref())
             })
             .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+            let claims = json_to_struct(verified.parsed.claims.clone());
+            self.validated
+                .insert(&req.svid, bundle.sequence, &verified, &claims);
             Ok(Response::new(pb::ValidateJwtsvidResponse {
                 spiffe_id: verified.spiffe_id.to_string(),
-                claims: Some(json_to_struct(verified.parsed.claims)),
+                claims: Some(claims),
             }))
         }
         .await;

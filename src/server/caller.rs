@@ -135,6 +135,7 @@ impl CallerResolver {
     /// # Errors
     /// As [`CallerResolver::resolve`].
     pub async fn resolve_handle(&self, handle: &CallerHandle) -> Result<Arc<Caller>, Status> {
+        let checking = std::time::Instant::now();
         let process = handle
             .pinned
             .as_ref()
@@ -146,6 +147,7 @@ impl CallerResolver {
         let before = process.fingerprint().map_err(|_| gone(process.pid()))?;
         if let Some((fp, caller)) = known.as_ref() {
             if *fp == before {
+                self.metrics.observe_recheck(checking.elapsed());
                 return Ok(caller.clone());
             }
             tracing::info!(

@@ -1,0 +1,294 @@
+//! The load generator behind `svid-broker-bench`: starts the daemon (or targets a running
+//! one), drives the Workload API and the TaskBroker over the Unix socket, and writes a Markdown
+//! report and a PNG chart.
+//!
+//! Every latency row is a closed loop: each client owns one connection and calls again as soon
+//! as the previous call returns. The no-op row (gRPC health `Check` on the same server and
+//! socket) is the baseline every other row is compared to.
+
+pub mod calls;
+pub mod chart;
+pub mod daemon;
+pub mod load;
+pub mod metrics;
+pub mod procfs;
+pub mod report;
+pub mod spire;
+pub mod streams;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use self::calls::Workload;
+use self::daemon::{Daemon, DaemonOptions, Target};
+use self::load::{LoadPlan, RowResult};
+use self::report::{Facts, Report};
+
+/// The rows of the latency table, in order. The smoke test checks that each one is reported.
+pub const ROW_NAMES: &[&str] = &[
+    Workload::Noop.name(),
+    Workload::JwtSameAudience.name(),
+    Workload::JwtFreshAudience.name(),
+    Workload::X509FirstMessage.name(),
+    Workload::ValidateJwt.name(),
+    Workload::OpenTask.name(),
+    Workload::MintTaskToken.name(),
+    Workload::IntrospectToken.name(),
+    Workload::TaskCycle.name(),
+    Workload::SpireJwtFreshAudience.name(),
+];
+
+/// The SPIRE comparison row: present only when SPIRE ran (the report says why otherwise).
+pub const SPIRE_ROW: &str = Workload::SpireJwtFreshAudience.name();
+
+/// The single-value measurements, in order; also checked by the smoke test.
+pub const FACT_NAMES: &[&str] = report::FACT_NAMES;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "svid-broker-bench",
+    version,
+    about = "Benchmark svid-broker over its Unix socket (and a SPIRE agent side by side)"
+)]
+pub struct BenchArgs {
+    /// Short run for CI: a few hundred calls per row, 1,000 streams, short rotation.
+    #[arg(long)]
+    pub quick: bool,
+    /// The daemon binary to start (default: `svid-broker` next to this binary).
+    #[arg(long, conflicts_with = "socket")]
+    pub daemon: Option<PathBuf>,
+    /// Target an already running daemon on this socket instead of starting one
+    /// (start-up time, idle RSS and the CA rotation are then not measured).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Seconds of measurement per row and client count (default 4; `--quick`: count-bound).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Most calls per row and client count (default unbounded; `--quick`: 300).
+    #[arg(long)]
+    pub max_calls: Option<u64>,
+    /// Client counts, each client on its own connection.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    pub clients: Vec<usize>,
+    /// Concurrent FetchX509SVID streams (default 10,000; `--quick`: 1,000).
+    #[arg(long)]
+    pub streams: Option<usize>,
+    /// Connections the streams are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub stream_connections: usize,
+    /// Where report.md and chart.png go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// Directory holding spire-server and spire-agent (default: `$SVID_BROKER_PEERS_DIR/bin`,
+    /// else `target/peers/bin` beside this binary's target directory).
+    #[arg(long)]
+    pub spire_bin: Option<PathBuf>,
+    /// Do not run the SPIRE comparison even when SPIRE is found.
+    #[arg(long)]
+    pub no_spire: bool,
+    /// Run only the latency rows whose name contains one of these (case-insensitive), e.g.
+    /// `--only validate,no-op`; for iterating on one path.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Skip the stream and CA rotation measurement.
+    #[arg(long)]
+    pub no_streams: bool,
+    /// TOML appended to the generated daemon config (e.g. `[broker]` settings).
+    #[arg(long)]
+    pub extra_config: Option<PathBuf>,
+}
+
+/// Resolved run settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub quick: bool,
+    pub plan: LoadPlan,
+    pub clients: Vec<usize>,
+    pub streams: usize,
+    pub stream_connections: usize,
+    /// CA lifetime of the rotation daemon; a new CA signs at three quarters of it.
+    pub rotation_ca_ttl: Duration,
+}
+
+impl Settings {
+    pub fn from_args(a: &BenchArgs) -> Self {
+        let (duration, max_calls) = if a.quick {
+            (a.duration.unwrap_or(2.0), a.max_calls.or(Some(300)))
+        } else {
+            (a.duration.unwrap_or(4.0), a.max_calls)
+        };
+        Self {
+            quick: a.quick,
+            plan: LoadPlan {
+                duration: Duration::from_secs_f64(duration.max(0.1)),
+                max_calls,
+                warmup: if a.quick {
+                    Duration::from_millis(50)
+                } else {
+                    Duration::from_millis(500)
+                },
+            },
+            clients: a.clients.iter().copied().filter(|&c| c > 0).collect(),
+            streams: a.streams.unwrap_or(if a.quick { 1_000 } else { 10_000 }),
+            stream_connections: a.stream_connections.max(1),
+            rotation_ca_ttl: if a.quick {
+                Duration::from_secs(16)
+            } else {
+                Duration::from_secs(40)
+            },
+        }
+    }
+}
+
+fn selected(only: &[String], w: Workload) -> bool {
+    let name = w.name().to_lowercase();
+    only.is_empty() || only.iter().any(|o| name.contains(&o.to_lowercase()))
+}
+
+/// Runs the whole benchmark and writes the report.
+///
+/// # Errors
+/// The daemon cannot be started or reached, or the report cannot be written. Failing rows
+/// are reported as such, not as errors.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let settings = Settings::from_args(&args);
+    procfs::raise_nofile_limit();
+    let extra_config = match &args.extra_config {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?)
+        }
+        None => None,
+    };
+    let target = match &args.socket {
+        Some(s) => Target::Running(s.clone()),
+        None => Target::Start(DaemonOptions {
+            binary: match &args.daemon {
+                Some(p) => p.clone(),
+                None => daemon::default_binary()?,
+            },
+            ca_ttl: None,
+            extra_config: extra_config.clone(),
+        }),
+    };
+
+    let mut facts = Facts {
+        load_average: (report::load_average(), None),
+        ..Facts::default()
+    };
+    let mut rows: Vec<RowResult> = Vec::new();
+
+    // Latency rows, start-up time and idle RSS on a daemon with default key lifetimes.
+    {
+        let daemon = Daemon::start(&target).await?;
+        eprintln!(
+            "bench: daemon pid {} on {}",
+            daemon.pid,
+            daemon.socket.display()
+        );
+        facts.startup = daemon.startup;
+        facts.idle_rss_kib = daemon.idle_rss_kib;
+        facts.broker_config_note = daemon.note.clone();
+        for workload in Workload::BROKER_ROWS {
+            if !selected(&args.only, *workload) {
+                continue;
+            }
+            for &clients in &settings.clients {
+                let before = metrics::scrape(daemon.metrics_addr).await;
+                let row = load::run_row(
+                    *workload,
+                    &daemon.socket,
+                    clients,
+                    &settings.plan,
+                    &[daemon.pid],
+                )
+                .await;
+                if *workload == Workload::JwtSameAudience && clients == 1 {
+                    let after = metrics::scrape(daemon.metrics_addr).await;
+                    facts.recheck = metrics::recheck_mean(&before, &after);
+                }
+                eprintln!("bench: {}", row.summary());
+                rows.push(row);
+            }
+        }
+        let probes = if settings.quick { 20 } else { 200 };
+        facts.attestation = Some(load::attestation_probe(&daemon, probes).await);
+        daemon.stop().await;
+    }
+
+    // 10,000 streams and a CA rotation, on a daemon whose CA lives `rotation_ca_ttl`.
+    if !args.no_streams {
+        let rotation_target = match &target {
+            Target::Start(o) => Target::Start(DaemonOptions {
+                ca_ttl: Some(settings.rotation_ca_ttl),
+                ..o.clone()
+            }),
+            Target::Running(s) => Target::Running(s.clone()),
+        };
+        let daemon = Daemon::start(&rotation_target).await?;
+        let rotation_at = daemon
+            .started_at
+            .map(|t| t + settings.rotation_ca_ttl * 3 / 4);
+        facts.streams = Some(
+            streams::run(
+                &daemon,
+                settings.streams,
+                settings.stream_connections,
+                rotation_at,
+            )
+            .await,
+        );
+        daemon.stop().await;
+    }
+
+    // The same fresh-audience FetchJWTSVID workload against a SPIRE agent.
+    if args.no_spire || !selected(&args.only, Workload::SpireJwtFreshAudience) {
+        facts.spire_note = Some("SPIRE comparison skipped (--no-spire)".into());
+    } else {
+        match spire::find_binaries(args.spire_bin.as_deref()) {
+            Ok(bins) => match spire::Spire::start(&bins).await {
+                Ok(spire) => {
+                    for &clients in &settings.clients {
+                        let row = load::run_row(
+                            Workload::SpireJwtFreshAudience,
+                            &spire.workload_socket(),
+                            clients,
+                            &settings.plan,
+                            &spire.pids(),
+                        )
+                        .await;
+                        eprintln!("bench: {}", row.summary());
+                        rows.push(row);
+                    }
+                    facts.spire_note = Some(format!(
+                        "SPIRE {} (server + agent on this machine; CPU column is both)",
+                        spire.version
+                    ));
+                }
+                Err(e) => facts.spire_note = Some(format!("SPIRE did not start: {e:#}")),
+            },
+            Err(why) => facts.spire_note = Some(why),
+        }
+    }
+
+    facts.load_average.1 = report::load_average();
+    let report = Report {
+        settings: settings.clone(),
+        rows,
+        facts,
+    };
+    let markdown = report.markdown();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let md_path = args.out.join("report.md");
+    std::fs::write(&md_path, &markdown).with_context(|| format!("write {}", md_path.display()))?;
+    let png_path = args.out.join("chart.png");
+    chart::draw(&report, &png_path).with_context(|| format!("draw {}", png_path.display()))?;
+    println!("{markdown}");
+    eprintln!(
+        "bench: wrote {} and {}",
+        md_path.display(),
+        png_path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! Closed-loop load: N clients, each on its own connection, each calling again as soon as its
+//! last call returned, for a duration or a call budget. Latencies go into HDR histograms.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tonic::{Code, Status};
+
+use super::calls::{Client, Workload, SAME_AUDIENCE};
+use super::daemon::Daemon;
+use super::{metrics, procfs};
+
+/// How long and how much one row runs.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub duration: Duration,
+    /// Stop after this many measured calls in total (all clients), whichever comes first.
+    pub max_calls: Option<u64>,
+    /// Unmeasured calls per client before the clock starts.
+    pub warmup: Duration,
+}
+
+/// What one row at one client count measured.
+pub struct RowResult {
+    pub workload: Workload,
+    pub clients: usize,
+    pub calls: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latency in nanoseconds of every successful measured call.
+    pub latency: Histogram<u64>,
+    /// Server CPU (user + system) over the measured interval.
+    pub server_cpu: Option<Duration>,
+    /// Why the row has no numbers, or the first error seen.
+    pub status: RowStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowStatus {
+    Ok,
+    /// The server does not implement the service (yet).
+    Unavailable,
+    /// Some or all calls failed; the first failure.
+    Failed {
+        code: Code,
+        message: String,
+    },
+}
+
+impl RowResult {
+    pub fn throughput(&self) -> Option<f64> {
+        let ok = self.calls.saturating_sub(self.errors);
+        (ok > 0 && !self.elapsed.is_zero()).then(|| ok as f64 / self.elapsed.as_secs_f64())
+    }
+
+    /// Quantile `q` of the latency in microseconds.
+    pub fn quantile_us(&self, q: f64) -> Option<f64> {
+        (!self.latency.is_empty()).then(|| self.latency.value_at_quantile(q) as f64 / 1_000.0)
+    }
+
+    pub fn cpu_per_call_us(&self) -> Option<f64> {
+        let ok = self.calls.saturating_sub(self.errors);
+        let cpu = self.server_cpu?;
+        (ok > 0).then(|| cpu.as_secs_f64() * 1e6 / ok as f64)
+    }
+
+    pub fn summary(&self) -> String {
+        let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+        format!(
+            "{} x{}: {} calls, {} errors, {}/s, p50 {} µs, p99 {} µs{}",
+            self.workload.name(),
+            self.clients,
+            self.calls,
+            self.errors,
+            fmt(self.throughput()),
+            fmt(self.quantile_us(0.5)),
+            fmt(self.quantile_us(0.99)),
+            match &self.status {
+                RowStatus::Ok => String::new(),
+                RowStatus::Unavailable => " (unavailable)".into(),
+                RowStatus::Failed { code, message } =>
+                    format!(" (first error: {code:?}: {message})"),
+            }
+        )
+    }
+
+    fn empty(workload: Workload, clients: usize, status: RowStatus) -> Self {
+        Self {
+            workload,
+            clients,
+            calls: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: new_histogram(),
+            server_cpu: None,
+            status,
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns .. 100 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn failed(s: &Status) -> RowStatus {
+    if s.code() == Code::Unimplemented {
+        RowStatus::Unavailable
+    } else {
+        RowStatus::Failed {
+            code: s.code(),
+            message: s.message().chars().take(160).collect(),
+        }
+    }
+}
+
+struct ClientOutcome {
+    latency: Histogram<u64>,
+    calls: u64,
+    errors: u64,
+    first_error: Option<Status>,
+}
+
+/// Runs `workload` with `clients` concurrent clients against `socket`; `server_pids` are the
+/// processes whose CPU time is charged to the calls.
+pub async fn run_row(
+    workload: Workload,
+    socket: &Path,
+    clients: usize,
+    plan: &LoadPlan,
+    server_pids: &[i32],
+) -> RowResult {
+    // Connect and prepare every client first; a row whose service is missing ends here.
+    let mut prepared = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        match Client::new(workload, socket).await {
+            Ok(c) => prepared.push(c),
+            Err(s) => return RowResult::empty(workload, clients, failed(&s)),
+        }
+    }
+    // One probe call: Unimplemented makes the row "unavailable", not a wall of errors.
+    if let Some(first) = prepared.first_mut() {
+        if let Err(s) = first.call().await {
+            if s.code() == Code::Unimplemented {
+                return RowResult::empty(workload, clients, RowStatus::Unavailable);
+            }
+        }
+    }
+
+    let budget = plan.max_calls.map(|m| Arc::new(AtomicU64::new(m)));
+    let start_gate = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let mut tasks = Vec::with_capacity(clients);
+    for mut client in prepared {
+        let gate = start_gate.clone();
+        let budget = budget.clone();
+        let warmup = plan.warmup;
+        let duration = plan.duration;
+        tasks.push(tokio::spawn(async move {
+            let warm_until = Instant::now() + warmup;
+            while Instant::now() < warm_until {
+                let _ = client.call().await;
+            }
+            gate.wait().await;
+            let stop_at = Instant::now() + duration;
+            let mut out = ClientOutcome {
+                latency: new_histogram(),
+                calls: 0,
+                errors: 0,
+                first_error: None,
+            };
+            loop {
+                if let Some(b) = &budget {
+                    if b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                let t = Instant::now();
+                let r = client.call().await;
+                let done = Instant::now();
+                out.calls += 1;
+                match r {
+                    Ok(()) => {
+                        let _ = out.latency.record((done - t).as_nanos().max(1) as u64);
+                    }
+                    Err(s) => {
+                        out.errors += 1;
+                        out.first_error.get_or_insert(s);
+                    }
+                }
+                if done >= stop_at {
+                    break;
+                }
+            }
+            (out, client)
+        }));
+    }
+    start_gate.wait().await;
+    let cpu_before = procfs::cpu_time_all(server_pids);
+    let started = Instant::now();
+    let mut row = RowResult::empty(workload, clients, RowStatus::Ok);
+    let mut first_error = None;
+    let mut finished = Vec::with_capacity(clients);
+    for t in tasks {
+        match t.await {
+            Ok((o, client)) => {
+                finished.push(client);
+                row.calls += o.calls;
+                row.errors += o.errors;
+                let _ = row.latency.add(&o.latency);
+                if first_error.is_none() {
+                    first_error = o.first_error;
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(Status::internal(format!("client task: {e}")));
+            }
+        }
+    }
+    row.elapsed = started.elapsed();
+    let cpu_after = procfs::cpu_time_all(server_pids);
+    row.server_cpu = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
+    if let Some(e) = first_error {
+        row.status = failed(&e);
+    }
+    if workload.is_task_broker() {
+        futures::future::join_all(finished.iter_mut().map(Client::clean_up)).await;
+    }
+    row
+}
+
+/// First call on a new connection (full attestation) against later calls on it (the cheap
+/// re-check), with FetchJWTSVID for a cached audience so signing is out of the picture.
+#[derive(Debug, Clone, Default)]
+pub struct AttestationProbe {
+    pub connections: usize,
+    /// Median client-side latency of the first call on a connection, µs.
+    pub first_call_p50_us: Option<f64>,
+    /// Median client-side latency of the following calls, µs.
+    pub later_call_p50_us: Option<f64>,
+    /// Mean full attestation as the daemon timed it (`svid_broker_attestation_seconds`), µs.
+    pub server_attestation_mean_us: Option<f64>,
+    pub error: Option<String>,
+}
+
+pub async fn attestation_probe(daemon: &Daemon, connections: usize) -> AttestationProbe {
+    let mut out = AttestationProbe {
+        connections,
+        ..Default::default()
+    };
+    let before = metrics::scrape(daemon.metrics_addr).await;
+    let mut first = new_histogram();
+    let mut later = new_histogram();
+    for _ in 0..connections {
+        let mut client = match Client::new(Workload::JwtSameAudience, &daemon.socket).await {
+            Ok(c) => c,
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
+            }
+        };
+        for i in 0..4 {
+            let t = Instant::now();
+            if let Err(e) = client.fetch_jwt(SAME_AUDIENCE.to_string()).await {
+                out.error = Some(e.to_string());
+                return out;
+            }
+            let ns = t.elapsed().as_nanos().max(1) as u64;
+            let h = if i == 0 { &mut first } else { &mut later };
+            let _ = h.record(ns);
+        }
+    }
+    let after = metrics::scrape(daemon.metrics_addr).await;
+    out.first_call_p50_us = Some(first.value_at_quantile(0.5) as f64 / 1e3);
+    out.later_call_p50_us = Some(later.value_at_quantile(0.5) as f64 / 1e3);
+    out.server_attestation_mean_us = metrics::attestation_mean(&before, &after);
+    out
+}

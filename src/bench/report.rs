@@ -1,0 +1,477 @@
+//! The Markdown report: the latency table (with a ratio to the no-op baseline), the
+//! single-value measurements, and the targets of issue 6 marked PASS or MISS.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::calls::Workload;
+use super::load::{AttestationProbe, RowResult, RowStatus};
+use super::streams::StreamsResult;
+use super::Settings;
+
+pub const FACT_START: &str = "start to serving";
+pub const FACT_IDLE_RSS: &str = "idle RSS";
+pub const FACT_RECHECK: &str = "attestation re-check per call, known connection";
+pub const FACT_FIRST_CALL: &str = "first call on a new connection (full attestation)";
+pub const FACT_LATER_CALL: &str = "later calls on that connection";
+pub const FACT_FULL_ATTEST: &str = "full attestation, daemon-timed";
+pub const FACT_STREAMS_RSS: &str = "X.509 streams open: daemon RSS";
+pub const FACT_ROTATION: &str = "CA rotation reaches all streams";
+
+pub const FACT_NAMES: &[&str] = &[
+    FACT_START,
+    FACT_IDLE_RSS,
+    FACT_RECHECK,
+    FACT_FIRST_CALL,
+    FACT_LATER_CALL,
+    FACT_FULL_ATTEST,
+    FACT_STREAMS_RSS,
+    FACT_ROTATION,
+];
+
+/// Measurements that are one number each.
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub startup: Option<Duration>,
+    pub idle_rss_kib: Option<u64>,
+    pub broker_config_note: Option<String>,
+    /// Mean daemon-timed re-check of a known caller, µs.
+    pub recheck: Option<f64>,
+    pub attestation: Option<AttestationProbe>,
+    pub streams: Option<StreamsResult>,
+    pub spire_note: Option<String>,
+    /// `/proc/loadavg` when the run started and when it ended: other work on the machine
+    /// shows in the tail latencies.
+    pub load_average: (Option<String>, Option<String>),
+}
+
+pub struct Report {
+    pub settings: Settings,
+    pub rows: Vec<RowResult>,
+    pub facts: Facts,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Verdict {
+    Pass,
+    Miss,
+    NotMeasured,
+}
+
+impl Verdict {
+    fn of(ok: bool) -> Self {
+        if ok {
+            Verdict::Pass
+        } else {
+            Verdict::Miss
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => "MISS",
+            Verdict::NotMeasured => "n/a",
+        }
+    }
+}
+
+/// One target: what it asks, what was measured, the verdict.
+pub struct Target {
+    pub goal: &'static str,
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+fn mb(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1e6
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "—".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+impl Report {
+    pub fn row(&self, w: Workload, clients: usize) -> Option<&RowResult> {
+        self.rows
+            .iter()
+            .find(|r| r.workload == w && r.clients == clients)
+    }
+
+    fn noop_rate(&self, clients: usize) -> Option<f64> {
+        self.row(Workload::Noop, clients)?.throughput()
+    }
+
+    pub fn ratio(&self, r: &RowResult) -> Option<f64> {
+        Some(r.throughput()? / self.noop_rate(r.clients)?)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# svid-broker benchmark\n");
+        let _ = writeln!(
+            s,
+            "{} Load average (1/5/15 min) at start: {}; at end: {}.\n",
+            machine_line(),
+            self.facts.load_average.0.as_deref().unwrap_or("?"),
+            self.facts.load_average.1.as_deref().unwrap_or("?")
+        );
+        let plan = &self.settings.plan;
+        let _ = writeln!(
+            s,
+            "Mode: {}; per row and client count: {:.1} s{}, after {} ms warm-up. Each client has its own connection and calls in a closed loop. Latency is client-side; server CPU is the daemon's user+system time (`/proc/<pid>/stat`) over the row divided by its successful calls.\n",
+            if self.settings.quick { "quick (CI smoke run: numbers are not meaningful)" } else { "full" },
+            plan.duration.as_secs_f64(),
+            plan.max_calls.map_or(String::new(), |m| format!(" or {m} calls")),
+            plan.warmup.as_millis()
+        );
+        s.push_str(&self.latency_table());
+        s.push('\n');
+        s.push_str(&self.facts_table());
+        s.push('\n');
+        s.push_str(&self.targets_table());
+        let mut notes = Vec::new();
+        if let Some(n) = &self.facts.broker_config_note {
+            notes.push(n.clone());
+        }
+        if let Some(n) = &self.facts.spire_note {
+            notes.push(n.clone());
+        }
+        if let Some(st) = &self.facts.streams {
+            if let Some(e) = &st.first_error {
+                notes.push(format!("streams: first error: {e}"));
+            }
+            if let Some(n) = &st.note {
+                notes.push(format!("streams: {n}"));
+            }
+        }
+        if let Some(e) = self
+            .facts
+            .attestation
+            .as_ref()
+            .and_then(|a| a.error.as_ref())
+        {
+            notes.push(format!("attestation probe failed: {e}"));
+        }
+        if !notes.is_empty() {
+            s.push_str("\nNotes:\n\n");
+            for n in notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        s.push_str("\nChart (`chart.png`): one group of bars per row of the latency table, in table order; left bar 1 client, right bar 64 clients (blue: svid-broker, orange: SPIRE); bar height = throughput relative to the no-op baseline at the same client count (grey line = 1.0, i.e. as fast as the no-op).\n");
+        s
+    }
+
+    fn latency_table(&self) -> String {
+        let mut s = String::new();
+        s.push_str("| Row | Clients | Calls | Errors | Throughput (/s) | vs no-op | p50 (µs) | p99 (µs) | p99.9 (µs) | Server CPU/call (µs) | Note |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for r in &self.rows {
+            let note = match &r.status {
+                RowStatus::Ok => String::new(),
+                RowStatus::Unavailable => "unavailable (server answers Unimplemented)".to_string(),
+                RowStatus::Failed { code, message } => {
+                    format!("error {code:?}: {}", message.replace('|', "/"))
+                }
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.workload.name(),
+                r.clients,
+                r.calls,
+                r.errors,
+                opt(r.throughput(), 0),
+                self.ratio(r).map_or("—".into(), |v| format!("{v:.2}×")),
+                opt(r.quantile_us(0.5), 0),
+                opt(r.quantile_us(0.99), 0),
+                opt(r.quantile_us(0.999), 0),
+                opt(r.cpu_per_call_us(), 1),
+                note
+            );
+        }
+        s
+    }
+
+    fn facts_table(&self) -> String {
+        let f = &self.facts;
+        let mut s = String::new();
+        s.push_str("| Measurement | Value |\n|---|---|\n");
+        let mut line = |k: &str, v: String| {
+            let _ = writeln!(s, "| {k} | {v} |");
+        };
+        line(
+            FACT_START,
+            f.startup
+                .map_or("—".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3)),
+        );
+        line(
+            FACT_IDLE_RSS,
+            f.idle_rss_kib
+                .map_or("—".into(), |k| format!("{:.1} MB", mb(k))),
+        );
+        line(
+            FACT_RECHECK,
+            f.recheck.map_or(
+                "— (daemon exposes no svid_broker_caller_recheck_seconds)".into(),
+                |v| format!("{v:.1} µs mean (svid_broker_caller_recheck_seconds)"),
+            ),
+        );
+        let a = f.attestation.clone().unwrap_or_default();
+        line(
+            FACT_FIRST_CALL,
+            format!(
+                "{} µs p50 over {} connections (FetchJWTSVID, cached audience)",
+                opt(a.first_call_p50_us, 0),
+                a.connections
+            ),
+        );
+        line(
+            FACT_LATER_CALL,
+            format!("{} µs p50", opt(a.later_call_p50_us, 0)),
+        );
+        line(
+            FACT_FULL_ATTEST,
+            format!(
+                "{} µs mean (svid_broker_attestation_seconds)",
+                opt(a.server_attestation_mean_us, 0)
+            ),
+        );
+        let st = f.streams.clone().unwrap_or_default();
+        line(
+            FACT_STREAMS_RSS,
+            format!(
+                "{} MB with {} of {} streams on {} connections (before: {} MB; all open in {})",
+                st.rss_kib.map_or("—".into(), |k| format!("{:.1}", mb(k))),
+                st.opened,
+                st.wanted,
+                st.connections,
+                st.rss_before_kib
+                    .map_or("—".into(), |k| format!("{:.1}", mb(k))),
+                st.open_time
+                    .map_or("—".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+            ),
+        );
+        line(
+            FACT_ROTATION,
+            st.rotation.as_ref().map_or_else(
+                || format!("— ({})", st.note.clone().unwrap_or_else(|| "not measured".into())),
+                |r| {
+                    format!(
+                        "{:.0} ms first→last, {} of {} streams; last arrival {:.0} ms after the scheduled activation (CA ttl {} s)",
+                        r.spread.as_secs_f64() * 1e3,
+                        r.reached,
+                        st.opened,
+                        r.last_after_schedule.as_secs_f64() * 1e3,
+                        self.settings.rotation_ca_ttl.as_secs()
+                    )
+                },
+            ),
+        );
+        s
+    }
+
+    pub fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let many = self.settings.clients.iter().copied().max().unwrap_or(1);
+
+        // MintTaskToken ≥ 50 % of the no-op rate at 64 clients.
+        let mint = self.row(Workload::MintTaskToken, many);
+        out.push(match mint.and_then(|r| self.ratio(r)) {
+            Some(ratio) => Target {
+                goal: "MintTaskToken ≥ 50 % of no-op rate at 64 clients",
+                measured: format!("{:.0} % at {many} clients", ratio * 100.0),
+                verdict: Verdict::of(ratio >= 0.5),
+            },
+            None => Target {
+                goal: "MintTaskToken ≥ 50 % of no-op rate at 64 clients",
+                measured: "no MintTaskToken numbers (TaskBroker unavailable or failing)".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+
+        // Single-client p99 ≤ no-op p99 + 100 µs, every single-call row.
+        let goal = "single-client p99 ≤ no-op p99 + 100 µs";
+        let noop_p99 = self
+            .row(Workload::Noop, 1)
+            .and_then(|r| r.quantile_us(0.99));
+        let worst = self
+            .rows
+            .iter()
+            .filter(|r| r.clients == 1 && r.workload.is_single_call())
+            .filter_map(|r| Some((r.workload.name(), r.quantile_us(0.99)?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        out.push(match (noop_p99, worst) {
+            (Some(base), Some((name, p99))) => Target {
+                goal,
+                measured: format!(
+                    "worst: {name} p99 {p99:.0} µs = no-op {base:.0} µs + {:.0} µs",
+                    p99 - base
+                ),
+                verdict: Verdict::of(p99 <= base + 100.0),
+            },
+            _ => Target {
+                goal,
+                measured: "not measured".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+
+        // Attestation cost per call on a known connection ≤ 20 µs.
+        let goal = "attestation cost per call on a known connection ≤ 20 µs";
+        out.push(match self.facts.recheck {
+            Some(us) => Target {
+                goal,
+                measured: format!("{us:.1} µs (daemon-timed re-check)"),
+                verdict: Verdict::of(us <= 20.0),
+            },
+            None => Target {
+                goal,
+                measured: "not measured (no re-check metric)".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+
+        // 10,000 streams ≤ 150 MB RSS, rotation reaching all within 2 s.
+        let st = self.facts.streams.clone().unwrap_or_default();
+        let goal = "10,000 streams ≤ 150 MB RSS";
+        out.push(match st.rss_kib {
+            Some(k) if st.opened >= 10_000 => Target {
+                goal,
+                measured: format!("{:.1} MB", mb(k)),
+                verdict: Verdict::of(mb(k) <= 150.0),
+            },
+            Some(k) => Target {
+                goal,
+                measured: format!("{:.1} MB with only {} streams", mb(k), st.opened),
+                verdict: Verdict::NotMeasured,
+            },
+            None => Target {
+                goal,
+                measured: "not measured".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+        let goal = "CA rotation reaches all streams within 2 s";
+        out.push(match &st.rotation {
+            Some(r) => Target {
+                goal,
+                measured: format!(
+                    "{:.0} ms, {} of {} streams",
+                    r.spread.as_secs_f64() * 1e3,
+                    r.reached,
+                    st.opened
+                ),
+                verdict: Verdict::of(r.reached == st.opened && r.spread <= Duration::from_secs(2)),
+            },
+            None => Target {
+                goal,
+                measured: "not measured".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+
+        let goal = "idle RSS ≤ 20 MB";
+        out.push(match self.facts.idle_rss_kib {
+            Some(k) => Target {
+                goal,
+                measured: format!("{:.1} MB", mb(k)),
+                verdict: Verdict::of(mb(k) <= 20.0),
+            },
+            None => Target {
+                goal,
+                measured: "not measured".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+
+        let goal = "first SVID ≤ 5 ms after connect";
+        out.push(
+            match self
+                .row(Workload::X509FirstMessage, 1)
+                .and_then(|r| Some((r.quantile_us(0.5)?, r.quantile_us(0.99)?)))
+            {
+                Some((p50, p99)) => Target {
+                    goal,
+                    measured: format!(
+                        "p99 {:.2} ms (p50 {:.2} ms), 1 client",
+                        p99 / 1e3,
+                        p50 / 1e3
+                    ),
+                    verdict: Verdict::of(p99 <= 5_000.0),
+                },
+                None => Target {
+                    goal,
+                    measured: "not measured".into(),
+                    verdict: Verdict::NotMeasured,
+                },
+            },
+        );
+
+        let goal = "FetchJWTSVID fresh audiences ≥ 20× SPIRE agent's rate";
+        let ours = self
+            .row(Workload::JwtFreshAudience, many)
+            .and_then(RowResult::throughput);
+        let theirs = self
+            .row(Workload::SpireJwtFreshAudience, many)
+            .and_then(RowResult::throughput);
+        out.push(match (ours, theirs) {
+            (Some(o), Some(t)) => Target {
+                goal,
+                measured: format!("{:.1}× at {many} clients ({o:.0}/s vs {t:.0}/s)", o / t),
+                verdict: Verdict::of(o >= 20.0 * t),
+            },
+            _ => Target {
+                goal,
+                measured: "not measured (SPIRE not run)".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+        out
+    }
+
+    fn targets_table(&self) -> String {
+        let mut s = String::from(
+            "Targets (issue 6, on a 2-core machine; informational, the exit code stays 0):\n\n| Target | Measured | |\n|---|---|---|\n",
+        );
+        for t in self.targets() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                t.goal,
+                t.measured,
+                t.verdict.as_str()
+            );
+        }
+        s
+    }
+}
+
+/// The first three fields of `/proc/loadavg`.
+pub fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// CPU model, core count and kernel, for the report header.
+fn machine_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!("Machine: {cpu}, {cores} cores available, Linux {kernel}. Load generator and daemon share these cores.")
+}
