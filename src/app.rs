@@ -251,7 +251,9 @@ fn log_pin_method() {
         .and_then(|(a, _b)| crate::attest::peer::PinnedProcess::from_socket(a.as_raw_fd()));
     match probe {
         Ok(p) => tracing::info!(method = p.method().as_str(), "callers are pinned by pidfd"),
-        Err(e) => tracing::warn!(error = %e, "cannot pin callers by pidfd on this kernel; every call will be refused"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot pin callers by pidfd on this kernel; every call will be refused")
+        }
     }
 }
 

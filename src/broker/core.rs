@@ -114,10 +114,18 @@ impl Broker {
     /// # Errors
     /// `Unavailable` when the log cannot take it: the caller must not hand anything out.
     pub async fn audit(&self, event: AuditEvent) -> Result<(), Status> {
+        self.audit_all(vec![event]).await
+    }
+
+    /// Writes records in order and waits until all are on disk (usually one fsync).
+    ///
+    /// # Errors
+    /// As [`Broker::audit`].
+    pub async fn audit_all(&self, events: Vec<AuditEvent>) -> Result<(), Status> {
         let Some(log) = &self.audit else {
             return Ok(());
         };
-        log.append(event).await.map(|_| ()).map_err(|e| {
+        log.append_all(events).await.map_err(|e| {
             tracing::error!(error = %e, "audit append failed; refusing the request");
             Status::unavailable(format!("audit log unavailable, nothing issued: {e}"))
         })
@@ -259,13 +267,14 @@ impl Broker {
         let outcome = grant::compute(&policy, &ctx, &req.audiences, &req.scopes, limit.as_ref());
         narrowed.extend(outcome.narrowed);
         let task_id = format!("task_{}", random_hex(16));
-        for mut d in outcome.decisions {
-            if let AuditEvent::Decision { task_id: t, .. } = &mut d {
+        let mut records = outcome.decisions;
+        for d in &mut records {
+            if let AuditEvent::Decision { task_id: t, .. } = d {
                 *t = Some(task_id.clone());
             }
-            self.audit(d).await?;
         }
         if outcome.grants.is_empty() {
+            self.audit_all(records).await?;
             return Err(Status::permission_denied(format!(
                 "nothing granted: {}",
                 narrowed.join("; ")
@@ -285,7 +294,8 @@ impl Broker {
             tokens_issued: 0,
             obo,
         };
-        self.audit(task_open_event(&task)).await?;
+        records.push(task_open_event(&task));
+        self.audit_all(records).await?;
         let closed_meanwhile = {
             let mut table = self.lock();
             table
@@ -475,7 +485,7 @@ impl Broker {
             issuance_rate: rate,
             on_behalf_of: &obo_text,
         });
-        self.audit(decision_event(
+        let decision = decision_event(
             &owner_str,
             Action::MintTaskToken,
             &req.audience,
@@ -484,9 +494,9 @@ impl Broker {
             task.depth,
             &d,
             Some(&task.id),
-        ))
-        .await?;
+        );
         if !d.allowed {
+            self.audit(decision).await?;
             return Err(Status::permission_denied(format!(
                 "token for {} {}",
                 req.audience,
@@ -518,7 +528,7 @@ impl Broker {
             });
         // On disk before the token leaves: a crash after this line loses a token nobody saw,
         // never a token without its record.
-        self.audit(AuditEvent::TokenIssued {
+        let issued = AuditEvent::TokenIssued {
             task_id: task.id.clone(),
             jti: jti.clone(),
             spiffe_id: owner_str,
@@ -526,8 +536,8 @@ impl Broker {
             scopes: scopes.clone(),
             expires_at: expires_at as u64,
             max_uses: (req.max_uses > 0).then_some(req.max_uses),
-        })
-        .await?;
+        };
+        self.audit_all(vec![decision, issued]).await?;
         {
             let mut table = self.lock();
             table.record_issue(&task.owner, now_secs);

@@ -80,15 +80,22 @@ pub struct TaskTable {
     tasks: HashMap<String, Task>,
     tokens: HashMap<String, TokenState>,
     issued: HashMap<SpiffeId, VecDeque<i64>>,
+    /// Tasks not closed (some may have expired): an upper bound on open tasks, so the
+    /// open-task limit is checked without a scan until it could matter.
+    unclosed: usize,
+    /// Token ids per task, so a close counts its tokens without scanning them all.
+    task_tokens: HashMap<String, Vec<String>>,
 }
 
 impl TaskTable {
     /// # Errors
     /// `Full` when `limit` tasks are open already.
     pub fn insert(&mut self, task: Task, limit: usize, now: i64) -> Result<(), TableError> {
-        let open = self.open_count(now);
-        if open >= limit {
-            return Err(TableError::Full(open));
+        if self.unclosed >= limit {
+            let open = self.open_count(now);
+            if open >= limit {
+                return Err(TableError::Full(open));
+            }
         }
         self.insert_unchecked(task);
         Ok(())
@@ -106,7 +113,14 @@ impl TaskTable {
             }
             parent.children.push(task.id.clone());
         }
-        self.tasks.insert(task.id.clone(), task);
+        if !task.closed {
+            self.unclosed += 1;
+        }
+        if let Some(old) = self.tasks.insert(task.id.clone(), task) {
+            if !old.closed {
+                self.unclosed -= 1;
+            }
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Task> {
@@ -133,6 +147,7 @@ impl TaskTable {
             if let Some(t) = self.tasks.get_mut(&next) {
                 if !t.closed {
                     t.closed = true;
+                    self.unclosed -= 1;
                     closed.push(next.clone());
                 }
                 stack.extend(t.children.iter().cloned());
@@ -143,10 +158,11 @@ impl TaskTable {
 
     /// Tokens of these tasks that have not expired: what a close revokes.
     pub fn live_tokens_of(&self, task_ids: &[String], now: i64) -> u32 {
-        let set: BTreeSet<&String> = task_ids.iter().collect();
-        self.tokens
-            .values()
-            .filter(|t| t.exp > now && set.contains(&t.task_id))
+        task_ids
+            .iter()
+            .filter_map(|id| self.task_tokens.get(id))
+            .flatten()
+            .filter(|jti| self.tokens.get(*jti).is_some_and(|t| t.exp > now))
             .count() as u32
     }
 
@@ -154,6 +170,10 @@ impl TaskTable {
         if let Some(t) = self.tasks.get_mut(&token.task_id) {
             t.tokens_issued = t.tokens_issued.saturating_add(1);
         }
+        self.task_tokens
+            .entry(token.task_id.clone())
+            .or_default()
+            .push(jti.clone());
         self.tokens.insert(jti, token);
     }
 
@@ -203,8 +223,15 @@ impl TaskTable {
             .map(|t| t.id.clone())
             .collect();
         for id in &gone {
-            self.tasks.remove(id);
+            if self.tasks.remove(id).is_some_and(|t| !t.closed) {
+                self.unclosed -= 1;
+            }
         }
+        let tokens = &self.tokens;
+        self.task_tokens.retain(|_, jtis| {
+            jtis.retain(|j| tokens.contains_key(j));
+            !jtis.is_empty()
+        });
         self.issued
             .retain(|_, q| q.back().is_some_and(|&t| t > now - RATE_WINDOW_SECS));
     }
@@ -280,6 +307,19 @@ mod tests {
         );
         // Expired tasks do not count.
         assert!(t.insert(task("c", None, 100), 2, 100).is_ok());
+        // Closed ones neither, and the counter follows closes and sweeps.
+        let mut t = TaskTable::default();
+        t.insert(task("a", None, 100), 2, 0).unwrap();
+        t.insert(task("b", None, 100), 2, 0).unwrap();
+        t.close("a");
+        assert!(t.insert(task("c", None, 100), 2, 0).is_ok());
+        assert_eq!(
+            t.insert(task("d", None, 100), 2, 0),
+            Err(TableError::Full(2))
+        );
+        t.sweep(1000, 0);
+        assert!(t.insert(task("d", None, 2000), 2, 1000).is_ok());
+        assert_eq!(t.unclosed, 1);
     }
 
     #[test]
