@@ -520,12 +520,15 @@ impl Broker {
         );
         let token = self.identities.sign_task_token(caller, &claims).await?;
         // A SPIRE-minted token carries SPIRE's `exp`: the token dies at the earlier of the two.
-        let expires_at = jwt::parse(&token)
-            .ok()
-            .and_then(|p| p.numeric("exp"))
-            .map_or(now_secs + ttl.as_secs() as i64, |exp| {
-                exp.min(now_secs + ttl.as_secs() as i64)
-            });
+        // Our own tokens carry exactly the TTL we chose, so there is nothing to read back.
+        let ours = now_secs + ttl.as_secs() as i64;
+        let expires_at = match self.identities.authority() {
+            crate::authority::Authority::Embedded(_) => ours,
+            crate::authority::Authority::Spire(_) => jwt::parse(&token)
+                .ok()
+                .and_then(|p| p.numeric("exp"))
+                .map_or(ours, |exp| exp.min(ours)),
+        };
         // On disk before the token leaves: a crash after this line loses a token nobody saw,
         // never a token without its record.
         let issued = AuditEvent::TokenIssued {

@@ -208,8 +208,9 @@ impl TaskTable {
 
     /// Issuances to `owner` in the last minute.
     pub fn rate(&self, owner: &SpiffeId, now: i64) -> u32 {
+        // Timestamps are appended in order, so the window's start is a binary search away.
         self.issued.get(owner).map_or(0, |q| {
-            q.iter().filter(|&&t| t > now - RATE_WINDOW_SECS).count() as u32
+            (q.len() - q.partition_point(|&t| t <= now - RATE_WINDOW_SECS)) as u32
         })
     }
 
