@@ -183,6 +183,14 @@ struct Cred {
     gid: u32,
 }
 
+/// The PID the kernel recorded for the peer of a connected Unix socket (`SO_PEERCRED`).
+///
+/// # Errors
+/// The descriptor is not a connected Unix socket.
+pub fn peer_pid(fd: RawFd) -> io::Result<i32> {
+    peer_cred(fd).map(|c| c.pid)
+}
+
 fn peer_cred(fd: RawFd) -> io::Result<Cred> {
     let mut cred = libc::ucred {
         pid: 0,

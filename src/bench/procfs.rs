@@ -66,26 +66,7 @@ pub fn raise_nofile_limit() {
 pub fn socket_server_pid(path: &std::path::Path) -> std::io::Result<i32> {
     use std::os::fd::AsRawFd;
     let stream = std::os::unix::net::UnixStream::connect(path)?;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` is a properly sized ucred and `len` holds its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cred.pid)
+    crate::attest::peer::peer_pid(stream.as_raw_fd())
 }
 
 #[cfg(test)]

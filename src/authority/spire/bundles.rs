@@ -27,58 +27,58 @@ pub struct Parts {
 }
 
 pub(super) async fn follow_x509(authority: Weak<SpireAuthority>) {
-    let mut backoff = Backoff::default();
-    loop {
-        let Some(me) = authority.upgrade() else {
-            return;
-        };
-        let mut client = me.admin_client();
-        drop(me);
-        let why = match client
-            .subscribe_to_x509_bundles(di::SubscribeToX509BundlesRequest {})
-            .await
-        {
-            Ok(resp) => {
-                let mut stream = resp.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(msg)) => {
-                            backoff.reset();
-                            let Some(me) = authority.upgrade() else {
-                                return;
-                            };
-                            me.set_link(|l| l.x509_bundles = true);
-                            me.update_bundle(|p| p.x509 = msg.ca_certificates);
-                        }
-                        Ok(None) => break "stream closed".to_string(),
-                        Err(s) => break super::stream_error(&s),
-                    }
-                }
-            }
-            Err(s) => super::stream_error(&s),
-        };
-        let Some(me) = authority.upgrade() else {
-            return;
-        };
-        tracing::debug!(error = %why, "SPIRE X.509 bundle stream down; reconnecting");
-        me.set_link(|l| l.x509_bundles = false);
-        drop(me);
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
+    follow(
+        authority,
+        "X.509",
+        |mut client| async move {
+            client
+                .subscribe_to_x509_bundles(di::SubscribeToX509BundlesRequest {})
+                .await
+        },
+        |l, up| l.x509_bundles = up,
+        |p, msg: di::SubscribeToX509BundlesResponse| p.x509 = msg.ca_certificates,
+    )
+    .await;
 }
 
 pub(super) async fn follow_jwt(authority: Weak<SpireAuthority>) {
+    follow(
+        authority,
+        "JWT",
+        |mut client| async move {
+            client
+                .subscribe_to_jwt_bundles(di::SubscribeToJwtBundlesRequest {})
+                .await
+        },
+        |l, up| l.jwt_bundles = up,
+        |p, msg: di::SubscribeToJwtBundlesResponse| p.jwt = msg.bundles,
+    )
+    .await;
+}
+
+/// Follows one bundle stream of the agent until the authority is dropped: each message
+/// updates its part of the bundle; a broken stream marks the link down and reconnects with
+/// backoff.
+async fn follow<M, Sub, Fut>(
+    authority: Weak<SpireAuthority>,
+    kind: &'static str,
+    subscribe: Sub,
+    link: impl Fn(&mut super::Links, bool),
+    apply: impl Fn(&mut Parts, M),
+) where
+    Sub: Fn(
+        di::delegated_identity_client::DelegatedIdentityClient<tonic::transport::Channel>,
+    ) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>>,
+{
     let mut backoff = Backoff::default();
     loop {
         let Some(me) = authority.upgrade() else {
             return;
         };
-        let mut client = me.admin_client();
+        let client = me.admin_client();
         drop(me);
-        let why = match client
-            .subscribe_to_jwt_bundles(di::SubscribeToJwtBundlesRequest {})
-            .await
-        {
+        let why = match subscribe(client).await {
             Ok(resp) => {
                 let mut stream = resp.into_inner();
                 loop {
@@ -88,8 +88,8 @@ pub(super) async fn follow_jwt(authority: Weak<SpireAuthority>) {
                             let Some(me) = authority.upgrade() else {
                                 return;
                             };
-                            me.set_link(|l| l.jwt_bundles = true);
-                            me.update_bundle(|p| p.jwt = msg.bundles);
+                            me.set_link(|l| link(l, true));
+                            me.update_bundle(|p| apply(p, msg));
                         }
                         Ok(None) => break "stream closed".to_string(),
                         Err(s) => break super::stream_error(&s),
@@ -101,8 +101,8 @@ pub(super) async fn follow_jwt(authority: Weak<SpireAuthority>) {
         let Some(me) = authority.upgrade() else {
             return;
         };
-        tracing::debug!(error = %why, "SPIRE JWT bundle stream down; reconnecting");
-        me.set_link(|l| l.jwt_bundles = false);
+        tracing::debug!(error = %why, kind, "SPIRE bundle stream down; reconnecting");
+        me.set_link(|l| link(l, false));
         drop(me);
         tokio::time::sleep(backoff.next_delay()).await;
     }
