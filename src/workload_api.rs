@@ -175,6 +175,28 @@ fn bundle_key(b: &TrustBundle) -> String {
 }
 
 /// Our bundle, plus (under SPIRE) the federated bundles the agent holds.
+impl WorkloadApi {
+    /// A bundle stream for an attested caller that holds an identity: `message` turns the
+    /// current bundle into the response, sent at once and on every bundle change.
+    async fn bundle_stream<R, T>(
+        &self,
+        request: &Request<R>,
+        message: impl Fn(&crate::authority::Authority, &TrustBundle) -> T + Send + Sync + 'static,
+    ) -> Result<Response<BoxStream<T>>, Status>
+    where
+        T: Send + 'static,
+    {
+        let caller = self.resolver.resolve(request).await?;
+        caller.require_identities()?;
+        let authority = self.identities.authority().clone();
+        let stream = self.watch_stream(move || {
+            let b = authority.current_bundle();
+            Ok((message(&authority, &b), b.sequence))
+        })?;
+        Ok(Response::new(stream))
+    }
+}
+
 fn with_federated(
     authority: &crate::authority::Authority,
     pick: impl Fn(&crate::authority::spire::bundles::Federated) -> &HashMap<String, Vec<u8>>,
@@ -221,21 +243,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let r = async {
-            let caller = self.resolver.resolve(&request).await?;
-            caller.require_identities()?;
-            let authority = self.identities.authority().clone();
-            let stream = self.watch_stream(move || {
-                let b = authority.current_bundle();
-                let msg = pb::X509BundlesResponse {
-                    crl: Vec::new(),
-                    bundles: with_federated(&authority, |f| &f.x509, &b, b.x509_der.clone()),
-                };
-                Ok((msg, b.sequence))
-            })?;
-            Ok(Response::new(stream))
-        }
-        .await;
+        let r = self
+            .bundle_stream(&request, |authority, b| pb::X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: with_federated(authority, |f| &f.x509, b, b.x509_der.clone()),
+            })
+            .await;
         self.record("FetchX509Bundles", r)
     }
 
@@ -295,20 +308,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let r = async {
-            let caller = self.resolver.resolve(&request).await?;
-            caller.require_identities()?;
-            let authority = self.identities.authority().clone();
-            let stream = self.watch_stream(move || {
-                let b = authority.current_bundle();
-                let msg = pb::JwtBundlesResponse {
-                    bundles: with_federated(&authority, |f| &f.jwt, &b, b.jwks.clone()),
-                };
-                Ok((msg, b.sequence))
-            })?;
-            Ok(Response::new(stream))
-        }
-        .await;
+        let r = self
+            .bundle_stream(&request, |authority, b| pb::JwtBundlesResponse {
+                bundles: with_federated(authority, |f| &f.jwt, b, b.jwks.clone()),
+            })
+            .await;
         self.record("FetchJWTBundles", r)
     }
 
