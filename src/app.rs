@@ -5,7 +5,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -23,17 +22,22 @@ use crate::policy::{Action, PolicyEngine, PolicyRequest, Principal};
 use crate::proto::svidbroker::v1::admin_server::AdminServer;
 use crate::proto::svidbroker::v1::task_broker_server::TaskBrokerServer;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use crate::server::calls::CallLayer;
 use crate::server::caller::{Caller, CallerResolver};
-use crate::server::conn::PeerConn;
+use crate::server::conn::ConnTimeouts;
+use crate::server::gate::Gate;
 use crate::server::header::require_security_header;
-use crate::server::socket;
+use crate::server::limits::{
+    self, ConnectionLimits, MAX_BROKER_REQUEST_BYTES, MAX_HEADER_LIST_BYTES,
+    MAX_SMALL_REQUEST_BYTES, MAX_WORKLOAD_REQUEST_BYTES,
+};
+use crate::server::{listener, socket};
 use crate::telemetry::Metrics;
 use crate::workload_api::{AudienceGate, WorkloadApi};
 
-/// Largest gRPC request message decoded.
+/// Largest gRPC message decoded from the upstream SPIRE agent (a trusted peer; requests
+/// from local callers have the tighter bounds of [`crate::server::limits`]).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-/// Most concurrent HTTP/2 streams on one connection.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// The policy of the development profile: any workload of the trust domain may open tasks,
 /// mint tokens and delegate, for any audience and scope, within the broker's TTL bounds.
@@ -46,6 +50,8 @@ pub struct App {
     pub resolver: Arc<CallerResolver>,
     pub metrics: Arc<Metrics>,
     pub broker: Arc<Broker>,
+    /// Connection admission shared by the public and admin sockets.
+    pub gate: Arc<Gate>,
     listener: UnixListener,
     admin_listener: Option<UnixListener>,
     metrics_listener: Option<tokio::net::TcpListener>,
@@ -59,7 +65,9 @@ impl App {
     /// Key material, policy, audit log, socket or metrics address problems, with the reason.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         log_pin_method();
+        let gate = build_gate(&config.limits);
         let metrics = Arc::new(Metrics::default());
+        metrics.set_gate(gate.clone());
         let identities = if config.authority.kind == AuthorityKind::Spire {
             crate::authority::spire::build_identities(&config).await?
         } else {
@@ -103,6 +111,7 @@ impl App {
             resolver,
             metrics,
             broker,
+            gate,
             listener,
             admin_listener,
             metrics_listener,
@@ -145,12 +154,8 @@ impl App {
                 health_reporter.clone(),
             )));
         }
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let health_service = health_service.max_decoding_message_size(MAX_SMALL_REQUEST_BYTES);
+        let (reflection, reflection_alpha) = reflection_for(PUBLIC_SERVICES)?;
 
         let gate: Option<Arc<dyn AudienceGate>> = match (&self.config.policy, self.broker.policy())
         {
@@ -166,25 +171,28 @@ impl App {
             stop_rx.clone(),
             gate,
         );
-        let workload =
-            SpiffeWorkloadApiServer::new(workload).max_decoding_message_size(MAX_REQUEST_BYTES);
+        let workload = SpiffeWorkloadApiServer::new(workload)
+            .max_decoding_message_size(MAX_WORKLOAD_REQUEST_BYTES);
         let task_broker = TaskBrokerServer::new(TaskBrokerService::new(
             self.broker.clone(),
             self.resolver.clone(),
             self.metrics.clone(),
             false,
         ))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        .max_decoding_message_size(MAX_BROKER_REQUEST_BYTES);
         use tonic::service::interceptor::InterceptedService;
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(self.listener)
-            .map(|conn| conn.map(PeerConn::accept));
+        let lim = &self.config.limits;
+        let timeouts = ConnTimeouts {
+            handshake: lim.handshake_timeout,
+            idle: lim.idle_timeout,
+        };
+        let incoming = listener::incoming(self.listener, self.gate.clone(), timeouts);
 
         let (drain_tx, drain_rx) = watch::channel(false);
         let drained = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|d| *d).await;
         };
-        let public = Server::builder()
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        let public = bounded_server(lim)
             .add_service(health_service.clone())
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -196,17 +204,22 @@ impl App {
             .serve_with_incoming_shutdown(incoming, drained(drain_rx.clone()));
         let mut servers = vec![tokio::spawn(public)];
         if let Some(admin) = self.admin_listener {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(admin)
-                .map(|conn| conn.map(PeerConn::accept));
+            let incoming = listener::incoming(admin, self.gate.clone(), timeouts);
             let admin_broker = TaskBrokerServer::new(TaskBrokerService::new(
                 self.broker.clone(),
                 self.resolver.clone(),
                 self.metrics.clone(),
                 true,
-            ));
-            let server = Server::builder()
+            ))
+            .max_decoding_message_size(MAX_BROKER_REQUEST_BYTES);
+            let admin_service = AdminServer::new(AdminService::new(self.broker.clone()))
+                .max_decoding_message_size(MAX_BROKER_REQUEST_BYTES);
+            let (reflection, reflection_alpha) = reflection_for(ADMIN_SERVICES)?;
+            let server = bounded_server(lim)
                 .add_service(health_service)
-                .add_service(AdminServer::new(AdminService::new(self.broker.clone())))
+                .add_service(reflection)
+                .add_service(reflection_alpha)
+                .add_service(admin_service)
                 .add_service(admin_broker)
                 .serve_with_incoming_shutdown(incoming, drained(drain_rx.clone()));
             servers.push(tokio::spawn(server));
@@ -241,6 +254,87 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// What server reflection lists on the public socket: exactly what it serves.
+const PUBLIC_SERVICES: &[&str] = &[
+    "SpiffeWorkloadAPI",
+    "svidbroker.v1.TaskBroker",
+    "grpc.health.v1.Health",
+];
+/// What server reflection lists on the admin socket.
+const ADMIN_SERVICES: &[&str] = &[
+    "svidbroker.v1.Admin",
+    "svidbroker.v1.TaskBroker",
+    "grpc.health.v1.Health",
+];
+
+type Reflection<T> = tonic_reflection::server::v1::ServerReflectionServer<T>;
+type ReflectionAlpha<T> = tonic_reflection::server::v1alpha::ServerReflectionServer<T>;
+
+/// Reflection (v1 and v1alpha) listing `services` and itself, and nothing else.
+fn reflection_for(
+    services: &[&str],
+) -> anyhow::Result<(
+    Reflection<impl tonic_reflection::server::v1::ServerReflection>,
+    ReflectionAlpha<impl tonic_reflection::server::v1alpha::ServerReflection>,
+)> {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    Ok((
+        builder()
+            .build_v1()?
+            .max_decoding_message_size(MAX_SMALL_REQUEST_BYTES),
+        builder()
+            .build_v1alpha()?
+            .max_decoding_message_size(MAX_SMALL_REQUEST_BYTES),
+    ))
+}
+
+/// A tonic server with the `[limits]` every socket shares.
+fn bounded_server(lim: &ConnectionLimits) -> Server<tower::layer::util::Stack<CallLayer, tower::layer::util::Identity>> {
+    Server::builder()
+        .max_concurrent_streams(Some(lim.max_streams_per_connection))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        .http2_keepalive_interval(Some(lim.keepalive_interval))
+        .http2_keepalive_timeout(Some(lim.keepalive_timeout))
+        .layer(CallLayer::new(lim.request_timeout))
+}
+
+/// The connection gate, its cap lowered to what the file-descriptor limit allows (raised to
+/// the hard limit first).
+fn build_gate(lim: &ConnectionLimits) -> Arc<Gate> {
+    let max = match limits::raise_fd_limit() {
+        Ok(fds) => {
+            let by_fds = limits::connections_for_fds(fds);
+            let max = lim.max_connections.min(by_fds).max(1);
+            tracing::info!(
+                fd_limit = fds,
+                max_connections = max,
+                max_connections_per_uid = lim.max_connections_per_uid.min(max),
+                "connection capacity"
+            );
+            if by_fds < lim.max_connections {
+                tracing::warn!(
+                    configured = lim.max_connections,
+                    "limits.max_connections lowered to what the fd limit allows; raise LimitNOFILE / ulimit -n to hold more"
+                );
+            }
+            max
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the fd limit; keeping limits.max_connections");
+            lim.max_connections
+        }
+    };
+    Gate::new(lim, max)
 }
 
 /// Says once at start how callers will be pinned (the kernel decides: `SO_PEERPIDFD` needs

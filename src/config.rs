@@ -179,6 +179,8 @@ struct RawConfig {
     oidc_issuers: Vec<crate::broker::oidc::OidcIssuerConfig>,
     #[serde(default, rename = "audience")]
     audiences: crate::policy::AudienceAttributes,
+    #[serde(default)]
+    limits: crate::server::limits::ConnectionLimits,
 }
 
 /// A validated configuration.
@@ -203,6 +205,8 @@ pub struct Config {
     pub audiences: crate::policy::AudienceAttributes,
     /// True for the built-in development profile (no config file).
     pub development_profile: bool,
+    /// `[limits]`: what a caller may hold before and after attestation.
+    pub limits: crate::server::limits::ConnectionLimits,
 }
 
 impl Config {
@@ -291,6 +295,7 @@ impl Config {
         }
         let registry = Registry::new(&trust_domain, raw.entries)?;
         raw.broker.validate().map_err(ConfigError::Invalid)?;
+        raw.limits.validate().map_err(ConfigError::Invalid)?;
         let socket_path = raw
             .socket_path
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
@@ -310,6 +315,7 @@ impl Config {
             oidc_issuers: raw.oidc_issuers,
             audiences: raw.audiences,
             development_profile: false,
+            limits: raw.limits,
         })
     }
 

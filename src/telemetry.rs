@@ -43,9 +43,18 @@ pub struct Metrics {
     task_tokens_issued: AtomicU64,
     ca_not_after: AtomicU64,
     svid_not_after_min: AtomicU64,
+    gate: std::sync::OnceLock<std::sync::Arc<crate::server::gate::Gate>>,
 }
 
+/// Most metrics scrapes served at once; further connections wait in the backlog.
+pub const MAX_METRICS_CONNECTIONS: usize = 16;
+
 impl Metrics {
+    /// Exports the connection gate's open connections and refusals.
+    pub fn set_gate(&self, gate: std::sync::Arc<crate::server::gate::Gate>) {
+        let _ = self.gate.set(gate);
+    }
+
     pub fn observe_request(&self, rpc: &'static str, code: tonic::Code) {
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry((rpc, code_name(code))).or_default() += 1;
@@ -156,6 +165,22 @@ impl Metrics {
             let left = if t == 0 { 0 } else { t - now };
             let _ = writeln!(out, "# TYPE {name} gauge\n{name} {left}");
         }
+        if let Some(gate) = self.gate.get() {
+            let _ = writeln!(
+                out,
+                "# TYPE svid_broker_connections_open gauge\nsvid_broker_connections_open {}",
+                gate.open_connections()
+            );
+            let _ = writeln!(
+                out,
+                "# TYPE svid_broker_connections_max gauge\nsvid_broker_connections_max {}",
+                gate.max_connections()
+            );
+            out.push_str("# TYPE svid_broker_refused_total counter\n");
+            for (limit, n) in gate.refusals() {
+                let _ = writeln!(out, "svid_broker_refused_total{{limit=\"{limit}\"}} {n}");
+            }
+        }
         out
     }
 }
@@ -185,12 +210,23 @@ fn code_name(code: tonic::Code) -> &'static str {
 
 /// Serves `GET /metrics` until the listener is dropped.
 pub async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors: accepting again at once would spin.
+                tracing::debug!(error = %e, "metrics listener cannot accept; pausing");
+                tokio::time::sleep(crate::server::limits::ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = vec![0u8; MAX_METRICS_REQUEST_BYTES];
             let mut len = 0;
             let read = tokio::time::timeout(Duration::from_secs(5), async {

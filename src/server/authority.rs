@@ -13,11 +13,23 @@
 //! Huffman-coded value's decoded length is bounded below by its coded length (a symbol takes at
 //! most 30 bits), and the replacement stays within that bound.
 //!
+//! Why not a maintained HPACK crate: a decoder would have to mirror the client's dynamic table
+//! and a re-encoder would renumber it, so the bytes `h2` sees would no longer be the client's.
+//! All this needs is the field *boundaries* (RFC 7541 §5-6), never a decoded value, so the
+//! walk below reads integers and string lengths only and copies everything else verbatim.
+//!
+//! This code reads bytes from any local user before we know who they are, so it is bounded:
+//! - every step of [`AuthorityRewriter::feed`] consumes input or finishes a frame, so it
+//!   cannot loop (a zero-length HEADERS frame once made it spin forever);
+//! - it holds at most one header block of [`MAX_BLOCK`] bytes per connection, in one copy;
+//!   a larger block passes unchanged for `h2` to judge against its own header-list limit;
+//! - what it hands on is never more than what it was given plus the block it held back.
+//!
 //! Only header blocks are touched; every other frame passes through byte for byte. A block that
-//! does not parse, or is larger than [`MAX_BLOCK`], passes unchanged for `h2` to judge.
+//! does not parse passes unchanged. `fuzz/` runs it under a coverage-guided fuzzer.
 
 /// The HTTP/2 client connection preface.
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -27,34 +39,40 @@ const PRIORITY: u8 = 0x20;
 const END_STREAM: u8 = 0x1;
 /// The frame size every HTTP/2 peer must accept (tonic does not raise it).
 const MAX_FRAME: usize = 16_384;
-/// Largest header block rewritten; larger ones pass unchanged.
-pub const MAX_BLOCK: usize = 256 * 1024;
+/// Largest header block held back to rewrite, frame headers included; a larger one passes
+/// unchanged. gRPC request headers are a few hundred bytes; this equals the header-list limit
+/// the server advertises ([`super::limits::MAX_HEADER_LIST_BYTES`]), so nothing a conforming
+/// client sends is left out.
+pub const MAX_BLOCK: usize = 16 * 1024;
 const LOCALHOST: &[u8] = b"localhost";
 
 /// A streaming rewriter: feed it what the client sent, read back what `h2` should see.
 #[derive(Debug, Default)]
 pub struct AuthorityRewriter {
     state: State,
-    /// Original bytes of the header block being collected (all its frames).
+    /// The header block being collected, as the client framed it (frame headers and
+    /// payloads): emitted unchanged if we give up on it. Never over [`MAX_BLOCK`].
     raw: Vec<u8>,
-    /// First frame's header, and the block's HPACK fragment so far.
-    first: Option<[u8; FRAME_HEADER]>,
-    priority: Option<[u8; 5]>,
-    fragment: Vec<u8>,
+    /// Where the last frame of `raw` starts.
+    last_frame: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 enum State {
-    #[default]
-    Start,
     Preface(usize),
     FrameHeader([u8; FRAME_HEADER], usize),
     /// Pass this many payload bytes through.
     Pass(usize),
-    /// Collect a HEADERS or CONTINUATION payload of this length.
-    Collect([u8; FRAME_HEADER], usize, Vec<u8>),
-    /// Not HTTP/2 with prior knowledge, or a block we gave up on: pass everything.
+    /// Append this many more payload bytes of a HEADERS or CONTINUATION frame to `raw`.
+    Collect(usize),
+    /// Not HTTP/2 with prior knowledge, or the stream ended: pass everything.
     Off,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Preface(0)
+    }
 }
 
 impl AuthorityRewriter {
@@ -62,21 +80,38 @@ impl AuthorityRewriter {
         Self::default()
     }
 
-    /// Consumes `input`, appending what to hand on to `out`.
+    /// Whether the whole client preface has been seen (or the stream is not HTTP/2 with
+    /// prior knowledge, which `h2` refuses at once).
+    pub fn past_preface(&self) -> bool {
+        !matches!(self.state, State::Preface(_))
+    }
+
+    /// Bytes held back (part of a header block or a frame header).
+    pub fn held(&self) -> usize {
+        let header = match self.state {
+            State::FrameHeader(_, have) => have,
+            _ => 0,
+        };
+        self.raw.len() + header
+    }
+
+    /// Consumes all of `input`, appending what to hand on to `out`.
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        // Every arm consumes at least one byte or returns, so this ends after at most
+        // `input.len()` rounds.
         while !input.is_empty() {
             match &mut self.state {
                 State::Off => {
                     out.extend_from_slice(input);
                     return;
                 }
-                State::Start => self.state = State::Preface(0),
                 State::Preface(seen) => {
                     let want = &PREFACE[*seen..];
                     let n = want.len().min(input.len());
                     if input[..n] != want[..n] {
                         self.state = State::Off;
-                        continue;
+                        out.extend_from_slice(input);
+                        return;
                     }
                     out.extend_from_slice(&input[..n]);
                     input = &input[n..];
@@ -92,6 +127,7 @@ impl AuthorityRewriter {
                     input = &input[n..];
                     if *have == FRAME_HEADER {
                         let h = *h;
+                        self.state = State::FrameHeader([0; FRAME_HEADER], 0);
                         self.frame_header(h, out);
                     }
                 }
@@ -104,14 +140,14 @@ impl AuthorityRewriter {
                         self.state = State::FrameHeader([0; FRAME_HEADER], 0);
                     }
                 }
-                State::Collect(h, len, payload) => {
-                    let n = (*len - payload.len()).min(input.len());
-                    payload.extend_from_slice(&input[..n]);
+                State::Collect(left) => {
+                    let n = (*left).min(input.len());
+                    self.raw.extend_from_slice(&input[..n]);
                     input = &input[n..];
-                    if payload.len() == *len {
-                        let (h, payload) = (*h, std::mem::take(payload));
+                    *left -= n;
+                    if *left == 0 {
                         self.state = State::FrameHeader([0; FRAME_HEADER], 0);
-                        self.header_frame(h, payload, out);
+                        self.frame_collected(out);
                     }
                 }
             }
@@ -121,99 +157,96 @@ impl AuthorityRewriter {
     /// Whatever is held back, unchanged (at end of input).
     pub fn flush(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.raw);
-        match std::mem::replace(&mut self.state, State::Off) {
-            State::FrameHeader(h, have) => out.extend_from_slice(&h[..have]),
-            State::Collect(h, _, payload) => {
-                out.extend_from_slice(&h);
-                out.extend_from_slice(&payload);
-            }
-            _ => {}
+        if let State::FrameHeader(h, have) = std::mem::replace(&mut self.state, State::Off) {
+            out.extend_from_slice(&h[..have]);
         }
     }
 
+    /// A whole frame header has arrived; the state is already "next frame header".
     fn frame_header(&mut self, h: [u8; FRAME_HEADER], out: &mut Vec<u8>) {
         let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
         let kind = h[3];
-        let in_block = self.first.is_some();
-        if (kind == HEADERS && !in_block) || (kind == CONTINUATION && in_block) {
-            if self.raw.len() + FRAME_HEADER + len > MAX_BLOCK {
-                self.give_up(out);
-                out.extend_from_slice(&h);
-                self.state = State::Pass(len);
-            } else if len == 0 {
-                self.header_frame(h, Vec::new(), out);
+        let in_block = !self.raw.is_empty();
+        let part_of_block = (kind == HEADERS && !in_block) || (kind == CONTINUATION && in_block);
+        if part_of_block && self.raw.len() + FRAME_HEADER + len <= MAX_BLOCK {
+            self.last_frame = self.raw.len();
+            self.raw.extend_from_slice(&h);
+            if len == 0 {
+                self.frame_collected(out);
             } else {
-                self.state = State::Collect(h, len, Vec::with_capacity(len));
+                self.state = State::Collect(len);
             }
             return;
         }
-        if in_block {
-            // A block interrupted by another frame: a protocol error for h2 to report.
-            self.give_up(out);
-        }
+        // Too large to hold, or a block interrupted by another frame (a protocol error for
+        // h2 to report): what was held goes on unchanged, and so does this frame.
+        self.give_up(out);
         out.extend_from_slice(&h);
-        self.state = if len == 0 {
-            State::FrameHeader([0; FRAME_HEADER], 0)
-        } else {
-            State::Pass(len)
-        };
+        if len > 0 {
+            self.state = State::Pass(len);
+        }
     }
 
-    /// Emits the collected block unchanged and stops collecting it.
+    /// Emits the held block unchanged and stops collecting it.
     fn give_up(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.raw);
-        self.first = None;
-        self.priority = None;
-        self.fragment.clear();
+        self.last_frame = 0;
     }
 
-    fn header_frame(&mut self, h: [u8; FRAME_HEADER], payload: Vec<u8>, out: &mut Vec<u8>) {
-        self.raw.extend_from_slice(&h);
-        self.raw.extend_from_slice(&payload);
-        let flags = h[4];
-        if self.first.is_none() {
-            // HEADERS: [pad length] [priority: 5 bytes] fragment [padding]
-            let mut body: &[u8] = &payload;
-            let mut pad = 0;
-            if flags & PADDED != 0 {
-                let Some((&p, rest)) = body.split_first() else {
-                    return self.give_up(out);
-                };
-                pad = usize::from(p);
-                body = rest;
-            }
-            if flags & PRIORITY != 0 {
-                if body.len() < 5 {
-                    return self.give_up(out);
-                }
-                let mut p = [0; 5];
-                p.copy_from_slice(&body[..5]);
-                self.priority = Some(p);
-                body = &body[5..];
-            }
-            if pad > body.len() {
-                return self.give_up(out);
-            }
-            self.fragment.extend_from_slice(&body[..body.len() - pad]);
-            self.first = Some(h);
-        } else {
-            self.fragment.extend_from_slice(&payload);
-        }
+    /// The last frame of `raw` is complete: rewrite the block if it ended.
+    fn frame_collected(&mut self, out: &mut Vec<u8>) {
+        let flags = self.raw[self.last_frame + 4];
         if flags & END_HEADERS == 0 {
             return;
         }
-        let first = self.first.take().unwrap_or(h);
-        match rewrite_block(&self.fragment) {
-            Some(block) => {
-                emit_block(&first, self.priority.take(), &block, out);
+        match split_block(&self.raw).and_then(|(priority, fragment)| {
+            rewrite_block(&fragment).map(|block| (priority, block))
+        }) {
+            Some((priority, block)) => {
+                let mut first = [0; FRAME_HEADER];
+                first.copy_from_slice(&self.raw[..FRAME_HEADER]);
+                emit_block(&first, priority, &block, out);
                 self.raw.clear();
-                self.fragment.clear();
+                self.last_frame = 0;
             }
             None => self.give_up(out),
         }
     }
 }
 
+/// The priority field and the HPACK fragment of a header block framed as HEADERS followed by
+/// CONTINUATIONs; `None` when the padding or priority do not fit.
+fn split_block(raw: &[u8]) -> Option<(Option<[u8; 5]>, Vec<u8>)> {
+    let mut fragment = Vec::with_capacity(raw.len());
+    let mut priority = None;
+    let mut at = 0;
+    while at < raw.len() {
+        let h = raw.get(at..at + FRAME_HEADER)?;
+        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        let flags = h[4];
+        let payload = raw.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
+        if at == 0 {
+            // HEADERS: [pad length] [priority: 5 bytes] fragment [padding]
+            let mut body = payload;
+            let mut pad = 0;
+            if flags & PADDED != 0 {
+                let (&p, rest) = body.split_first()?;
+                pad = usize::from(p);
+                body = rest;
+            }
+            if flags & PRIORITY != 0 {
+                let p: [u8; 5] = body.get(..5)?.try_into().ok()?;
+                priority = Some(p);
+                body = &body[5..];
+            }
+            fragment.extend_from_slice(body.get(..body.len().checked_sub(pad)?)?);
+        } else {
+            fragment.extend_from_slice(payload);
+        }
+        at += FRAME_HEADER + len;
+    }
+    Some((priority, fragment))
+}
 /// Frames `block` as HEADERS (+ CONTINUATION) for the stream of `first`.
 fn emit_block(
     first: &[u8; FRAME_HEADER],
@@ -491,6 +524,80 @@ mod tests {
             rewrite_block(&block).unwrap(),
             [0x41, 0x04, b'l', b'o', b'c', b'a']
         );
+    }
+
+    /// The 43 bytes that once made `feed` loop forever: a HEADERS frame of length 0 with
+    /// END_HEADERS, then one more byte.
+    fn zero_length_headers_then_a_byte() -> Vec<u8> {
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[]));
+        input.extend(frame(HEADERS, END_HEADERS, 1, &[]));
+        input.push(0);
+        assert_eq!(input.len(), 43);
+        input
+    }
+
+    #[test]
+    fn a_zero_length_header_frame_makes_progress() {
+        let input = zero_length_headers_then_a_byte();
+        // An empty block rewrites to an empty block: the same bytes come out.
+        assert_eq!(run(&[&input]), input);
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(&bytes), input);
+        // Zero-length CONTINUATIONs too.
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, 0, 1, &[0x84]));
+        input.extend(frame(CONTINUATION, 0, 1, &[]));
+        input.extend(frame(CONTINUATION, END_HEADERS, 1, &[]));
+        input.extend(frame(0x4, 0, 0, &[]));
+        // The block is re-framed as one HEADERS frame.
+        let mut want = PREFACE.to_vec();
+        want.extend(frame(HEADERS, END_HEADERS, 1, &[0x84]));
+        want.extend(frame(0x4, 0, 0, &[]));
+        assert_eq!(run(&[&input]), want);
+    }
+
+    #[test]
+    fn holds_at_most_one_bounded_block() {
+        let mut r = AuthorityRewriter::new();
+        let mut out = Vec::new();
+        r.feed(PREFACE, &mut out);
+        // An unfinished block that keeps growing in CONTINUATIONs of MAX_FRAME.
+        r.feed(&frame(HEADERS, 0, 1, &[0x84; 100]), &mut out);
+        let chunk = frame(CONTINUATION, 0, 1, &vec![0x84; MAX_FRAME]);
+        for _ in 0..64 {
+            r.feed(&chunk, &mut out);
+            assert!(r.held() <= MAX_BLOCK, "held {}", r.held());
+        }
+        // Everything beyond the bound went on to h2 unchanged, in order.
+        let mut all = Vec::new();
+        r.flush(&mut out);
+        all.extend_from_slice(PREFACE);
+        all.extend(frame(HEADERS, 0, 1, &[0x84; 100]));
+        for _ in 0..64 {
+            all.extend_from_slice(&chunk);
+        }
+        assert_eq!(out, all);
+    }
+
+    #[test]
+    fn a_block_at_the_bound_is_rewritten_and_one_past_it_passes() {
+        // HEADERS + CONTINUATION whose frames total exactly MAX_BLOCK bytes.
+        let authority = block_with_authority(b"tmp%2Fx.sock");
+        let second = MAX_BLOCK - 2 * FRAME_HEADER - authority.len();
+        let filler = vec![0x84; second];
+        let build = |filler: &[u8]| {
+            let mut input = PREFACE.to_vec();
+            input.extend(frame(HEADERS, 0, 1, &authority));
+            input.extend(frame(CONTINUATION, END_HEADERS, 1, filler));
+            input
+        };
+        let at = build(&filler);
+        assert_ne!(run(&[&at]), at, "a block of MAX_BLOCK bytes is rewritten");
+        let mut longer = filler.clone();
+        longer.push(0x84);
+        let past = build(&longer);
+        assert_eq!(run(&[&past]), past, "one byte more passes unchanged");
     }
 
     #[test]

@@ -1,0 +1,274 @@
+//! Admission before attestation: how many connections, and how many bytes of unfinished
+//! requests, each uid may hold. The uid comes from `SO_PEERCRED` at accept, which the kernel
+//! fills in: it costs nothing the caller controls.
+//!
+//! Slots and reservations are RAII guards, so a connection or a request that ends in any way
+//! (closed, reset, timed out, dropped by a panic) gives its share back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::limits::{ConnectionLimits, REFUSAL_LOG_INTERVAL};
+
+/// Why a connection or a request was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The daemon holds `max_connections` already.
+    TooManyConnections,
+    /// This uid holds `max_connections_per_uid` already.
+    TooManyConnectionsForUid,
+    /// This uid's unfinished request bodies would exceed `max_pending_request_bytes_per_uid`.
+    TooManyPendingBytesForUid,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::TooManyConnections => "max_connections",
+            Refusal::TooManyConnectionsForUid => "max_connections_per_uid",
+            Refusal::TooManyPendingBytesForUid => "max_pending_request_bytes_per_uid",
+        }
+    }
+
+    const ALL: [Refusal; 3] = [
+        Refusal::TooManyConnections,
+        Refusal::TooManyConnectionsForUid,
+        Refusal::TooManyPendingBytesForUid,
+    ];
+}
+
+#[derive(Default)]
+struct UidUsage {
+    connections: usize,
+    pending_bytes: usize,
+    last_refusal_log: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Usage {
+    connections: usize,
+    /// Only uids holding something are kept, so this map is no larger than the number of
+    /// open connections.
+    per_uid: HashMap<u32, UidUsage>,
+}
+
+/// Shared by every listener of the daemon.
+pub struct Gate {
+    max_connections: usize,
+    max_per_uid: usize,
+    max_pending_per_uid: usize,
+    usage: Mutex<Usage>,
+    refused: [AtomicU64; 3],
+}
+
+impl Gate {
+    /// `max_connections` is the effective cap (config, lowered to what the fd limit allows).
+    pub fn new(limits: &ConnectionLimits, max_connections: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_connections,
+            max_per_uid: limits.max_connections_per_uid.min(max_connections),
+            max_pending_per_uid: limits.max_pending_request_bytes_per_uid,
+            usage: Mutex::new(Usage::default()),
+            refused: Default::default(),
+        })
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// A slot for a new connection from `uid`, or why not.
+    ///
+    /// # Errors
+    /// The total or the uid's cap is reached.
+    pub fn admit(self: &Arc<Self>, uid: u32) -> Result<ConnSlot, Refusal> {
+        let mut usage = self.lock();
+        let refusal = if usage.connections >= self.max_connections {
+            Some(Refusal::TooManyConnections)
+        } else if usage.per_uid.get(&uid).map_or(0, |u| u.connections) >= self.max_per_uid {
+            Some(Refusal::TooManyConnectionsForUid)
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            self.note_refusal(&mut usage, uid, r);
+            return Err(r);
+        }
+        usage.connections += 1;
+        usage.per_uid.entry(uid).or_default().connections += 1;
+        Ok(ConnSlot {
+            gate: self.clone(),
+            uid,
+        })
+    }
+
+    /// Reserves `bytes` of unfinished request body for `uid`.
+    ///
+    /// # Errors
+    /// The uid's pending bytes would exceed the cap.
+    pub fn reserve(self: &Arc<Self>, uid: u32, bytes: usize) -> Result<Reservation, Refusal> {
+        let mut usage = self.lock();
+        let entry = usage.per_uid.entry(uid).or_default();
+        if entry.pending_bytes + bytes > self.max_pending_per_uid {
+            let r = Refusal::TooManyPendingBytesForUid;
+            self.note_refusal(&mut usage, uid, r);
+            return Err(r);
+        }
+        entry.pending_bytes += bytes;
+        Ok(Reservation {
+            gate: self.clone(),
+            uid,
+            bytes,
+        })
+    }
+
+    /// Open connections in all.
+    pub fn open_connections(&self) -> usize {
+        self.lock().connections
+    }
+
+    /// Refusals so far, by reason.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        Refusal::ALL
+            .iter()
+            .zip(&self.refused)
+            .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note_refusal(&self, usage: &mut Usage, uid: u32, r: Refusal) {
+        self.refused[r as usize].fetch_add(1, Ordering::Relaxed);
+        // A refused uid with nothing open gets no entry: a flood of refusals from many uids
+        // must not grow the map.
+        let Some(entry) = usage.per_uid.get_mut(&uid) else {
+            tracing::warn!(uid, limit = r.as_str(), "refused a caller over its limit");
+            return;
+        };
+        let now = Instant::now();
+        if entry
+            .last_refusal_log
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL)
+        {
+            entry.last_refusal_log = Some(now);
+            tracing::warn!(
+                uid,
+                limit = r.as_str(),
+                connections = entry.connections,
+                pending_bytes = entry.pending_bytes,
+                "refused a caller over its limit (further refusals for this uid are counted, \
+                 logged at most every {:?})",
+                REFUSAL_LOG_INTERVAL
+            );
+        }
+    }
+
+    fn release(&self, uid: u32, connections: usize, bytes: usize) {
+        let mut usage = self.lock();
+        usage.connections -= connections;
+        if let Some(u) = usage.per_uid.get_mut(&uid) {
+            u.connections -= connections;
+            u.pending_bytes -= bytes;
+            if u.connections == 0 && u.pending_bytes == 0 {
+                usage.per_uid.remove(&uid);
+            }
+        }
+    }
+}
+
+/// One admitted connection; dropping it frees the slot.
+pub struct ConnSlot {
+    gate: Arc<Gate>,
+    uid: u32,
+}
+
+impl ConnSlot {
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.gate.release(self.uid, 1, 0);
+    }
+}
+
+/// Bytes of one unfinished request body; dropping it gives them back.
+pub struct Reservation {
+    gate: Arc<Gate>,
+    uid: u32,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.gate.release(self.uid, 0, self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_uid: usize, pending: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections_per_uid: per_uid,
+            max_pending_request_bytes_per_uid: pending,
+            ..ConnectionLimits::default()
+        }
+    }
+
+    #[test]
+    fn caps_hold_at_their_edge_and_slots_come_back() {
+        let gate = Gate::new(&limits(2, 1000), 3);
+        let a = gate.admit(1).unwrap();
+        let _b = gate.admit(1).unwrap();
+        assert_eq!(
+            gate.admit(1).err(),
+            Some(Refusal::TooManyConnectionsForUid)
+        );
+        let _c = gate.admit(2).unwrap();
+        assert_eq!(gate.admit(3).err(), Some(Refusal::TooManyConnections));
+        drop(a);
+        let _d = gate.admit(1).unwrap();
+        assert_eq!(gate.open_connections(), 3);
+        let refused: u64 = gate.refusals().iter().map(|(_, n)| n).sum();
+        assert_eq!(refused, 2);
+    }
+
+    #[test]
+    fn pending_bytes_are_bounded_per_uid() {
+        let gate = Gate::new(&limits(10, 1000), 10);
+        let r1 = gate.reserve(7, 600).unwrap();
+        let _r2 = gate.reserve(7, 400).unwrap();
+        assert_eq!(
+            gate.reserve(7, 1).err(),
+            Some(Refusal::TooManyPendingBytesForUid)
+        );
+        // Another uid is not affected.
+        let _r3 = gate.reserve(8, 1000).unwrap();
+        drop(r1);
+        let _r4 = gate.reserve(7, 600).unwrap();
+    }
+
+    #[test]
+    fn released_uids_leave_no_entry() {
+        let gate = Gate::new(&limits(10, 1000), 10);
+        for uid in 0..100 {
+            drop(gate.admit(uid).unwrap());
+            drop(gate.reserve(uid, 10).unwrap());
+        }
+        assert!(gate.lock().per_uid.is_empty());
+        assert_eq!(gate.open_connections(), 0);
+    }
+}
