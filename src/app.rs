@@ -22,8 +22,8 @@ use crate::policy::{Action, PolicyEngine, PolicyRequest, Principal};
 use crate::proto::svidbroker::v1::admin_server::AdminServer;
 use crate::proto::svidbroker::v1::task_broker_server::TaskBrokerServer;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use crate::server::calls::CallLayer;
 use crate::server::caller::{Caller, CallerResolver};
+use crate::server::calls::CallLayer;
 use crate::server::conn::ConnTimeouts;
 use crate::server::gate::Gate;
 use crate::server::header::require_security_header;
@@ -261,12 +261,16 @@ const PUBLIC_SERVICES: &[&str] = &[
     "SpiffeWorkloadAPI",
     "svidbroker.v1.TaskBroker",
     "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
 ];
 /// What server reflection lists on the admin socket.
 const ADMIN_SERVICES: &[&str] = &[
     "svidbroker.v1.Admin",
     "svidbroker.v1.TaskBroker",
     "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
 ];
 
 type Reflection<T> = tonic_reflection::server::v1::ServerReflectionServer<T>;
@@ -299,7 +303,9 @@ fn reflection_for(
 }
 
 /// A tonic server with the `[limits]` every socket shares.
-fn bounded_server(lim: &ConnectionLimits) -> Server<tower::layer::util::Stack<CallLayer, tower::layer::util::Identity>> {
+fn bounded_server(
+    lim: &ConnectionLimits,
+) -> Server<tower::layer::util::Stack<CallLayer, tower::layer::util::Identity>> {
     Server::builder()
         .max_concurrent_streams(Some(lim.max_streams_per_connection))
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))

@@ -142,18 +142,16 @@ impl HttpBody for BoundedRequest {
                 }
                 Poll::Ready(Some(frame))
             }
-            Poll::Pending if this.reservation.is_some() => {
-                match this.deadline.as_mut().poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) => {
-                        this.reservation = None;
-                        Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                            "request message not received within {:?} (limits.request_timeout)",
-                            this.timeout
-                        )))))
-                    }
+            Poll::Pending if this.reservation.is_some() => match this.deadline.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => {
+                    this.reservation = None;
+                    Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                        "request message not received within {:?} (limits.request_timeout)",
+                        this.timeout
+                    )))))
                 }
-            }
+            },
             Poll::Pending => Poll::Pending,
         }
     }

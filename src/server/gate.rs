@@ -233,10 +233,7 @@ mod tests {
         let gate = Gate::new(&limits(2, 1000), 3);
         let a = gate.admit(1).unwrap();
         let _b = gate.admit(1).unwrap();
-        assert_eq!(
-            gate.admit(1).err(),
-            Some(Refusal::TooManyConnectionsForUid)
-        );
+        assert_eq!(gate.admit(1).err(), Some(Refusal::TooManyConnectionsForUid));
         let _c = gate.admit(2).unwrap();
         assert_eq!(gate.admit(3).err(), Some(Refusal::TooManyConnections));
         drop(a);

@@ -239,9 +239,7 @@ mod tests {
         assert!(at(&|l| l.max_streams_per_connection = MAX_STREAMS_RANGE.0).is_ok());
         assert!(at(&|l| l.max_streams_per_connection = MAX_STREAMS_RANGE.0 - 1).is_err());
         assert!(at(&|l| l.max_pending_request_bytes_per_uid = PENDING_BYTES_RANGE.0).is_ok());
-        assert!(
-            at(&|l| l.max_pending_request_bytes_per_uid = PENDING_BYTES_RANGE.0 - 1).is_err()
-        );
+        assert!(at(&|l| l.max_pending_request_bytes_per_uid = PENDING_BYTES_RANGE.0 - 1).is_err());
         assert!(at(&|l| l.idle_timeout = TIMEOUT_RANGE.0).is_ok());
         assert!(at(&|l| l.idle_timeout = Duration::from_millis(99)).is_err());
         assert!(at(&|l| l.handshake_timeout = TIMEOUT_RANGE.1 + Duration::from_secs(1)).is_err());

@@ -47,8 +47,7 @@ async fn accept_loop(
                 // backlog, so accepting again at once fails again at once. Pause, and let
                 // connections close.
                 let now = Instant::now();
-                if last_backoff_log.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL)
-                {
+                if last_backoff_log.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL) {
                     last_backoff_log = Some(now);
                     tracing::warn!(
                         error = %e,
