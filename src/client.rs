@@ -41,7 +41,7 @@ pub fn socket_path(flag: Option<&str>, env: Option<&str>) -> anyhow::Result<Path
 /// The socket is missing or nobody listens: the message says to start the daemon.
 pub async fn connect(path: PathBuf) -> anyhow::Result<Channel> {
     // Connect once up front so "not running" is a clear error, not a transport error later.
-    UnixStream::connect(&path).await.with_context(|| {
+    connect_unix(&path).await.with_context(|| {
         format!(
             "cannot connect to svid-broker at {} (is `svid-broker run` running? set --socket or SPIFFE_ENDPOINT_SOCKET)",
             path.display()
@@ -50,10 +50,33 @@ pub async fn connect(path: PathBuf) -> anyhow::Result<Channel> {
     let channel = Endpoint::try_from("http://svid-broker.invalid")?
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            async move { Ok::<_, std::io::Error>(TokioIo::new(connect_unix(&path).await?)) }
         }))
         .await?;
     Ok(channel)
+}
+
+/// How long to keep retrying a connect that finds the server's backlog full.
+const BACKLOG_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Connects to a Unix socket, retrying while the server's listen backlog is full (`EAGAIN`):
+/// a transient condition — under a connection flood from another local user, say — that a
+/// gRPC client would treat as Unavailable and retry.
+async fn connect_unix(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    let deadline = tokio::time::Instant::now() + BACKLOG_RETRY_FOR;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 pub type HeaderChannel = InterceptedService<

@@ -21,6 +21,8 @@ pub enum Refusal {
     TooManyConnectionsForUid,
     /// This uid's unfinished request bodies would exceed `max_pending_request_bytes_per_uid`.
     TooManyPendingBytesForUid,
+    /// This uid opens connections faster than `new_connections_per_uid_per_second`.
+    ConnectingTooFast,
 }
 
 impl Refusal {
@@ -29,38 +31,73 @@ impl Refusal {
             Refusal::TooManyConnections => "max_connections",
             Refusal::TooManyConnectionsForUid => "max_connections_per_uid",
             Refusal::TooManyPendingBytesForUid => "max_pending_request_bytes_per_uid",
+            Refusal::ConnectingTooFast => "new_connections_per_uid_per_second",
         }
     }
 
-    const ALL: [Refusal; 3] = [
+    const ALL: [Refusal; 4] = [
         Refusal::TooManyConnections,
         Refusal::TooManyConnectionsForUid,
         Refusal::TooManyPendingBytesForUid,
+        Refusal::ConnectingTooFast,
     ];
 }
 
-#[derive(Default)]
 struct UidUsage {
     connections: usize,
     pending_bytes: usize,
     last_refusal_log: Option<Instant>,
+    /// Token bucket of new connections: tokens left as of `refilled`.
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl UidUsage {
+    fn new(burst: f64, now: Instant) -> Self {
+        Self {
+            connections: 0,
+            pending_bytes: 0,
+            last_refusal_log: None,
+            tokens: burst,
+            refilled: now,
+        }
+    }
+
+    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
+        let secs = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + secs * rate).min(burst);
+        self.refilled = now;
+    }
+
+    /// Holds nothing and would be rebuilt identical: safe to forget.
+    fn forgettable(&self, rate: f64, burst: f64, now: Instant) -> bool {
+        self.connections == 0
+            && self.pending_bytes == 0
+            && self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate >= burst
+    }
 }
 
 #[derive(Default)]
 struct Usage {
     connections: usize,
-    /// Only uids holding something are kept, so this map is no larger than the number of
-    /// open connections.
+    /// Uids holding something, or whose connection rate bucket is not yet full again;
+    /// pruned of the rest as it grows ([`PRUNE_SLACK`]).
     per_uid: HashMap<u32, UidUsage>,
 }
+
+/// Entries beyond the open connections before forgettable uids are pruned.
+const PRUNE_SLACK: usize = 1024;
 
 /// Shared by every listener of the daemon.
 pub struct Gate {
     max_connections: usize,
     max_per_uid: usize,
     max_pending_per_uid: usize,
+    /// New connections per uid per second, and the burst allowed above that rate.
+    rate: f64,
+    burst: f64,
     usage: Mutex<Usage>,
-    refused: [AtomicU64; 3],
+    refused: [AtomicU64; 4],
 }
 
 impl Gate {
@@ -70,6 +107,8 @@ impl Gate {
             max_connections,
             max_per_uid: limits.max_connections_per_uid.min(max_connections),
             max_pending_per_uid: limits.max_pending_request_bytes_per_uid,
+            rate: f64::from(limits.new_connections_per_uid_per_second),
+            burst: f64::from(limits.new_connections_per_uid_burst),
             usage: Mutex::new(Usage::default()),
             refused: Default::default(),
         })
@@ -84,11 +123,26 @@ impl Gate {
     /// # Errors
     /// The total or the uid's cap is reached.
     pub fn admit(self: &Arc<Self>, uid: u32) -> Result<ConnSlot, Refusal> {
+        let now = Instant::now();
         let mut usage = self.lock();
-        let refusal = if usage.connections >= self.max_connections {
+        if usage.per_uid.len() > usage.connections + PRUNE_SLACK {
+            let (rate, burst) = (self.rate, self.burst);
+            usage
+                .per_uid
+                .retain(|_, u| !u.forgettable(rate, burst, now));
+        }
+        let full = usage.connections >= self.max_connections;
+        let entry = usage
+            .per_uid
+            .entry(uid)
+            .or_insert_with(|| UidUsage::new(self.burst, now));
+        entry.refill(self.rate, self.burst, now);
+        let refusal = if full {
             Some(Refusal::TooManyConnections)
-        } else if usage.per_uid.get(&uid).map_or(0, |u| u.connections) >= self.max_per_uid {
+        } else if entry.connections >= self.max_per_uid {
             Some(Refusal::TooManyConnectionsForUid)
+        } else if entry.tokens < 1.0 {
+            Some(Refusal::ConnectingTooFast)
         } else {
             None
         };
@@ -96,8 +150,9 @@ impl Gate {
             self.note_refusal(&mut usage, uid, r);
             return Err(r);
         }
+        entry.tokens -= 1.0;
+        entry.connections += 1;
         usage.connections += 1;
-        usage.per_uid.entry(uid).or_default().connections += 1;
         Ok(ConnSlot {
             gate: self.clone(),
             uid,
@@ -109,8 +164,12 @@ impl Gate {
     /// # Errors
     /// The uid's pending bytes would exceed the cap.
     pub fn reserve(self: &Arc<Self>, uid: u32, bytes: usize) -> Result<Reservation, Refusal> {
+        let burst = self.burst;
         let mut usage = self.lock();
-        let entry = usage.per_uid.entry(uid).or_default();
+        let entry = usage
+            .per_uid
+            .entry(uid)
+            .or_insert_with(|| UidUsage::new(burst, Instant::now()));
         if entry.pending_bytes + bytes > self.max_pending_per_uid {
             let r = Refusal::TooManyPendingBytesForUid;
             self.note_refusal(&mut usage, uid, r);
@@ -144,8 +203,6 @@ impl Gate {
 
     fn note_refusal(&self, usage: &mut Usage, uid: u32, r: Refusal) {
         self.refused[r as usize].fetch_add(1, Ordering::Relaxed);
-        // A refused uid with nothing open gets no entry: a flood of refusals from many uids
-        // must not grow the map.
         let Some(entry) = usage.per_uid.get_mut(&uid) else {
             tracing::warn!(uid, limit = r.as_str(), "refused a caller over its limit");
             return;
@@ -174,7 +231,7 @@ impl Gate {
         if let Some(u) = usage.per_uid.get_mut(&uid) {
             u.connections -= connections;
             u.pending_bytes -= bytes;
-            if u.connections == 0 && u.pending_bytes == 0 {
+            if u.forgettable(self.rate, self.burst, Instant::now()) {
                 usage.per_uid.remove(&uid);
             }
         }
@@ -229,6 +286,23 @@ mod tests {
     }
 
     #[test]
+    fn new_connections_are_rate_limited_per_uid() {
+        let mut l = limits(10_000, 1000);
+        l.new_connections_per_uid_per_second = 10;
+        l.new_connections_per_uid_burst = 20;
+        let gate = Gate::new(&l, 10_000);
+        // The burst, opened and closed at once, then the next is refused...
+        for _ in 0..20 {
+            drop(gate.admit(5).unwrap());
+        }
+        assert_eq!(gate.admit(5).err(), Some(Refusal::ConnectingTooFast));
+        // ...while another uid is not affected, and the bucket refills with time.
+        drop(gate.admit(6).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        drop(gate.admit(5).unwrap());
+    }
+
+    #[test]
     fn caps_hold_at_their_edge_and_slots_come_back() {
         let gate = Gate::new(&limits(2, 1000), 3);
         let a = gate.admit(1).unwrap();
@@ -262,10 +336,15 @@ mod tests {
     fn released_uids_leave_no_entry() {
         let gate = Gate::new(&limits(10, 1000), 10);
         for uid in 0..100 {
-            drop(gate.admit(uid).unwrap());
             drop(gate.reserve(uid, 10).unwrap());
         }
         assert!(gate.lock().per_uid.is_empty());
+        // Uids that connected keep their rate bucket for a while, but never more than the
+        // prune slack beyond the open connections.
+        for uid in 0..(PRUNE_SLACK as u32 * 3) {
+            drop(gate.admit(uid).unwrap());
+        }
+        assert!(gate.lock().per_uid.len() <= PRUNE_SLACK + 1);
         assert_eq!(gate.open_connections(), 0);
     }
 }

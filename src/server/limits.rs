@@ -50,6 +50,8 @@ const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
 const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 const DEFAULT_MAX_PENDING_REQUEST_BYTES_PER_UID: usize = 32 * 1024 * 1024;
+const DEFAULT_NEW_CONNECTIONS_PER_UID_PER_SECOND: u32 = 200;
+const DEFAULT_NEW_CONNECTIONS_PER_UID_BURST: u32 = 400;
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -60,6 +62,7 @@ const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// work; above the ceilings the bound no longer protects anything.
 const MAX_CONNECTIONS_RANGE: (usize, usize) = (16, 1_000_000);
 const MAX_STREAMS_RANGE: (u32, u32) = (4, 10_000);
+const CONNECTION_RATE_RANGE: (u32, u32) = (1, 1_000_000);
 const PENDING_BYTES_RANGE: (usize, usize) = (1024 * 1024, 1024 * 1024 * 1024);
 const TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(24 * 3600));
@@ -75,6 +78,11 @@ pub struct ConnectionLimits {
     /// Most open connections from one uid (known from `SO_PEERCRED` at accept, before any
     /// byte is read).
     pub max_connections_per_uid: usize,
+    /// New connections one uid may open per second, on average; over it they are closed at
+    /// once, which keeps a connect-and-close flood from filling the listen backlog.
+    pub new_connections_per_uid_per_second: u32,
+    /// How many new connections one uid may open at once above that rate.
+    pub new_connections_per_uid_burst: u32,
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`: streams one connection may have open.
     pub max_streams_per_connection: u32,
     /// Request bodies of one uid not yet received in full, counted at the largest message
@@ -103,6 +111,8 @@ impl Default for ConnectionLimits {
         Self {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            new_connections_per_uid_per_second: DEFAULT_NEW_CONNECTIONS_PER_UID_PER_SECOND,
+            new_connections_per_uid_burst: DEFAULT_NEW_CONNECTIONS_PER_UID_BURST,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_pending_request_bytes_per_uid: DEFAULT_MAX_PENDING_REQUEST_BYTES_PER_UID,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -127,6 +137,16 @@ impl ConnectionLimits {
             "limits.max_connections_per_uid",
             self.max_connections_per_uid,
             (1, self.max_connections),
+        )?;
+        in_range(
+            "limits.new_connections_per_uid_per_second",
+            self.new_connections_per_uid_per_second,
+            CONNECTION_RATE_RANGE,
+        )?;
+        in_range(
+            "limits.new_connections_per_uid_burst",
+            self.new_connections_per_uid_burst,
+            CONNECTION_RATE_RANGE,
         )?;
         in_range(
             "limits.max_streams_per_connection",
@@ -240,6 +260,9 @@ mod tests {
         assert!(at(&|l| l.max_streams_per_connection = MAX_STREAMS_RANGE.0 - 1).is_err());
         assert!(at(&|l| l.max_pending_request_bytes_per_uid = PENDING_BYTES_RANGE.0).is_ok());
         assert!(at(&|l| l.max_pending_request_bytes_per_uid = PENDING_BYTES_RANGE.0 - 1).is_err());
+        assert!(at(&|l| l.new_connections_per_uid_per_second = 0).is_err());
+        assert!(at(&|l| l.new_connections_per_uid_burst = CONNECTION_RATE_RANGE.1 + 1).is_err());
+        assert!(at(&|l| l.new_connections_per_uid_burst = CONNECTION_RATE_RANGE.0).is_ok());
         assert!(at(&|l| l.idle_timeout = TIMEOUT_RANGE.0).is_ok());
         assert!(at(&|l| l.idle_timeout = Duration::from_millis(99)).is_err());
         assert!(at(&|l| l.handshake_timeout = TIMEOUT_RANGE.1 + Duration::from_secs(1)).is_err());

@@ -16,6 +16,11 @@ use super::limits::{ACCEPT_BACKOFF, REFUSAL_LOG_INTERVAL};
 /// Accepted connections waiting for the server to pick them up.
 const HANDOFF_QUEUE: usize = 64;
 
+/// Connections the kernel queues before we accept them (capped by `net.core.somaxconn`).
+/// A connect-and-close flood fills a short backlog faster than any accept loop drains it,
+/// and other callers' connects then fail with `EAGAIN`.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
 /// Connections from `listener`, admitted by `gate`, as the stream tonic serves. Accepting
 /// stops when the stream is dropped (the server stopped accepting at shutdown).
 pub fn incoming(
@@ -23,6 +28,14 @@ pub fn incoming(
     gate: Arc<Gate>,
     timeouts: ConnTimeouts,
 ) -> ReceiverStream<io::Result<PeerConn>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a socket that is already listening only changes its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        tracing::warn!(
+            error = %io::Error::last_os_error(),
+            "cannot raise the listen backlog"
+        );
+    }
     let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
     tokio::spawn(accept_loop(listener, gate, timeouts, tx));
     ReceiverStream::new(rx)
