@@ -81,6 +81,7 @@ fn sample_events() -> Vec<AuditEvent> {
             jti: None,
             audiences: vec![],
             expires_at: 1_800_003_600,
+            pid: Some(4242),
         },
         AuditEvent::PolicyReload {
             ok: false,
@@ -472,6 +473,11 @@ impl Sink for FakeSink {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.written.lock().unwrap().truncate(len as usize);
+        Ok(())
+    }
 }
 
 fn start(sink: FakeSink) -> AuditLog {
@@ -482,6 +488,8 @@ fn start_with(sink: FakeSink, opts: AuditOptions) -> AuditLog {
     let state = ChainState {
         next_seq: 1,
         prev: GENESIS_PREV.to_string(),
+        file_first_seq: 1,
+        file_len: 0,
     };
     AuditLog::start(Box::new(sink), state, &opts).unwrap()
 }
@@ -490,7 +498,10 @@ fn start_with(sink: FakeSink, opts: AuditOptions) -> AuditLog {
 async fn max_batch_is_clamped() {
     // 0 would never write; one per record is the floor.
     let sink = FakeSink::default();
-    let log = start_with(sink.clone(), AuditOptions { max_batch: 0 });
+    let log = start_with(sink.clone(), AuditOptions {
+            max_batch: 0,
+            ..AuditOptions::default()
+        });
     let tasks: Vec<_> = (0..20)
         .map(|n| {
             let log = log.clone();
@@ -716,7 +727,10 @@ async fn append_throughput() {
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     for (name, max_batch) in [("group commit", MAX_BATCH_RECORDS), ("fsync per record", 1)] {
         let path = dir.path().join(format!("{max_batch}.log"));
-        let (log, _) = AuditLog::open(&path, AuditOptions { max_batch })
+        let (log, _) = AuditLog::open(&path, AuditOptions {
+            max_batch,
+            ..AuditOptions::default()
+        })
             .await
             .unwrap();
         let start = std::time::Instant::now();
