@@ -31,8 +31,10 @@ pub use aggregate::{
 };
 pub use chain::{verify_file, BreakReason, VerifyError, VerifyReport, GENESIS_PREV};
 pub use event::{looks_like_secret, AuditEvent, SvidKind};
-pub use health::AuditHealth;
-pub use set::{rotated_files, rotated_name, verify_set, ROTATED_SEQ_DIGITS};
+pub use health::{AuditHealth, AuditMonitor};
+pub use set::{
+    rotated_files, rotated_name, rotated_seq, verify_rotated, verify_set, ROTATED_SEQ_DIGITS,
+};
 pub use writer::MAX_RETRY_BACKOFF;
 
 /// Appends waiting for the writer. When full, `append` waits: backpressure instead of
@@ -160,7 +162,7 @@ pub struct AuditLog {
     // Declared before `_writer` so it drops first: the writer sees the channel close, then is
     // joined.
     tx: mpsc::Sender<writer::Pending>,
-    health: health::Observer,
+    health: AuditMonitor,
     no_identity: Arc<Mutex<Aggregator>>,
     _writer: Arc<writer::Handle>,
 }
@@ -228,15 +230,18 @@ impl AuditLog {
 
     /// Whether the log accepts records; changes on every failure and on recovery.
     pub fn health(&self) -> watch::Receiver<AuditHealth> {
-        self.health.rx.clone()
+        self.health.health()
     }
 
     /// Failed disk operations (write, fsync, truncate, rotate) since the log was opened;
     /// only ever grows. For a metric.
     pub fn failures(&self) -> u64 {
-        self.health
-            .failures
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.health.failures()
+    }
+
+    /// Health and failure count, without keeping the log open.
+    pub fn monitor(&self) -> AuditMonitor {
+        self.health.clone()
     }
 
     /// Appends `event`; returns its seq once it is written and fsync'd.

@@ -28,14 +28,27 @@ pub(super) struct Monitor {
     failures: Arc<AtomicU64>,
 }
 
-/// The handles' side.
+/// A view of the log's health that does not keep the log open (for a reporting task).
 #[derive(Clone, Debug)]
-pub(super) struct Observer {
-    pub rx: watch::Receiver<AuditHealth>,
-    pub failures: Arc<AtomicU64>,
+pub struct AuditMonitor {
+    pub(super) rx: watch::Receiver<AuditHealth>,
+    pub(super) failures: Arc<AtomicU64>,
 }
 
-pub(super) fn channel() -> (Monitor, Observer) {
+impl AuditMonitor {
+    /// Whether the log accepts records; changes on every failure and on recovery.
+    pub fn health(&self) -> watch::Receiver<AuditHealth> {
+        self.rx.clone()
+    }
+
+    /// Failed disk operations (write, fsync, truncate, rotate) since the log was opened;
+    /// only ever grows.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
+pub(super) fn channel() -> (Monitor, AuditMonitor) {
     let (tx, rx) = watch::channel(AuditHealth::Healthy);
     let failures = Arc::new(AtomicU64::new(0));
     (
@@ -43,7 +56,7 @@ pub(super) fn channel() -> (Monitor, Observer) {
             tx,
             failures: failures.clone(),
         },
-        Observer { rx, failures },
+        AuditMonitor { rx, failures },
     )
 }
 

@@ -63,6 +63,37 @@ pub fn rotated_files(path: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+/// The seq a rotated file's name gives, if `path` is named like one.
+pub fn rotated_seq(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let (_, digits) = name.rsplit_once('.')?;
+    if digits.len() != ROTATED_SEQ_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Verifies one rotated file on its own: it must start at the seq its name gives and chain
+/// within itself. Its first `prev` is taken on trust unless it starts at seq 1 (compare it
+/// with the previous file's last hash).
+///
+/// # Errors
+/// As [`verify_set`]; [`VerifyError::Io`] too if `path` is not named like a rotated file.
+pub fn verify_rotated(path: &Path) -> Result<VerifyReport, VerifyError> {
+    let io_err = |reason: String| VerifyError::Io {
+        path: path.display().to_string(),
+        reason,
+    };
+    let seq = rotated_seq(path).ok_or_else(|| io_err("not named like a rotated file".into()))?;
+    let bytes = std::fs::read(path).map_err(|e| io_err(e.to_string()))?;
+    let files = [SetFile {
+        path: path.to_path_buf(),
+        named_seq: Some(seq),
+        bytes,
+    }];
+    scan_set(&files).map(|s| s.report)
+}
+
 /// One file of a set, read into memory.
 pub(super) struct SetFile {
     pub path: PathBuf,

@@ -1,5 +1,9 @@
 //! Audit log tests: chain verification and tamper detection, crash repair, concurrency,
-//! failure propagation, bounds.
+//! failure propagation, bounds. Recovery, rotation and file checks have their own files.
+
+mod files;
+mod recovery;
+mod rotation;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -119,7 +123,7 @@ fn write_lines(path: &Path, lines: &[String]) {
 
 fn broken_at(path: &Path) -> (usize, Option<u64>, BreakReason) {
     match verify_file(path) {
-        Err(VerifyError::Broken { line, seq, reason }) => (line, seq, reason),
+        Err(VerifyError::Broken { line, seq, reason, .. }) => (line, seq, reason),
         other => panic!("expected a broken chain, got {other:?}"),
     }
 }
@@ -444,6 +448,12 @@ struct FakeSink {
     sync_delay: Option<std::time::Duration>,
     /// First write signals `entered` and waits for `release`.
     gate: Option<Gate>,
+    /// Writes that fail (ENOSPC) before writes work again, each after writing half its buffer.
+    failures_left: Arc<AtomicUsize>,
+    /// Every write call, failed or not.
+    write_calls: Arc<AtomicUsize>,
+    /// Fsyncs that fail (EIO) before fsyncs work again.
+    sync_failures_left: Arc<AtomicUsize>,
 }
 
 impl Sink for FakeSink {
@@ -454,7 +464,16 @@ impl Sink for FakeSink {
                 release.recv().unwrap();
             }
         }
+        self.write_calls.fetch_add(1, Ordering::SeqCst);
         if self.fail_write {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let left = self.failures_left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures_left.store(left - 1, Ordering::SeqCst);
+            // A torn write: part of the batch reached the file before the disk filled up.
+            let half = &buf[..buf.len() / 2];
+            self.written.lock().unwrap().extend_from_slice(half);
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.written.lock().unwrap().extend_from_slice(buf);
@@ -468,6 +487,11 @@ impl Sink for FakeSink {
             std::thread::sleep(d);
         }
         if self.fail_sync {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let left = self.sync_failures_left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.sync_failures_left.store(left - 1, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.syncs.fetch_add(1, Ordering::SeqCst);
@@ -567,7 +591,8 @@ async fn failed_sync_or_write_fails_every_appender() {
             let r = t.await.unwrap();
             assert!(matches!(r, Err(AuditError::Failed { .. })), "{r:?}");
         }
-        // And the log stays refused: a later record must not chain onto an unknown tail.
+        // And the log stays refused while the disk fails: a later record must not chain onto
+        // an unknown tail.
         assert!(matches!(
             log.append(token_issued(99)).await,
             Err(AuditError::Failed { .. })
