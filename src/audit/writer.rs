@@ -198,16 +198,18 @@ impl Writer {
         if let Err(e) = self.sink.write_all(&buf).and_then(|()| self.sink.sync()) {
             return self.failed(batch, &e.to_string());
         }
-        for (i, p) in batch.drain(..taken).enumerate() {
-            // An appender that gave up waiting still has its record on disk; that is the safe
-            // direction (a record without a token, never the reverse).
-            let _ = p.ack.send(Ok(self.state.next_seq + i as u64));
+        // Published before the acks, so whoever sees an ack sees the recovery too.
+        if self.failing.take().is_some() {
+            self.monitor.succeeded();
         }
+        let first_seq = self.state.next_seq;
         self.state.next_seq += taken as u64;
         self.state.prev = prev;
         self.state.file_len += buf.len() as u64;
-        if self.failing.take().is_some() {
-            self.monitor.succeeded();
+        for (i, p) in batch.drain(..taken).enumerate() {
+            // An appender that gave up waiting still has its record on disk; that is the safe
+            // direction (a record without a token, never the reverse).
+            let _ = p.ack.send(Ok(first_seq + i as u64));
         }
     }
 
