@@ -257,3 +257,35 @@ impl Drop for TmpfsMount {
         unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_identity_are_recorded_once_per_window_and_summarised_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    // The only entry is for a uid this test does not run as.
+    let config = DaemonConfig::new()
+        .entry(daemon::Entry::new(ID, &["unix:uid:4242424"]))
+        .extra_toml(&format!("[audit]\npath = {:?}", audit.display().to_string()));
+    let socket = dir.path().join("api.sock");
+    let mut d = Daemon::start_in(dir, socket, &config);
+    const CONNECTIONS: usize = 20;
+    for _ in 0..CONNECTIONS {
+        let mut c = client(&d).await;
+        let s = fetch_jwt(&mut c, "spiffe://example.org/x").await.unwrap_err();
+        assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    }
+    let recs = records(&audit);
+    let attestations = recs.iter().filter(|r| r["kind"] == "attestation").count();
+    assert_eq!(attestations, 1, "{recs:#?}");
+
+    d.stop();
+    let recs = records(&audit);
+    let summaries: Vec<_> = recs
+        .iter()
+        .filter(|r| r["kind"] == "attestation_summary")
+        .collect();
+    assert_eq!(summaries.len(), 1, "{recs:#?}");
+    assert_eq!(summaries[0]["uid"], daemon::euid());
+    assert_eq!(summaries[0]["suppressed"], CONNECTIONS as u64 - 1);
+    assert!(!summaries[0]["selector_samples"][0].as_array().unwrap().is_empty());
+}
