@@ -151,7 +151,11 @@ pub enum AuditError {
         euid: u32,
     },
     #[error("audit log {path} (owner uid {owner}, mode {mode:04o}) is writable by group or others; fix: chmod 600 {path}")]
-    Writable { path: PathBuf, owner: u32, mode: u32 },
+    Writable {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
 }
 
 /// A handle to the log; clone it freely. When the last handle is dropped the writer writes

@@ -428,16 +428,22 @@ selectors = ["unix:uid:1000"]
     #[test]
     fn audit_rotation_size_defaults_and_is_bounded() {
         use crate::audit::{DEFAULT_MAX_FILE_BYTES, MAX_MAX_FILE_BYTES, MIN_MAX_FILE_BYTES};
-        let with = |extra: &str| Config::parse(&format!("{MINIMAL}[audit]\npath = \"/a.log\"\n{extra}"));
+        let with =
+            |extra: &str| Config::parse(&format!("{MINIMAL}[audit]\npath = \"/a.log\"\n{extra}"));
         let audit = |extra: &str| with(extra).unwrap().audit.unwrap();
         assert_eq!(audit("").max_file_bytes, DEFAULT_MAX_FILE_BYTES);
         assert_eq!(audit("").rotate_at(), Some(DEFAULT_MAX_FILE_BYTES));
         assert_eq!(audit("max_file_bytes = 0").rotate_at(), None);
         for ok in [MIN_MAX_FILE_BYTES, MAX_MAX_FILE_BYTES] {
-            assert_eq!(audit(&format!("max_file_bytes = {ok}")).rotate_at(), Some(ok));
+            assert_eq!(
+                audit(&format!("max_file_bytes = {ok}")).rotate_at(),
+                Some(ok)
+            );
         }
         for bad in [1, MIN_MAX_FILE_BYTES - 1, MAX_MAX_FILE_BYTES + 1] {
-            let err = with(&format!("max_file_bytes = {bad}")).unwrap_err().to_string();
+            let err = with(&format!("max_file_bytes = {bad}"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("audit.max_file_bytes"), "{err}");
         }
         assert!(with("max_file_bytes = \"64MiB\"").is_err());

@@ -199,7 +199,11 @@ fn bundle_key(b: &TrustBundle) -> String {
 
 /// The audit record of handing `token` to `caller`: named by its `jti` (SPIRE-minted tokens
 /// may have none), never by the token.
-fn jwt_issued_record(caller: &Caller, identity: &crate::registry::Identity, token: &str) -> AuditEvent {
+fn jwt_issued_record(
+    caller: &Caller,
+    identity: &crate::registry::Identity,
+    token: &str,
+) -> AuditEvent {
     let parsed = jwt::parse(token).ok();
     let claim = |name: &str| {
         parsed

@@ -27,9 +27,10 @@ const WORKLOAD_API: &str = "SpiffeWorkloadAPI";
 /// A daemon whose audit log is `<audit_dir>/audit.log`.
 fn start(dir: tempfile::TempDir, audit_dir: &Path) -> (Daemon, PathBuf) {
     let audit = audit_dir.join("audit.log");
-    let config = DaemonConfig::new()
-        .entry_for_me(ID)
-        .extra_toml(&format!("[audit]\npath = {:?}", audit.display().to_string()));
+    let config = DaemonConfig::new().entry_for_me(ID).extra_toml(&format!(
+        "[audit]\npath = {:?}",
+        audit.display().to_string()
+    ));
     let socket = dir.path().join("api.sock");
     (Daemon::start_in(dir, socket, &config), audit)
 }
@@ -88,10 +89,16 @@ async fn every_jwt_svid_on_one_connection_is_recorded_before_it_is_returned() {
     let (d, audit) = start(dir, &audit_dir);
     let mut c = client(&d).await;
 
-    let a = fetch_jwt(&mut c, "spiffe://example.org/aud-a").await.unwrap();
-    let b = fetch_jwt(&mut c, "spiffe://example.org/aud-b").await.unwrap();
+    let a = fetch_jwt(&mut c, "spiffe://example.org/aud-a")
+        .await
+        .unwrap();
+    let b = fetch_jwt(&mut c, "spiffe://example.org/aud-b")
+        .await
+        .unwrap();
     // The same audience again: the cached token, handed out once more, recorded once more.
-    let a_again = fetch_jwt(&mut c, "spiffe://example.org/aud-a").await.unwrap();
+    let a_again = fetch_jwt(&mut c, "spiffe://example.org/aud-a")
+        .await
+        .unwrap();
     assert_eq!(a, a_again);
     assert_ne!(jti(&a), jti(&b));
 
@@ -141,7 +148,9 @@ async fn a_full_audit_disk_refuses_svids_and_reports_not_serving_until_it_recove
     let dir = tempfile::tempdir().unwrap();
     let (d, audit) = start(dir, &audit_dir);
     let mut c = client(&d).await;
-    fetch_jwt(&mut c, "spiffe://example.org/before").await.unwrap();
+    fetch_jwt(&mut c, "spiffe://example.org/before")
+        .await
+        .unwrap();
     assert_eq!(health(&d).await, ServingStatus::Serving as i32);
 
     let filler = audit_dir.join("filler");
@@ -150,7 +159,10 @@ async fn a_full_audit_disk_refuses_svids_and_reports_not_serving_until_it_recove
     // and recorded. Then the disk refuses, and so does the daemon.
     let mut issued_while_filling = Vec::new();
     let refused_audience = loop {
-        let audience = format!("spiffe://example.org/while-full/{}", issued_while_filling.len());
+        let audience = format!(
+            "spiffe://example.org/while-full/{}",
+            issued_while_filling.len()
+        );
         match fetch_jwt(&mut c, &audience).await {
             Ok(token) => issued_while_filling.push(token),
             Err(s) => {
@@ -159,7 +171,10 @@ async fn a_full_audit_disk_refuses_svids_and_reports_not_serving_until_it_recove
                 break audience;
             }
         }
-        assert!(issued_while_filling.len() < 64, "the full disk never refused a record");
+        assert!(
+            issued_while_filling.len() < 64,
+            "the full disk never refused a record"
+        );
     };
     wait_health(&d, ServingStatus::NotServing).await;
 
@@ -214,7 +229,10 @@ async fn wait_health(d: &Daemon, want: ServingStatus) {
         if got == want as i32 {
             return;
         }
-        assert!(Instant::now() < deadline, "health is {got}, wanted {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "health is {got}, wanted {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -265,13 +283,18 @@ async fn callers_without_identity_are_recorded_once_per_window_and_summarised_on
     // The only entry is for a uid this test does not run as.
     let config = DaemonConfig::new()
         .entry(daemon::Entry::new(ID, &["unix:uid:4242424"]))
-        .extra_toml(&format!("[audit]\npath = {:?}", audit.display().to_string()));
+        .extra_toml(&format!(
+            "[audit]\npath = {:?}",
+            audit.display().to_string()
+        ));
     let socket = dir.path().join("api.sock");
     let mut d = Daemon::start_in(dir, socket, &config);
     const CONNECTIONS: usize = 20;
     for _ in 0..CONNECTIONS {
         let mut c = client(&d).await;
-        let s = fetch_jwt(&mut c, "spiffe://example.org/x").await.unwrap_err();
+        let s = fetch_jwt(&mut c, "spiffe://example.org/x")
+            .await
+            .unwrap_err();
         assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
     }
     let recs = records(&audit);
@@ -287,5 +310,8 @@ async fn callers_without_identity_are_recorded_once_per_window_and_summarised_on
     assert_eq!(summaries.len(), 1, "{recs:#?}");
     assert_eq!(summaries[0]["uid"], daemon::euid());
     assert_eq!(summaries[0]["suppressed"], CONNECTIONS as u64 - 1);
-    assert!(!summaries[0]["selector_samples"][0].as_array().unwrap().is_empty());
+    assert!(!summaries[0]["selector_samples"][0]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }

@@ -200,12 +200,18 @@ mod tests {
         let at = |s: u64| (t0 + Duration::from_secs(s), wall + Duration::from_secs(s));
 
         let (t, w) = at(0);
-        assert_eq!(agg.observe(1000, &sel(1000, "a"), t, w), (Verdict::Write, vec![]));
+        assert_eq!(
+            agg.observe(1000, &sel(1000, "a"), t, w),
+            (Verdict::Write, vec![])
+        );
         assert_eq!(agg.observe(1001, &sel(1001, "a"), t, w).0, Verdict::Write);
         for i in 0..1999 {
             let (t, w) = at(i % 59);
             let extra = if i % 2 == 0 { "a" } else { "b" };
-            assert_eq!(agg.observe(1000, &sel(1000, extra), t, w).0, Verdict::Counted);
+            assert_eq!(
+                agg.observe(1000, &sel(1000, extra), t, w).0,
+                Verdict::Counted
+            );
         }
         assert!(agg.flush_due(at(59).0).is_empty());
 
@@ -240,7 +246,10 @@ mod tests {
         agg.observe(7, &sel(7, "x"), t0, wall);
         assert!(agg.flush_due(t0 + Duration::from_secs(9)).is_empty());
         let due = agg.flush_due(t0 + Duration::from_secs(10));
-        assert_eq!(due.iter().map(suppressed).collect::<Vec<_>>(), vec![(Some(7), 1, 1)]);
+        assert_eq!(
+            due.iter().map(suppressed).collect::<Vec<_>>(),
+            vec![(Some(7), 1, 1)]
+        );
         assert!(agg.flush_due(t0 + Duration::from_secs(100)).is_empty());
 
         agg.observe(7, &sel(7, "x"), t0, wall);
@@ -263,12 +272,18 @@ mod tests {
             assert_eq!(agg.observe(uid, &sel(uid, "a"), t0, wall).0, Verdict::Write);
         }
         for uid in MAX_TRACKED_UIDS as u32..MAX_TRACKED_UIDS as u32 + 100 {
-            assert_eq!(agg.observe(uid, &sel(uid, "a"), t0, wall).0, Verdict::Counted);
+            assert_eq!(
+                agg.observe(uid, &sel(uid, "a"), t0, wall).0,
+                Verdict::Counted
+            );
         }
         let out = agg.drain(wall);
         assert_eq!(out.len(), 1);
         assert_eq!(suppressed(&out[0]), (None, 100, MAX_SELECTOR_SAMPLES));
-        assert!(matches!(&out[0], AuditEvent::AttestationSummary { overflow: true, .. }));
+        assert!(matches!(
+            &out[0],
+            AuditEvent::AttestationSummary { overflow: true, .. }
+        ));
     }
 
     #[test]
@@ -278,7 +293,12 @@ mod tests {
         let mut agg = Aggregator::default();
         agg.observe(1, &sel(1, "first"), t0, wall);
         agg.observe(1, &["x".repeat(MAX_FIELD_BYTES + 1)], t0, wall);
-        agg.observe(1, &["eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln".into()], t0, wall);
+        agg.observe(
+            1,
+            &["eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln".into()],
+            t0,
+            wall,
+        );
         for i in 0..10 {
             let set = ["y".repeat(3000), "z".repeat(2400), i.to_string()];
             agg.observe(1, &set, t0, wall);

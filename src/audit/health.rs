@@ -80,7 +80,10 @@ impl Monitor {
         self.tx.send_if_modified(|h| {
             if let AuditHealth::Degraded { since, .. } = h {
                 let for_secs = since.elapsed().map_or(0, |d| d.as_secs());
-                tracing::warn!(degraded_for_secs = for_secs, "audit log writes succeed again");
+                tracing::warn!(
+                    degraded_for_secs = for_secs,
+                    "audit log writes succeed again"
+                );
                 *h = AuditHealth::Healthy;
                 true
             } else {

@@ -60,14 +60,13 @@ pub(super) fn open_blocking(path: &Path) -> Result<Opened, AuditError> {
     let scan = scan_set(&files)?;
     let mut records = Vec::with_capacity(scan.lines.len());
     for (i, located) in scan.lines.iter().enumerate() {
-        let record: AuditRecord = serde_json::from_slice(located.line).map_err(|e| {
-            VerifyError::Broken {
+        let record: AuditRecord =
+            serde_json::from_slice(located.line).map_err(|e| VerifyError::Broken {
                 file: Some(files[located.file].path.display().to_string()),
                 line: located.index + 1,
                 seq: Some(scan.report.first_seq + i as u64),
                 reason: BreakReason::BadEvent(e.to_string()),
-            }
-        })?;
+            })?;
         records.push(record);
     }
     if scan.report.torn_tail_bytes > 0 {

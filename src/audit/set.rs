@@ -122,14 +122,13 @@ pub(super) struct SetScan<'a> {
 
 /// Verifies `files` (rotated ones oldest first, the active one last) as one chain.
 pub(super) fn scan_set(files: &[SetFile]) -> Result<SetScan<'_>, VerifyError> {
-    let at = |file: usize, index: usize, seq: Option<u64>, reason: BreakReason| {
-        VerifyError::Broken {
+    let at =
+        |file: usize, index: usize, seq: Option<u64>, reason: BreakReason| VerifyError::Broken {
             file: Some(files[file].path.display().to_string()),
             line: index + 1,
             seq,
             reason,
-        }
-    };
+        };
     let mut lines = Vec::new();
     let mut starts = Vec::with_capacity(files.len());
     let mut active = chain::split(&[]);

@@ -123,7 +123,9 @@ fn write_lines(path: &Path, lines: &[String]) {
 
 fn broken_at(path: &Path) -> (usize, Option<u64>, BreakReason) {
     match verify_file(path) {
-        Err(VerifyError::Broken { line, seq, reason, .. }) => (line, seq, reason),
+        Err(VerifyError::Broken {
+            line, seq, reason, ..
+        }) => (line, seq, reason),
         other => panic!("expected a broken chain, got {other:?}"),
     }
 }
@@ -522,10 +524,13 @@ fn start_with(sink: FakeSink, opts: AuditOptions) -> AuditLog {
 async fn max_batch_is_clamped() {
     // 0 would never write; one per record is the floor.
     let sink = FakeSink::default();
-    let log = start_with(sink.clone(), AuditOptions {
+    let log = start_with(
+        sink.clone(),
+        AuditOptions {
             max_batch: 0,
             ..AuditOptions::default()
-        });
+        },
+    );
     let tasks: Vec<_> = (0..20)
         .map(|n| {
             let log = log.clone();
@@ -752,12 +757,15 @@ async fn append_throughput() {
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     for (name, max_batch) in [("group commit", MAX_BATCH_RECORDS), ("fsync per record", 1)] {
         let path = dir.path().join(format!("{max_batch}.log"));
-        let (log, _) = AuditLog::open(&path, AuditOptions {
-            max_batch,
-            ..AuditOptions::default()
-        })
-            .await
-            .unwrap();
+        let (log, _) = AuditLog::open(
+            &path,
+            AuditOptions {
+                max_batch,
+                ..AuditOptions::default()
+            },
+        )
+        .await
+        .unwrap();
         let start = std::time::Instant::now();
         let tasks: Vec<_> = (0..APPENDERS)
             .map(|a| {

@@ -217,11 +217,10 @@ impl Writer {
     /// when the file is empty, none when the file must rotate first.
     fn encode(&self, batch: &[Pending], ts: &str) -> (Vec<u8>, usize, String) {
         let limit = self.config.max_file_bytes.unwrap_or(u64::MAX);
-        let mut seq = self.state.next_seq;
         let mut prev = self.state.prev.clone();
         let mut buf = Vec::new();
         let mut taken = 0;
-        for p in batch {
+        for (seq, p) in (self.state.next_seq..).zip(batch) {
             let line = encode_line(seq, ts, &prev, &p.event_json);
             let after = self.state.file_len + (buf.len() + line.len() + 1) as u64;
             if after > limit && self.state.file_len + buf.len() as u64 > 0 {
@@ -230,7 +229,6 @@ impl Writer {
             prev = hash_line(&line);
             buf.extend_from_slice(&line);
             buf.push(b'\n');
-            seq += 1;
             taken += 1;
         }
         (buf, taken, prev)
@@ -259,9 +257,7 @@ impl Writer {
 /// [`MAX_RETRY_BACKOFF`].
 fn backoff(first: Duration, in_a_row: u32) -> Duration {
     let doublings = in_a_row.saturating_sub(1).min(16);
-    first
-        .saturating_mul(1 << doublings)
-        .min(MAX_RETRY_BACKOFF)
+    first.saturating_mul(1 << doublings).min(MAX_RETRY_BACKOFF)
 }
 
 fn fail_all(batch: &mut Vec<Pending>, reason: &str) {

@@ -153,12 +153,18 @@ mod tests {
         let path = rotated_log(dir.path()).await;
         let (r, out) = run_verify(path.clone());
         r.unwrap();
-        assert!(out.contains("chain intact\nfiles: 3 (rotated files"), "{out}");
+        assert!(
+            out.contains("chain intact\nfiles: 3 (rotated files"),
+            "{out}"
+        );
         // A rotated file alone: from the seq its name gives.
         let (second_seq, second) = audit::rotated_files(&path).unwrap()[1].clone();
         let (r, out) = run_verify(second);
         r.unwrap();
-        assert!(out.contains(&format!("first record: seq {second_seq}")), "{out}");
+        assert!(
+            out.contains(&format!("first record: seq {second_seq}")),
+            "{out}"
+        );
     }
 
     #[tokio::test]

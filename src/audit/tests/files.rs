@@ -23,12 +23,18 @@ async fn a_symlink_at_the_path_is_refused() {
     let err = open_err(&path).await;
     assert!(matches!(err, AuditError::Symlink { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(&path.display().to_string()) && msg.contains("symbolic link"), "{msg}");
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("symbolic link"),
+        "{msg}"
+    );
 
     // Dangling: not created through the link either.
     let dangling = dir.path().join("dangling.log");
     std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
-    assert!(matches!(open_err(&dangling).await, AuditError::Symlink { .. }));
+    assert!(matches!(
+        open_err(&dangling).await,
+        AuditError::Symlink { .. }
+    ));
     assert!(!dir.path().join("nowhere").exists());
 }
 
@@ -40,7 +46,10 @@ async fn a_fifo_or_directory_is_refused() {
     // SAFETY: a valid path string.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let err = open_err(&fifo).await;
-    assert!(matches!(err, AuditError::NotRegular { kind: "a FIFO", .. }), "{err}");
+    assert!(
+        matches!(err, AuditError::NotRegular { kind: "a FIFO", .. }),
+        "{err}"
+    );
 
     let sub = dir.path().join("sub.log");
     std::fs::create_dir(&sub).unwrap();
@@ -56,14 +65,19 @@ async fn a_file_others_can_write_is_refused_with_the_fix() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o620)).unwrap();
     let msg = open_err(&path).await.to_string();
     let p = path.display();
-    assert!(msg.contains("mode 0620") && msg.contains(&format!("chmod 600 {p}")), "{msg}");
+    assert!(
+        msg.contains("mode 0620") && msg.contains(&format!("chmod 600 {p}")),
+        "{msg}"
+    );
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
     assert!(msg.contains(&format!("owner uid {euid}")), "{msg}");
 
     // Readable by others is only warned about.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    AuditLog::open(&path, AuditOptions::default()).await.unwrap();
+    AuditLog::open(&path, AuditOptions::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -94,7 +108,9 @@ async fn a_file_owned_by_another_uid_is_refused() {
 async fn a_rotated_file_someone_replaced_with_a_symlink_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let (log, _) = AuditLog::open(&path, AuditOptions::default()).await.unwrap();
+    let (log, _) = AuditLog::open(&path, AuditOptions::default())
+        .await
+        .unwrap();
     log.append(token_issued(1)).await.unwrap();
     drop(log);
     let target = dir.path().join("elsewhere");

@@ -33,25 +33,37 @@ async fn the_chain_continues_across_rotated_files() {
     let rotated = rotated_files(&path).unwrap();
     assert_eq!(rotated.len(), 2, "{rotated:?}");
     assert_eq!(rotated[0].0, 1);
-    assert_eq!(rotated[0].1, dir.path().join("audit.log.00000000000000000001"));
+    assert_eq!(
+        rotated[0].1,
+        dir.path().join("audit.log.00000000000000000001")
+    );
     for (seq, file) in &rotated {
         let meta = std::fs::metadata(file).unwrap();
-        assert!(meta.len() <= MIN_MAX_FILE_BYTES, "{} is {}", file.display(), meta.len());
+        assert!(
+            meta.len() <= MIN_MAX_FILE_BYTES,
+            "{} is {}",
+            file.display(),
+            meta.len()
+        );
         assert!(meta.len() > MIN_MAX_FILE_BYTES - 2 * MAX_FIELD_BYTES as u64);
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(rotated_name(&path, *seq), *file);
         // Each file's first record links to the previous file's last line.
-        let first: serde_json::Value =
-            serde_json::from_str(lines(file).first().unwrap()).unwrap();
+        let first: serde_json::Value = serde_json::from_str(lines(file).first().unwrap()).unwrap();
         assert_eq!(first["seq"], *seq);
     }
-    let second_first: serde_json::Value =
-        serde_json::from_str(&lines(&rotated[1].1)[0]).unwrap();
+    let second_first: serde_json::Value = serde_json::from_str(&lines(&rotated[1].1)[0]).unwrap();
     let first_last = lines(&rotated[0].1).pop().unwrap();
-    assert_eq!(second_first["prev"], chain::hash_line(first_last.as_bytes()));
+    assert_eq!(
+        second_first["prev"],
+        chain::hash_line(first_last.as_bytes())
+    );
 
     let report = verify_set(&path).unwrap();
-    assert_eq!((report.records, report.files, report.first_seq), (700, 3, 1));
+    assert_eq!(
+        (report.records, report.files, report.first_seq),
+        (700, 3, 1)
+    );
 
     // Reopening reads every file, in chain order, and continues the chain.
     let (log, records) = AuditLog::open(&path, rotating()).await.unwrap();
@@ -109,7 +121,10 @@ async fn a_renamed_rotated_file_is_reported() {
             line: 1,
             reason: BreakReason::MisnamedFile { .. },
             ..
-        }) => assert!(file.ends_with(&format!(".{:020}", rotated[1].0 + 1)), "{file}"),
+        }) => assert!(
+            file.ends_with(&format!(".{:020}", rotated[1].0 + 1)),
+            "{file}"
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -135,5 +150,8 @@ async fn zero_means_never_rotate_and_small_sizes_are_raised() {
     let (log, _) = AuditLog::open(&path, tiny).await.unwrap();
     log.append_all((0..100).map(big).collect()).await.unwrap();
     drop(log);
-    assert!(rotated_files(&path).unwrap().is_empty(), "raised to the minimum");
+    assert!(
+        rotated_files(&path).unwrap().is_empty(),
+        "raised to the minimum"
+    );
 }
