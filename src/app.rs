@@ -11,7 +11,7 @@ use tonic::transport::Server;
 
 use crate::attest::unix::UnixAttestor;
 use crate::attest::{Attestors, WorkloadAttestor};
-use crate::audit::{AuditLog, AuditOptions};
+use crate::audit::{AuditLog, AuditMonitor, AuditOptions};
 use crate::authority::EmbeddedAuthority;
 use crate::broker::oidc::OidcIssuers;
 use crate::broker::service::{AdminService, TaskBrokerService};
@@ -148,6 +148,13 @@ impl App {
         health_reporter
             .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
             .await;
+        if let Some(log) = self.broker.audit_log() {
+            background.push(tokio::spawn(report_audit_health(
+                log.monitor(),
+                health_reporter.clone(),
+                self.metrics.clone(),
+            )));
+        }
         if let Some(spire) = self.identities.authority().spire() {
             background.push(tokio::spawn(crate::authority::spire::report_health(
                 spire.clone(),
@@ -363,6 +370,32 @@ fn remove_sockets(paths: &[PathBuf]) {
     }
 }
 
+/// The Workload API is NOT_SERVING while the audit log refuses records (every SVID would be
+/// refused), SERVING again once it recovers; the metrics follow too.
+async fn report_audit_health(
+    monitor: AuditMonitor,
+    reporter: tonic_health::server::HealthReporter,
+    metrics: Arc<Metrics>,
+) {
+    let mut health = monitor.health();
+    loop {
+        let healthy = health.borrow_and_update().is_healthy();
+        metrics.set_audit_health(!healthy, monitor.failures());
+        if healthy {
+            reporter
+                .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
+                .await;
+        } else {
+            reporter
+                .set_not_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
+                .await;
+        }
+        if health.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn reload_on_sighup(broker: Arc<Broker>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -396,7 +429,11 @@ async fn build_broker(
     };
     let (audit, records) = match &config.audit {
         Some(a) => {
-            let (log, records) = AuditLog::open(&a.path, AuditOptions::default())
+            let opts = AuditOptions {
+                max_file_bytes: a.rotate_at(),
+                ..AuditOptions::default()
+            };
+            let (log, records) = AuditLog::open(&a.path, opts)
                 .await
                 .map_err(|e| anyhow::anyhow!("[audit] path {}: {e}", a.path.display()))?;
             (Some(log), records)

@@ -4,25 +4,38 @@
 //! [`AuditLog::append`] returns only once its record is written and fsync'd, so the broker can
 //! hand out a token knowing its record survives a crash. Appends are group-committed: one
 //! writer drains whatever is queued, writes it in one go and syncs once.
+//!
+//! The log rotates by size into a set of files the chain runs through ([`set`]); a failing
+//! disk degrades it (appends refused, [`AuditLog::health`]) until writes succeed again.
 
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+mod aggregate;
 mod chain;
 mod event;
+mod file;
+mod health;
+mod open;
+mod set;
 #[cfg(test)]
 mod tests;
 mod writer;
 
+pub use aggregate::{
+    Aggregator, Verdict, MAX_SAMPLE_BYTES, MAX_SELECTOR_SAMPLES, MAX_TRACKED_UIDS, SUMMARY_WINDOW,
+};
 pub use chain::{verify_file, BreakReason, VerifyError, VerifyReport, GENESIS_PREV};
 pub use event::{looks_like_secret, AuditEvent, SvidKind};
+pub use health::{AuditHealth, AuditMonitor};
+pub use set::{
+    rotated_files, rotated_name, rotated_seq, verify_rotated, verify_set, ROTATED_SEQ_DIGITS,
+};
+pub use writer::MAX_RETRY_BACKOFF;
 
 /// Appends waiting for the writer. When full, `append` waits: backpressure instead of
 /// unbounded memory when the disk is slow.
@@ -44,17 +57,43 @@ pub const MAX_FIELD_BYTES: usize = 4096;
 /// Most items in any list in an event (selectors, scopes, policy ids).
 pub const MAX_LIST_LEN: usize = 256;
 
+/// Size at which the active file rotates unless configured otherwise.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Smallest rotation size: sixteen records of the largest size, so rotation never churns.
+pub const MIN_MAX_FILE_BYTES: u64 = 16 * MAX_RECORD_BYTES as u64;
+
+/// Largest rotation size accepted from configuration.
+pub const MAX_MAX_FILE_BYTES: u64 = 1 << 40;
+
+/// First wait before the writer retries a failing disk (doubling up to
+/// [`MAX_RETRY_BACKOFF`]).
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often pending attestation summaries are checked for a window that ended.
+const SUMMARY_FLUSH_EVERY: Duration = Duration::from_secs(15);
+
 #[derive(Clone, Debug)]
 pub struct AuditOptions {
     /// Most records per write + fsync, clamped to `1..=MAX_BATCH_RECORDS`. 1 means one fsync
     /// per record (only useful for comparison).
     pub max_batch: usize,
+    /// Rotate the active file before it would grow past this many bytes; `None` never
+    /// rotates. Raised to [`MIN_MAX_FILE_BYTES`] if smaller.
+    pub max_file_bytes: Option<u64>,
+    /// First wait before retrying a failing disk; appends in between are refused at once.
+    pub retry_backoff: Duration,
+    /// Window over which attestations of callers without identity are summarised.
+    pub summary_window: Duration,
 }
 
 impl Default for AuditOptions {
     fn default() -> Self {
         Self {
             max_batch: MAX_BATCH_RECORDS,
+            max_file_bytes: Some(DEFAULT_MAX_FILE_BYTES),
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            summary_window: SUMMARY_WINDOW,
         }
     }
 }
@@ -100,39 +139,63 @@ pub enum AuditError {
     /// writers would fork the chain.
     #[error("audit log {path} is in use by another writer")]
     Locked { path: PathBuf },
+    #[error("audit log {path} is a symbolic link; refusing to follow it (point [audit] path at the file itself)")]
+    Symlink { path: PathBuf },
+    #[error("audit log {path} is {kind}, not a regular file")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("audit log {path} is owned by uid {owner} (mode {mode:04o}), not by this process (uid {euid}); fix: chown {euid} {path}")]
+    WrongOwner {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+        euid: u32,
+    },
+    #[error("audit log {path} (owner uid {owner}, mode {mode:04o}) is writable by group or others; fix: chmod 600 {path}")]
+    Writable {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
 }
 
-/// A handle to the log; clone it freely. When the last handle is dropped the writer finishes,
-/// closes the file and releases its lock before the drop returns.
+/// A handle to the log; clone it freely. When the last handle is dropped the writer writes
+/// the pending attestation summaries, closes the file and releases its lock before the drop
+/// returns.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     // Declared before `_writer` so it drops first: the writer sees the channel close, then is
     // joined.
     tx: mpsc::Sender<writer::Pending>,
+    health: AuditMonitor,
+    no_identity: Arc<Mutex<Aggregator>>,
     _writer: Arc<writer::Handle>,
 }
 
 impl AuditLog {
     /// Opens (or creates, mode 0600, in a 0700 directory if that is missing) the log at
-    /// `path`, verifies it, and returns its records for state rebuild.
+    /// `path`, reads and verifies it with its rotated files (oldest first, the chain running
+    /// through them), and returns all their records for state rebuild.
     ///
     /// A final line without a newline — a write torn by a crash, never acknowledged — is
     /// truncated with a warning.
     ///
     /// # Errors
-    /// [`AuditError::Io`] if the file cannot be created or read; [`AuditError::Locked`] if
-    /// another writer has it; [`AuditError::Broken`] naming the first untrustworthy record if
-    /// the chain does not verify.
+    /// [`AuditError::Io`] if a file cannot be created or read; [`AuditError::Symlink`],
+    /// [`AuditError::NotRegular`], [`AuditError::WrongOwner`], [`AuditError::Writable`] if a
+    /// file is not one the daemon can trust; [`AuditError::Locked`] if another writer has it;
+    /// [`AuditError::Broken`] naming the file and first untrustworthy record if the chain does
+    /// not verify.
     pub async fn open(
         path: &Path,
         opts: AuditOptions,
     ) -> Result<(AuditLog, Vec<AuditRecord>), AuditError> {
-        let path = path.to_path_buf();
-        let (file, records, state) = tokio::task::spawn_blocking(move || open_blocking(&path))
+        let owned = path.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || open::open_blocking(&owned))
             .await
             .map_err(|_| AuditError::Closed)??;
-        let log = Self::start(Box::new(file), state, &opts)?;
-        Ok((log, records))
+        let sink = file::FileSink::new(opened.file, path.to_path_buf());
+        let log = Self::start(Box::new(sink), opened.state, &opts)?;
+        Ok((log, opened.records))
     }
 
     fn start(
@@ -141,14 +204,48 @@ impl AuditLog {
         opts: &AuditOptions,
     ) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let max_batch = opts.max_batch.clamp(1, MAX_BATCH_RECORDS);
-        let writer = writer::spawn(sink, state, rx, max_batch).map_err(|e| AuditError::Failed {
-            reason: format!("starting the writer thread: {e}"),
+        let config = writer::Config {
+            max_batch: opts.max_batch.clamp(1, MAX_BATCH_RECORDS),
+            max_file_bytes: opts.max_file_bytes.map(|n| n.max(MIN_MAX_FILE_BYTES)),
+            retry_backoff: opts.retry_backoff,
+        };
+        let no_identity = Arc::new(Mutex::new(Aggregator::new(opts.summary_window)));
+        let on_close: writer::OnClose = {
+            let agg = no_identity.clone();
+            Box::new(move || {
+                let events = lock(&agg).drain(SystemTime::now());
+                events.iter().filter_map(|e| encode(e).ok()).collect()
+            })
+        };
+        let (monitor, health) = health::channel();
+        let writer = writer::spawn(sink, state, rx, config, monitor, on_close).map_err(|e| {
+            AuditError::Failed {
+                reason: format!("starting the writer thread: {e}"),
+            }
         })?;
+        spawn_summary_flusher(tx.downgrade(), no_identity.clone());
         Ok(Self {
             tx,
+            health,
+            no_identity,
             _writer: Arc::new(writer),
         })
+    }
+
+    /// Whether the log accepts records; changes on every failure and on recovery.
+    pub fn health(&self) -> watch::Receiver<AuditHealth> {
+        self.health.health()
+    }
+
+    /// Failed disk operations (write, fsync, truncate, rotate) since the log was opened;
+    /// only ever grows. For a metric.
+    pub fn failures(&self) -> u64 {
+        self.health.failures()
+    }
+
+    /// Health and failure count, without keeping the log open.
+    pub fn monitor(&self) -> AuditMonitor {
+        self.health.clone()
     }
 
     /// Appends `event`; returns its seq once it is written and fsync'd.
@@ -157,19 +254,8 @@ impl AuditLog {
     /// A bound or the no-secrets rule is violated (nothing is written), or
     /// [`AuditError::Failed`] / [`AuditError::Closed`]: the record is not known to be on disk.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
-        event::check(&event)?;
-        let event_json =
-            serde_json::to_vec(&event).map_err(|e| AuditError::Encode(e.to_string()))?;
-        if event_json.len() > MAX_EVENT_BYTES {
-            return Err(AuditError::RecordTooLarge {
-                len: event_json.len(),
-            });
-        }
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send(writer::Pending { event_json, ack })
-            .await
-            .map_err(|_| AuditError::Closed)?;
+        let event_json = encode(&event)?;
+        let done = send(&self.tx, event_json).await?;
         done.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -180,112 +266,93 @@ impl AuditLog {
     /// # Errors
     /// As [`AuditLog::append`]; an event refused up front means none of them was queued.
     pub async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
-        let mut encoded = Vec::with_capacity(events.len());
-        for event in &events {
-            event::check(event)?;
-            let event_json =
-                serde_json::to_vec(event).map_err(|e| AuditError::Encode(e.to_string()))?;
-            if event_json.len() > MAX_EVENT_BYTES {
-                return Err(AuditError::RecordTooLarge {
-                    len: event_json.len(),
-                });
-            }
-            encoded.push(event_json);
-        }
+        let encoded = events.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
         let mut acks = Vec::with_capacity(encoded.len());
         for event_json in encoded {
-            let (ack, done) = oneshot::channel();
-            self.tx
-                .send(writer::Pending { event_json, ack })
-                .await
-                .map_err(|_| AuditError::Closed)?;
-            acks.push(done);
+            acks.push(send(&self.tx, event_json).await?);
         }
         for done in acks {
             done.await.map_err(|_| AuditError::Closed)??;
         }
         Ok(())
     }
-}
 
-type Opened = (File, Vec<AuditRecord>, writer::ChainState);
-
-fn open_blocking(path: &Path) -> Result<Opened, AuditError> {
-    let io_err = |source| AuditError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(dir) = parent.filter(|d| !d.exists()) {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err)?;
-    }
-    let existed = path.exists();
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err)?;
-    lock(&file, path)?;
-    let mode = file.metadata().map_err(io_err)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "audit log is readable by others; expected 0600");
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io_err)?;
-
-    let scan = chain::scan(&bytes)?;
-    let mut records = Vec::with_capacity(scan.lines.len());
-    for (i, line) in scan.lines.iter().enumerate() {
-        let record: AuditRecord = serde_json::from_slice(line).map_err(|e| {
-            chain::broken(i, Some(i as u64 + 1), BreakReason::BadEvent(e.to_string()))
-        })?;
-        records.push(record);
-    }
-    if scan.report.torn_tail_bytes > 0 {
-        tracing::warn!(
-            path = %path.display(),
-            bytes = scan.report.torn_tail_bytes,
-            "audit log ends in a torn record (crash during write); truncating it"
-        );
-        file.set_len(scan.complete_len as u64).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
-    }
-    if !existed {
-        // Make the new file's directory entry durable too, not just its contents.
-        if let Some(dir) = parent {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
+    /// Appends the attestation of a caller running as `uid`. One that matched no identity is
+    /// aggregated ([`aggregate`]): written if it is the uid's first this window, otherwise
+    /// only counted (`Ok(None)`). Others are appended as by [`AuditLog::append`].
+    ///
+    /// # Errors
+    /// As [`AuditLog::append`], also for a summary of an ended window written first.
+    pub async fn append_attestation(
+        &self,
+        uid: u32,
+        event: AuditEvent,
+    ) -> Result<Option<u64>, AuditError> {
+        let selectors = match &event {
+            AuditEvent::Attestation {
+                selectors,
+                spiffe_ids,
+                ..
+            } if spiffe_ids.is_empty() => selectors,
+            _ => return self.append(event).await.map(Some),
+        };
+        let (verdict, ended) =
+            lock(&self.no_identity).observe(uid, selectors, Instant::now(), SystemTime::now());
+        if !ended.is_empty() {
+            self.append_all(ended).await?;
+        }
+        match verdict {
+            Verdict::Write => self.append(event).await.map(Some),
+            Verdict::Counted => Ok(None),
         }
     }
-    let state = writer::ChainState {
-        next_seq: scan.report.records + 1,
-        prev: scan.report.last_hash,
-    };
-    Ok((file, records, state))
 }
 
-/// Takes an exclusive advisory lock for the life of the file handle (released on close, and by
-/// the kernel if the process dies), so a second daemon on the same data_dir fails at start.
-fn lock(file: &File, path: &Path) -> Result<(), AuditError> {
-    // SAFETY: flock on a descriptor we own for the duration of the call; no memory is shared.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(());
+/// Checks and serializes an event.
+fn encode(event: &AuditEvent) -> Result<Vec<u8>, AuditError> {
+    event::check(event)?;
+    let event_json = serde_json::to_vec(event).map_err(|e| AuditError::Encode(e.to_string()))?;
+    if event_json.len() > MAX_EVENT_BYTES {
+        return Err(AuditError::RecordTooLarge {
+            len: event_json.len(),
+        });
     }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(AuditError::Locked {
-            path: path.to_path_buf(),
-        })
-    } else {
-        Err(AuditError::Io {
-            path: path.to_path_buf(),
-            source: err,
-        })
-    }
+    Ok(event_json)
+}
+
+async fn send(
+    tx: &mpsc::Sender<writer::Pending>,
+    event_json: Vec<u8>,
+) -> Result<oneshot::Receiver<Result<u64, AuditError>>, AuditError> {
+    let (ack, done) = oneshot::channel();
+    tx.send(writer::Pending { event_json, ack })
+        .await
+        .map_err(|_| AuditError::Closed)?;
+    Ok(done)
+}
+
+fn lock(agg: &Mutex<Aggregator>) -> std::sync::MutexGuard<'_, Aggregator> {
+    agg.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes the summaries of an ended window even when no attestation comes to trigger it.
+/// Holds only a weak sender, so it never keeps the writer alive; it stops when the log closes.
+fn spawn_summary_flusher(tx: mpsc::WeakSender<writer::Pending>, agg: Arc<Mutex<Aggregator>>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(SUMMARY_FLUSH_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(tx) = tx.upgrade() else { return };
+            let due = lock(&agg).flush_due(Instant::now());
+            for event in &due {
+                // The writer logs a failed write; a lost summary loses counts, not records.
+                if let Ok(json) = encode(event) {
+                    let _ = send(&tx, json).await;
+                }
+            }
+        }
+    });
 }

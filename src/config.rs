@@ -146,6 +146,33 @@ pub struct PolicyConfig {
 pub struct AuditConfig {
     /// The hash-chained JSON-lines log.
     pub path: PathBuf,
+    /// Rotate the log when it would grow past this many bytes (integer bytes, default 64 MiB,
+    /// from 1 MiB to 1 TiB); 0 never rotates. Rotated files are kept, never deleted.
+    #[serde(default = "default_audit_max_file_bytes")]
+    pub max_file_bytes: u64,
+}
+
+fn default_audit_max_file_bytes() -> u64 {
+    crate::audit::DEFAULT_MAX_FILE_BYTES
+}
+
+impl AuditConfig {
+    /// `max_file_bytes` as the log takes it: `None` never rotates.
+    pub fn rotate_at(&self) -> Option<u64> {
+        (self.max_file_bytes != 0).then_some(self.max_file_bytes)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        use crate::audit::{MAX_MAX_FILE_BYTES, MIN_MAX_FILE_BYTES};
+        let n = self.max_file_bytes;
+        if n != 0 && !(MIN_MAX_FILE_BYTES..=MAX_MAX_FILE_BYTES).contains(&n) {
+            return Err(ConfigError::Invalid(format!(
+                "audit.max_file_bytes = {n}: must be 0 (never rotate) or between \
+                 {MIN_MAX_FILE_BYTES} and {MAX_MAX_FILE_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The file as written.
@@ -296,6 +323,9 @@ impl Config {
         let registry = Registry::new(&trust_domain, raw.entries)?;
         raw.broker.validate().map_err(ConfigError::Invalid)?;
         raw.limits.validate().map_err(ConfigError::Invalid)?;
+        if let Some(a) = &raw.audit {
+            a.validate()?;
+        }
         let socket_path = raw
             .socket_path
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
@@ -399,6 +429,30 @@ selectors = ["unix:uid:1000"]
         assert_eq!(c.authority.kind, AuthorityKind::Embedded);
         assert_eq!(c.authority.ca_ttl, DEFAULT_CA_TTL);
         assert!(c.data_dir.is_none());
+    }
+
+    #[test]
+    fn audit_rotation_size_defaults_and_is_bounded() {
+        use crate::audit::{DEFAULT_MAX_FILE_BYTES, MAX_MAX_FILE_BYTES, MIN_MAX_FILE_BYTES};
+        let with =
+            |extra: &str| Config::parse(&format!("{MINIMAL}[audit]\npath = \"/a.log\"\n{extra}"));
+        let audit = |extra: &str| with(extra).unwrap().audit.unwrap();
+        assert_eq!(audit("").max_file_bytes, DEFAULT_MAX_FILE_BYTES);
+        assert_eq!(audit("").rotate_at(), Some(DEFAULT_MAX_FILE_BYTES));
+        assert_eq!(audit("max_file_bytes = 0").rotate_at(), None);
+        for ok in [MIN_MAX_FILE_BYTES, MAX_MAX_FILE_BYTES] {
+            assert_eq!(
+                audit(&format!("max_file_bytes = {ok}")).rotate_at(),
+                Some(ok)
+            );
+        }
+        for bad in [1, MIN_MAX_FILE_BYTES - 1, MAX_MAX_FILE_BYTES + 1] {
+            let err = with(&format!("max_file_bytes = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("audit.max_file_bytes"), "{err}");
+        }
+        assert!(with("max_file_bytes = \"64MiB\"").is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use spiffe::SpiffeId;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::audit::{AuditEvent, AuditLog, SvidKind};
+use crate::audit::{AuditEvent, AuditLog};
 use crate::authority::schedule::svid_refresh_in;
 use crate::authority::{Authority, AuthorityError, EmbeddedAuthority, SpireAuthority};
 use crate::registry::Identity;
@@ -75,38 +75,28 @@ impl IdentityManager {
         &self.authority
     }
 
-    /// Records every SVID minted in `log` from now on. Workload API SVIDs are recorded
-    /// without waiting for the disk (they are renewed continuously and carry no task
-    /// authority); task tokens are recorded synchronously by the broker.
+    /// Records every SVID handed to a caller in `log` from now on ([`Self::record_issued`]);
+    /// task tokens are recorded by the broker.
     pub fn set_audit(&self, log: AuditLog) {
         let _ = self.audit.set(log);
     }
 
-    fn record(
-        &self,
-        spiffe_id: &SpiffeId,
-        kind: SvidKind,
-        serial: Option<String>,
-        jti: Option<String>,
-        audiences: Vec<String>,
-        expires: SystemTime,
-    ) {
-        let Some(log) = self.audit.get().cloned() else {
-            return;
+    /// Records SVIDs handed to a caller and returns once the records are on disk: an SVID
+    /// leaves only with its record. Without an audit log, nothing to do.
+    ///
+    /// # Errors
+    /// `Unavailable` "audit log unavailable: …" when the log refuses the records; the SVIDs
+    /// must not be handed out.
+    pub async fn record_issued(&self, events: Vec<AuditEvent>) -> Result<(), tonic::Status> {
+        let Some(log) = self.audit.get() else {
+            return Ok(());
         };
-        let event = AuditEvent::SvidIssued {
-            spiffe_id: spiffe_id.to_string(),
-            svid: kind,
-            serial,
-            jti,
-            audiences,
-            expires_at: crate::svid::unix_seconds(expires) as u64,
-        };
-        tokio::spawn(async move {
-            if let Err(e) = log.append(event).await {
-                tracing::error!(error = %e, "audit record of an SVID issuance failed");
-            }
-        });
+        if events.is_empty() {
+            return Ok(());
+        }
+        log.append_all(events)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("audit log unavailable: {e}")))
     }
 
     /// Fires when SVIDs were renewed.
@@ -196,14 +186,6 @@ impl IdentityManager {
             return Ok(c.svid.clone());
         }
         let svid = Arc::new(authority.mint_x509_svid(&identity.spiffe_id, identity.x509_ttl)?);
-        self.record(
-            &identity.spiffe_id,
-            SvidKind::X509,
-            Some(svid.serial.clone()),
-            None,
-            Vec::new(),
-            svid.not_after,
-        );
         let mut cache = self.x509_cache();
         if cache.len() >= MAX_CACHED_X509_SVIDS {
             cache.retain(|_, c| c.wanted);
@@ -245,14 +227,6 @@ impl IdentityManager {
         let issued = SystemTime::now();
         let claims = svid_claims(&identity.spiffe_id, &key.1, issued, identity.jwt_ttl, &jti);
         let token: Arc<str> = self.authority.sign_jwt(&claims)?.into();
-        self.record(
-            &identity.spiffe_id,
-            SvidKind::Jwt,
-            None,
-            Some(jti),
-            key.1.clone(),
-            issued + identity.jwt_ttl,
-        );
         let mut cache = self.jwt_cache();
         if cache.len() >= MAX_CACHED_JWT_SVIDS {
             cache.retain(|_, c| c.refresh_at > now);
@@ -317,14 +291,6 @@ impl IdentityManager {
         for (id, ttl) in due {
             match authority.mint_x509_svid(&id, ttl) {
                 Ok(svid) => {
-                    self.record(
-                        &id,
-                        SvidKind::X509,
-                        Some(svid.serial.clone()),
-                        None,
-                        Vec::new(),
-                        svid.not_after,
-                    );
                     if let Some(c) = self.x509_cache().get_mut(&id) {
                         c.svid = Arc::new(svid);
                         c.refresh_at = Instant::now() + svid_refresh_in(ttl, jitter());

@@ -44,6 +44,8 @@ pub struct Metrics {
     ca_not_after: AtomicU64,
     svid_not_after_min: AtomicU64,
     gate: std::sync::OnceLock<std::sync::Arc<crate::server::gate::Gate>>,
+    audit_write_failures: AtomicU64,
+    audit_degraded: AtomicU64,
 }
 
 /// Most metrics scrapes served at once; further connections wait in the backlog.
@@ -101,6 +103,14 @@ impl Metrics {
             .store(crate::svid::unix_seconds(t) as u64, Ordering::Relaxed);
     }
 
+    /// The audit log's failed disk operations so far, and whether it refuses records now.
+    pub fn set_audit_health(&self, degraded: bool, failures: u64) {
+        self.audit_degraded
+            .store(u64::from(degraded), Ordering::Relaxed);
+        self.audit_write_failures
+            .fetch_max(failures, Ordering::Relaxed);
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -147,6 +157,10 @@ impl Metrics {
                 "svid_broker_task_tokens_issued_total",
                 &self.task_tokens_issued,
             ),
+            (
+                "svid_broker_audit_write_failures_total",
+                &self.audit_write_failures,
+            ),
         ];
         for (name, v) in counters {
             let _ = writeln!(
@@ -155,6 +169,11 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# TYPE svid_broker_audit_degraded gauge\nsvid_broker_audit_degraded {}",
+            self.audit_degraded.load(Ordering::Relaxed)
+        );
         let now = crate::svid::unix_seconds(SystemTime::now());
         let gauges = [
             ("svid_broker_ca_expiry_seconds", &self.ca_not_after),
@@ -275,5 +294,19 @@ mod tests {
         assert!(text.contains("svid_broker_requests_total{rpc=\"FetchJWTSVID\",code=\"OK\"} 2"));
         assert!(text.contains("svid_broker_attestation_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(text.contains("svid_broker_attestation_seconds_bucket{le=\"0.0001\"} 0"));
+    }
+
+    #[test]
+    fn renders_audit_health() {
+        let m = Metrics::default();
+        let text = m.render();
+        assert!(text.contains("svid_broker_audit_degraded 0\n"), "{text}");
+        assert!(text.contains("svid_broker_audit_write_failures_total 0\n"));
+        m.set_audit_health(true, 3);
+        let text = m.render();
+        assert!(text.contains("svid_broker_audit_degraded 1\n"));
+        assert!(text.contains("svid_broker_audit_write_failures_total 3\n"));
+        m.set_audit_health(false, 3);
+        assert!(m.render().contains("svid_broker_audit_degraded 0\n"));
     }
 }

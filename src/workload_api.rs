@@ -11,6 +11,7 @@ use spiffe::SpiffeId;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{AuditEvent, SvidKind};
 use crate::identity::IdentityManager;
 use crate::proto::workload as pb;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
@@ -30,6 +31,10 @@ pub const MAX_AUDIENCE_BYTES: usize = 2048;
 pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A stream message, the state it shows (to skip repeats), and the audit records of what it
+/// hands out.
+type Made<T, K = Vec<String>> = (T, K, Vec<AuditEvent>);
 
 /// A hook deciding whether a caller may get a JWT-SVID for an audience (policy, when
 /// configured; SPIRE allows any audience).
@@ -72,14 +77,14 @@ impl WorkloadApi {
         r
     }
 
-    fn x509_response(
-        &self,
-        caller: &Caller,
-    ) -> Result<(pb::X509svidResponse, Vec<String>), Status> {
+    /// The caller's X.509-SVIDs, the state key (serials and bundle sequence), and the audit
+    /// records of handing each SVID to this caller.
+    fn x509_response(&self, caller: &Caller) -> Result<Made<pb::X509svidResponse>, Status> {
         let bundle = self.identities.authority().current_bundle();
         let identities = caller.current_identities()?;
         let mut svids = Vec::with_capacity(identities.len());
         let mut serials = Vec::with_capacity(identities.len() + 1);
+        let mut records = Vec::with_capacity(identities.len());
         for identity in &identities {
             let svid = self
                 .identities
@@ -87,6 +92,15 @@ impl WorkloadApi {
                 .map_err(|e| e.into_status("cannot mint X.509-SVID"))?;
             self.metrics.x509_issued(svid.not_after);
             serials.push(svid.serial.clone());
+            records.push(AuditEvent::SvidIssued {
+                spiffe_id: identity.spiffe_id.to_string(),
+                svid: SvidKind::X509,
+                serial: Some(svid.serial.clone()),
+                jti: None,
+                audiences: Vec::new(),
+                expires_at: crate::svid::unix_seconds(svid.not_after).max(0) as u64,
+                pid: Some(caller.pid),
+            });
             svids.push(pb::X509svid {
                 spiffe_id: identity.spiffe_id.to_string(),
                 x509_svid: svid.chain.concat(),
@@ -103,20 +117,23 @@ impl WorkloadApi {
                 federated_bundles: self.identities.authority().federated_x509_for(caller),
             },
             serials,
+            records,
         ))
     }
 
     /// A stream that sends `make()` at once, then again whenever the bundle or the SVIDs
-    /// change and `make` yields a different state (compared by `key`), until shutdown.
+    /// change and `make` yields a different state (compared by `key`), until shutdown. The
+    /// audit records `make` returns with a message are on disk before the message is sent;
+    /// when the log refuses them the stream ends with that status instead.
     ///
     /// The first message is built here, after subscribing to changes (so none is missed in
     /// between) and only once: a failure is the call's status, not a broken stream.
     ///
     /// # Errors
-    /// The first `make()` failed.
-    fn watch_stream<T, K>(
+    /// The first `make()` failed, or its records could not be written.
+    async fn watch_stream<T, K>(
         &self,
-        make: impl Fn() -> Result<(T, K), Status> + Send + Sync + 'static,
+        make: impl Fn() -> Result<Made<T, K>, Status> + Send + Sync + 'static,
     ) -> Result<BoxStream<T>, Status>
     where
         T: Send + 'static,
@@ -125,14 +142,17 @@ impl WorkloadApi {
         let bundle_rx = self.identities.authority().bundle();
         let svid_rx = self.identities.changes();
         let shutdown = self.shutdown.clone();
-        let (first, key) = make()?;
+        let (first, key, records) = make()?;
+        self.identities.record_issued(records).await?;
         let state = (bundle_rx, svid_rx, shutdown, Some(key), false, Some(first));
         let make = Arc::new(make);
+        let identities = self.identities.clone();
         Ok(Box::pin(futures::stream::unfold(
             state,
             move |(mut b, mut s, mut stop, last, done, pending)| {
                 let produced = {
                     let make = make.clone();
+                    let identities = identities.clone();
                     async move {
                         if let Some(msg) = pending {
                             return Some((Ok(msg), (b, s, stop, last, false, None)));
@@ -150,9 +170,12 @@ impl WorkloadApi {
                                 }
                             }
                             match make() {
-                                Ok((msg, key)) => {
+                                Ok((msg, key, records)) => {
                                     if last.as_ref() == Some(&key) {
                                         continue;
+                                    }
+                                    if let Err(status) = identities.record_issued(records).await {
+                                        return Some((Err(status), (b, s, stop, last, true, None)));
                                     }
                                     last = Some(key);
                                     return Some((Ok(msg), (b, s, stop, last, false, None)));
@@ -174,6 +197,37 @@ fn bundle_key(b: &TrustBundle) -> String {
     b.trust_domain.id_string()
 }
 
+/// The audit record of handing `token` to `caller`: named by its `jti` (SPIRE-minted tokens
+/// may have none), never by the token.
+fn jwt_issued_record(
+    caller: &Caller,
+    identity: &crate::registry::Identity,
+    token: &str,
+) -> AuditEvent {
+    let parsed = jwt::parse(token).ok();
+    let claim = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|p| p.claims.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    AuditEvent::SvidIssued {
+        spiffe_id: identity.spiffe_id.to_string(),
+        svid: SvidKind::Jwt,
+        serial: None,
+        jti: claim("jti"),
+        audiences: parsed.as_ref().map_or_else(Vec::new, |p| {
+            p.audiences().into_iter().map(str::to_string).collect()
+        }),
+        expires_at: parsed
+            .as_ref()
+            .and_then(|p| p.numeric("exp"))
+            .map_or(0, |e| e.max(0) as u64),
+        pid: Some(caller.pid),
+    }
+}
+
 /// Our bundle, plus (under SPIRE) the federated bundles the agent holds.
 impl WorkloadApi {
     /// A bundle stream for an attested caller that holds an identity: `message` turns the
@@ -189,10 +243,12 @@ impl WorkloadApi {
         let caller = self.resolver.resolve(request).await?;
         caller.require_identities()?;
         let authority = self.identities.authority().clone();
-        let stream = self.watch_stream(move || {
-            let b = authority.current_bundle();
-            Ok((message(&authority, &b), b.sequence))
-        })?;
+        let stream = self
+            .watch_stream(move || {
+                let b = authority.current_bundle();
+                Ok((message(&authority, &b), b.sequence, Vec::new()))
+            })
+            .await?;
         Ok(Response::new(stream))
     }
 }
@@ -230,7 +286,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 audience_gate: None,
                 validated: self.validated.clone(),
             };
-            let stream = self.watch_stream(move || api.x509_response(&caller))?;
+            let stream = self
+                .watch_stream(move || api.x509_response(&caller))
+                .await?;
             Ok(Response::new(stream))
         }
         .await;
@@ -279,6 +337,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 None => identities.iter().collect(),
             };
             let mut svids = Vec::with_capacity(chosen.len());
+            let mut records = Vec::with_capacity(chosen.len());
             for identity in chosen {
                 if let Some(gate) = &self.audience_gate {
                     for aud in &req.audience {
@@ -289,12 +348,17 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     .identities
                     .jwt_svid_for(&caller, identity, &req.audience)
                     .await?;
-                self.metrics.jwt_issued();
+                records.push(jwt_issued_record(&caller, identity, &token));
                 svids.push(pb::Jwtsvid {
                     spiffe_id: identity.spiffe_id.to_string(),
                     svid: token.to_string(),
                     hint: identity.hint.clone(),
                 });
+            }
+            // Every hand-out is recorded, cached token or not, before any token leaves.
+            self.identities.record_issued(records).await?;
+            for _ in &svids {
+                self.metrics.jwt_issued();
             }
             Ok(Response::new(pb::JwtsvidResponse { svids }))
         }

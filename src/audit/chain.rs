@@ -57,6 +57,12 @@ pub enum BreakReason {
     PrevMismatch,
     /// A record could not be read back as an event (unknown kind, wrong field types).
     BadEvent(String),
+    /// A rotated file's name says its first record is `named`, but it starts elsewhere (or is
+    /// empty): files were renamed, emptied or swapped.
+    MisnamedFile { named: u64 },
+    /// A rotated file ends in a partial record. The writer rotates only after whole records
+    /// are synced, so this is damage, not a crash.
+    TornRotatedFile { bytes: usize },
 }
 
 impl fmt::Display for BreakReason {
@@ -76,18 +82,30 @@ impl fmt::Display for BreakReason {
                 "record was altered: its prev does not match the hash of the record before it",
             ),
             BreakReason::BadEvent(why) => write!(f, "unreadable event: {why}"),
+            BreakReason::MisnamedFile { named } => write!(
+                f,
+                "the file's name says it starts at record {named}, but it does not"
+            ),
+            BreakReason::TornRotatedFile { bytes } => write!(
+                f,
+                "a rotated file ends in {bytes} bytes of a partial record"
+            ),
         }
     }
 }
 
-/// Where and why the chain is broken. `line` is 1-based; `seq` is the broken record's seq when
-/// it could be read.
+/// Where and why the chain is broken. `line` is 1-based within `file`; `seq` is the broken
+/// record's seq when it could be read. `file` names the file when a set of files (rotated
+/// files and the active one) was verified.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("reading {path}: {reason}")]
     Io { path: String, reason: String },
-    #[error("broken at record {} (line {line}): {reason}", seq.map_or("?".to_string(), |s| s.to_string()))]
+    #[error("{}broken at record {} (line {line}): {reason}",
+        file.as_ref().map_or(String::new(), |f| format!("{f}: ")),
+        seq.map_or("?".to_string(), |s| s.to_string()))]
     Broken {
+        file: Option<String>,
         line: usize,
         seq: Option<u64>,
         reason: BreakReason,
@@ -104,6 +122,11 @@ pub struct VerifyReport {
     /// Bytes after the last newline: a record torn by a crash mid-write. Never acknowledged
     /// (acks follow fsync of whole lines), so opening the log drops it.
     pub torn_tail_bytes: usize,
+    /// Files verified: rotated files, oldest first, then the active one.
+    pub files: usize,
+    /// Seq of the first record seen. Above 1 when older rotated files were archived away: the
+    /// first record's `prev` is then taken on trust (compare it with the archive's last hash).
+    pub first_seq: u64,
 }
 
 /// Just the chain fields; the rest of the line is hashed, not interpreted.
@@ -113,32 +136,63 @@ struct Header {
     prev: String,
 }
 
-/// The result of scanning a log's bytes.
-pub(super) struct Scan<'a> {
-    /// Complete lines (without newline), in order, all chained.
+/// A file's bytes cut into complete lines.
+pub(super) struct Split<'a> {
+    /// Complete lines, without their newline.
     pub lines: Vec<&'a [u8]>,
-    pub report: VerifyReport,
     /// Length of the intact prefix: everything up to and including the last newline.
     pub complete_len: usize,
+    /// Bytes after it: a torn write.
+    pub torn_tail_bytes: usize,
 }
 
-/// Verifies the chain in `bytes`.
-pub(super) fn scan(bytes: &[u8]) -> Result<Scan<'_>, VerifyError> {
+pub(super) fn split(bytes: &[u8]) -> Split<'_> {
     let complete_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     // Every complete line ends in a newline; strip the final one so `split` yields no empty tail.
     let lines: Vec<&[u8]> = match complete_len.checked_sub(1) {
         Some(end) => bytes[..end].split(|&b| b == b'\n').collect(),
         None => Vec::new(),
     };
+    Split {
+        lines,
+        complete_len,
+        torn_tail_bytes: bytes.len() - complete_len,
+    }
+}
+
+/// Where a chain starts: the seq its first record must have, and the `prev` it must carry
+/// (`None`: whatever it carries, because the records before it were archived elsewhere).
+pub(super) struct Start<'a> {
+    pub seq: u64,
+    pub prev: Option<&'a str>,
+}
+
+impl Start<'static> {
+    pub const GENESIS: Start<'static> = Start {
+        seq: 1,
+        prev: Some(GENESIS_PREV),
+    };
+}
+
+/// A break found by [`check_lines`]: the 0-based index of the line, its seq if readable, why.
+pub(super) type Break = (usize, Option<u64>, BreakReason);
+
+/// Checks that `lines` form one chain from `start`; returns the hash of the last line (the
+/// start's `prev`, or [`GENESIS_PREV`], when there are none).
+pub(super) fn check_lines(lines: &[&[u8]], start: &Start<'_>) -> Result<String, Break> {
     let mut headers = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
-        headers.push(header(line).map_err(|why| broken(i, None, BreakReason::Malformed(why)))?);
+        headers.push(header(line).map_err(|why| (i, None, BreakReason::Malformed(why)))?);
     }
-    let mut prev = GENESIS_PREV.to_string();
+    let mut prev = match (start.prev, headers.first()) {
+        (Some(p), _) => p.to_string(),
+        (None, Some(first)) => first.prev.clone(),
+        (None, None) => GENESIS_PREV.to_string(),
+    };
     for (i, (line, h)) in lines.iter().zip(&headers).enumerate() {
-        let expected = i as u64 + 1;
+        let expected = start.seq + i as u64;
         if h.seq != expected {
-            return Err(broken(
+            return Err((
                 i,
                 Some(h.seq),
                 BreakReason::SeqOutOfOrder {
@@ -148,18 +202,24 @@ pub(super) fn scan(bytes: &[u8]) -> Result<Scan<'_>, VerifyError> {
             ));
         }
         if h.prev != prev {
-            return Err(locate_mismatch(i, &lines, &headers));
+            return Err(locate_mismatch(i, lines, &headers));
         }
         prev = hash_line(line);
     }
-    Ok(Scan {
-        report: VerifyReport {
-            records: lines.len() as u64,
-            last_hash: prev,
-            torn_tail_bytes: bytes.len() - complete_len,
-        },
-        lines,
-        complete_len,
+    Ok(prev)
+}
+
+/// Verifies the chain in `bytes`, a whole log in one file starting at the genesis record.
+fn scan(bytes: &[u8]) -> Result<VerifyReport, VerifyError> {
+    let s = split(bytes);
+    let last_hash = check_lines(&s.lines, &Start::GENESIS)
+        .map_err(|(i, seq, reason)| broken(i, seq, reason))?;
+    Ok(VerifyReport {
+        records: s.lines.len() as u64,
+        last_hash,
+        torn_tail_bytes: s.torn_tail_bytes,
+        files: 1,
+        first_seq: 1,
     })
 }
 
@@ -167,14 +227,14 @@ pub(super) fn scan(bytes: &[u8]) -> Result<Scan<'_>, VerifyError> {
 /// record `i`'s own `prev` was. A successor tells them apart: if record `i + 1` no longer
 /// chains to record `i`, record `i` changed. Without a successor the likelier single edit —
 /// content of `i - 1` — is reported; the message states the hash fact either way.
-fn locate_mismatch(i: usize, lines: &[&[u8]], headers: &[Header]) -> VerifyError {
+fn locate_mismatch(i: usize, lines: &[&[u8]], headers: &[Header]) -> Break {
     let this_changed = headers
         .get(i + 1)
         .is_some_and(|next| next.prev != hash_line(lines[i]));
     if i == 0 || this_changed {
-        broken(i, Some(headers[i].seq), BreakReason::PrevMismatch)
+        (i, Some(headers[i].seq), BreakReason::PrevMismatch)
     } else {
-        broken(
+        (
             i - 1,
             Some(headers[i - 1].seq),
             BreakReason::Altered {
@@ -182,6 +242,11 @@ fn locate_mismatch(i: usize, lines: &[&[u8]], headers: &[Header]) -> VerifyError
             },
         )
     }
+}
+
+/// The seq of a record line, if it has one.
+pub(super) fn header_seq(line: &[u8]) -> Option<u64> {
+    header(line).ok().map(|h| h.seq)
 }
 
 fn header(line: &[u8]) -> Result<Header, String> {
@@ -194,15 +259,17 @@ fn header(line: &[u8]) -> Result<Header, String> {
     serde_json::from_slice(line).map_err(|e| e.to_string())
 }
 
-pub(super) fn broken(index: usize, seq: Option<u64>, reason: BreakReason) -> VerifyError {
+fn broken(index: usize, seq: Option<u64>, reason: BreakReason) -> VerifyError {
     VerifyError::Broken {
+        file: None,
         line: index + 1,
         seq,
         reason,
     }
 }
 
-/// Reads and verifies a log file without changing it.
+/// Reads and verifies one log file on its own (its first record must be the genesis record)
+/// without changing it. For a rotated set see [`verify_set`](super::verify_set).
 ///
 /// # Errors
 /// [`VerifyError::Io`] if the file cannot be read; [`VerifyError::Broken`] naming the first
@@ -212,5 +279,5 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, VerifyError> {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    scan(&bytes).map(|s| s.report)
+    scan(&bytes)
 }

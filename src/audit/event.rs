@@ -30,6 +30,20 @@ pub enum AuditEvent {
         /// SPIFFE IDs of the registration entries that matched (may be empty).
         spiffe_ids: Vec<String>,
     },
+    /// Attestations of callers with no identity that were counted instead of written, for
+    /// one uid (or, past the tracking bound, all further uids: `overflow`) over one window.
+    /// The first such attestation per uid and window is written as an `attestation`.
+    AttestationSummary {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        overflow: bool,
+        suppressed: u64,
+        window_start: u64,
+        window_end: u64,
+        /// A few distinct selector sets seen (bounded in count and bytes).
+        selector_samples: Vec<Vec<String>>,
+    },
     /// An X.509-SVID (by serial) or JWT-SVID (by jti) was issued on the Workload API.
     SvidIssued {
         spiffe_id: String,
@@ -41,6 +55,10 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         audiences: Vec<String>,
         expires_at: u64,
+        /// The caller it was handed to (absent in records of older versions, which recorded
+        /// mints, not hand-outs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<i32>,
     },
     /// A policy decision and the policies that made it.
     Decision {
@@ -128,6 +146,7 @@ impl AuditEvent {
     pub fn kind(&self) -> &'static str {
         match self {
             AuditEvent::Attestation { .. } => "attestation",
+            AuditEvent::AttestationSummary { .. } => "attestation_summary",
             AuditEvent::SvidIssued { .. } => "svid_issued",
             AuditEvent::Decision { .. } => "decision",
             AuditEvent::TaskOpen { .. } => "task_open",

@@ -1,5 +1,9 @@
 //! Audit log tests: chain verification and tamper detection, crash repair, concurrency,
-//! failure propagation, bounds.
+//! failure propagation, bounds. Recovery, rotation and file checks have their own files.
+
+mod files;
+mod recovery;
+mod rotation;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -81,6 +85,7 @@ fn sample_events() -> Vec<AuditEvent> {
             jti: None,
             audiences: vec![],
             expires_at: 1_800_003_600,
+            pid: Some(4242),
         },
         AuditEvent::PolicyReload {
             ok: false,
@@ -118,7 +123,9 @@ fn write_lines(path: &Path, lines: &[String]) {
 
 fn broken_at(path: &Path) -> (usize, Option<u64>, BreakReason) {
     match verify_file(path) {
-        Err(VerifyError::Broken { line, seq, reason }) => (line, seq, reason),
+        Err(VerifyError::Broken {
+            line, seq, reason, ..
+        }) => (line, seq, reason),
         other => panic!("expected a broken chain, got {other:?}"),
     }
 }
@@ -443,6 +450,12 @@ struct FakeSink {
     sync_delay: Option<std::time::Duration>,
     /// First write signals `entered` and waits for `release`.
     gate: Option<Gate>,
+    /// Writes that fail (ENOSPC) before writes work again, each after writing half its buffer.
+    failures_left: Arc<AtomicUsize>,
+    /// Every write call, failed or not.
+    write_calls: Arc<AtomicUsize>,
+    /// Fsyncs that fail (EIO) before fsyncs work again.
+    sync_failures_left: Arc<AtomicUsize>,
 }
 
 impl Sink for FakeSink {
@@ -453,7 +466,16 @@ impl Sink for FakeSink {
                 release.recv().unwrap();
             }
         }
+        self.write_calls.fetch_add(1, Ordering::SeqCst);
         if self.fail_write {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let left = self.failures_left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures_left.store(left - 1, Ordering::SeqCst);
+            // A torn write: part of the batch reached the file before the disk filled up.
+            let half = &buf[..buf.len() / 2];
+            self.written.lock().unwrap().extend_from_slice(half);
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.written.lock().unwrap().extend_from_slice(buf);
@@ -469,7 +491,17 @@ impl Sink for FakeSink {
         if self.fail_sync {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
+        let left = self.sync_failures_left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.sync_failures_left.store(left - 1, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         self.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.written.lock().unwrap().truncate(len as usize);
         Ok(())
     }
 }
@@ -482,6 +514,8 @@ fn start_with(sink: FakeSink, opts: AuditOptions) -> AuditLog {
     let state = ChainState {
         next_seq: 1,
         prev: GENESIS_PREV.to_string(),
+        file_first_seq: 1,
+        file_len: 0,
     };
     AuditLog::start(Box::new(sink), state, &opts).unwrap()
 }
@@ -490,7 +524,13 @@ fn start_with(sink: FakeSink, opts: AuditOptions) -> AuditLog {
 async fn max_batch_is_clamped() {
     // 0 would never write; one per record is the floor.
     let sink = FakeSink::default();
-    let log = start_with(sink.clone(), AuditOptions { max_batch: 0 });
+    let log = start_with(
+        sink.clone(),
+        AuditOptions {
+            max_batch: 0,
+            ..AuditOptions::default()
+        },
+    );
     let tasks: Vec<_> = (0..20)
         .map(|n| {
             let log = log.clone();
@@ -556,7 +596,8 @@ async fn failed_sync_or_write_fails_every_appender() {
             let r = t.await.unwrap();
             assert!(matches!(r, Err(AuditError::Failed { .. })), "{r:?}");
         }
-        // And the log stays refused: a later record must not chain onto an unknown tail.
+        // And the log stays refused while the disk fails: a later record must not chain onto
+        // an unknown tail.
         assert!(matches!(
             log.append(token_issued(99)).await,
             Err(AuditError::Failed { .. })
@@ -716,9 +757,15 @@ async fn append_throughput() {
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     for (name, max_batch) in [("group commit", MAX_BATCH_RECORDS), ("fsync per record", 1)] {
         let path = dir.path().join(format!("{max_batch}.log"));
-        let (log, _) = AuditLog::open(&path, AuditOptions { max_batch })
-            .await
-            .unwrap();
+        let (log, _) = AuditLog::open(
+            &path,
+            AuditOptions {
+                max_batch,
+                ..AuditOptions::default()
+            },
+        )
+        .await
+        .unwrap();
         let start = std::time::Instant::now();
         let tasks: Vec<_> = (0..APPENDERS)
             .map(|a| {

@@ -3,29 +3,38 @@
 //!
 //! It runs on its own OS thread because every step (write, fsync) blocks; a tokio worker
 //! parked in fsync would stall unrelated requests.
+//!
+//! A failed write or fsync refuses its batch and degrades the log: appends are refused (fail
+//! closed) until a retry, at most every backoff interval, writes and syncs again. Before a
+//! retry the file is cut back to the end of the last acknowledged record, so a torn line or a
+//! batch whose fsync failed (the kernel may have dropped those pages and would not say so a
+//! second time) never stays under a new record.
 
-use std::io::{self, Write};
-use std::time::SystemTime;
+use std::io;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{encode_line, hash_line};
+use super::health::Monitor;
 use super::AuditError;
+
+/// Longest wait between retries while the disk keeps failing.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Where records go. The file in production; tests substitute sinks that fail or count.
 pub(super) trait Sink: Send + 'static {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     fn sync(&mut self) -> io::Result<()>;
-}
-
-impl Sink for std::fs::File {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        Write::write_all(self, buf)
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        // Data plus the size change that makes it readable; other metadata is not needed.
-        self.sync_data()
+    /// Cuts the file back to `len` bytes.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// Moves the active file aside as the rotated file whose first record is `first_seq` and
+    /// starts an empty one.
+    fn rotate(&mut self, _first_seq: u64) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this sink does not rotate",
+        ))
     }
 }
 
@@ -35,11 +44,28 @@ pub(super) struct Pending {
     pub ack: oneshot::Sender<Result<u64, AuditError>>,
 }
 
-/// The end of the chain: the next seq and the hash the next record must carry.
+/// The end of the chain: the next seq and the hash the next record must carry, and where the
+/// active file stands.
 pub(super) struct ChainState {
     pub next_seq: u64,
     pub prev: String,
+    /// Seq of the active file's first record (`next_seq` while it is empty).
+    pub file_first_seq: u64,
+    /// Bytes of the active file up to the end of the last acknowledged record.
+    pub file_len: u64,
 }
+
+/// How the writer behaves.
+pub(super) struct Config {
+    pub max_batch: usize,
+    /// Rotate before the active file would grow past this; `None`: never.
+    pub max_file_bytes: Option<u64>,
+    /// First wait after a failure; doubles per failure in a row up to [`MAX_RETRY_BACKOFF`].
+    pub retry_backoff: Duration,
+}
+
+/// Builds the events to write when the log closes (pending summaries), as event JSON.
+pub(super) type OnClose = Box<dyn FnOnce() -> Vec<Vec<u8>> + Send>;
 
 /// The writer thread; dropping it waits for the thread to finish. Only the last
 /// [`AuditLog`](super::AuditLog) drops it, after its sender is gone, so the thread is already
@@ -61,68 +87,177 @@ pub(super) fn spawn(
     sink: Box<dyn Sink>,
     state: ChainState,
     rx: mpsc::Receiver<Pending>,
-    max_batch: usize,
+    config: Config,
+    monitor: Monitor,
+    on_close: OnClose,
 ) -> io::Result<Handle> {
+    let writer = Writer {
+        sink,
+        state,
+        config,
+        monitor,
+        failing: None,
+    };
     std::thread::Builder::new()
         .name("audit-writer".into())
-        .spawn(move || run(sink, state, rx, max_batch))
+        .spawn(move || writer.run(rx, on_close))
         .map(|t| Handle(Some(t)))
 }
 
-/// Runs until every [`AuditLog`](super::AuditLog) handle is dropped.
-fn run(
-    mut sink: Box<dyn Sink>,
-    mut state: ChainState,
-    mut rx: mpsc::Receiver<Pending>,
-    max_batch: usize,
-) {
-    // After a failed write or fsync the file's tail and the kernel's page state are unknown
-    // (a retried fsync can report success for data that was dropped), so the log refuses
-    // everything until it is reopened, which re-verifies and repairs the tail.
-    let mut failed: Option<String> = None;
-    let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
-    let mut buf = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        if let Some(reason) = &failed {
-            fail_all(&mut batch, reason);
-            continue;
-        }
-        let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        let mut seq = state.next_seq;
-        let mut prev = state.prev.clone();
-        buf.clear();
-        for p in &batch {
-            let line = encode_line(seq, &ts, &prev, &p.event_json);
-            prev = hash_line(&line);
-            buf.extend_from_slice(&line);
-            buf.push(b'\n');
-            seq += 1;
-        }
-        match sink.write_all(&buf).and_then(|()| sink.sync()) {
-            Ok(()) => {
-                for (i, p) in batch.drain(..).enumerate() {
-                    // An appender that gave up waiting still has its record on disk; that is
-                    // the safe direction (a record without a token, never the reverse).
-                    let _ = p.ack.send(Ok(state.next_seq + i as u64));
+/// A failure episode: the latest error, how many in a row, and when to try again.
+struct Failing {
+    reason: String,
+    in_a_row: u32,
+    retry_at: Instant,
+}
+
+struct Writer {
+    sink: Box<dyn Sink>,
+    state: ChainState,
+    config: Config,
+    monitor: Monitor,
+    failing: Option<Failing>,
+}
+
+impl Writer {
+    /// Runs until every [`AuditLog`](super::AuditLog) handle is dropped.
+    fn run(mut self, mut rx: mpsc::Receiver<Pending>, on_close: OnClose) {
+        let mut batch: Vec<Pending> = Vec::with_capacity(self.config.max_batch);
+        loop {
+            if batch.is_empty() {
+                match rx.blocking_recv() {
+                    Some(p) => batch.push(p),
+                    None => break,
                 }
-                state.next_seq = seq;
-                state.prev = prev;
             }
-            Err(e) => {
-                let reason = e.to_string();
-                tracing::error!(error = %e, records = batch.len(), "audit log write failed; refusing all further appends");
-                fail_all(&mut batch, &reason);
-                failed = Some(reason);
+            while batch.len() < self.config.max_batch {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.write_some(&mut batch);
+        }
+        let last: Vec<Pending> = on_close()
+            .into_iter()
+            .map(|event_json| Pending {
+                event_json,
+                ack: oneshot::channel().0,
+            })
+            .collect();
+        if !last.is_empty() {
+            // Closing: try the disk once more whatever the backoff says.
+            if let Some(f) = &mut self.failing {
+                f.retry_at = Instant::now();
+            }
+            let mut last = last;
+            while !last.is_empty() && self.failing.is_none() {
+                self.write_some(&mut last);
+            }
+            if !last.is_empty() || self.failing.is_some() {
+                tracing::error!(
+                    records = last.len(),
+                    "audit log closing: final summary records could not be written"
+                );
             }
         }
     }
+
+    /// Writes the records of `batch` that fit in the active file (rotating first when none
+    /// does) and acknowledges them; on failure refuses the whole batch. Leaves the records
+    /// that did not fit in `batch`.
+    fn write_some(&mut self, batch: &mut Vec<Pending>) {
+        if let Some(f) = &self.failing {
+            if Instant::now() < f.retry_at {
+                let reason = format!(
+                    "{} (refusing records until a write succeeds again)",
+                    f.reason
+                );
+                return fail_all(batch, &reason);
+            }
+            // Recovering: drop whatever follows the last acknowledged record.
+            let len = self.state.file_len;
+            if let Err(e) = self.sink.truncate(len).and_then(|()| self.sink.sync()) {
+                return self.failed(batch, &format!("cutting back a torn tail: {e}"));
+            }
+        }
+        let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        let (mut buf, mut taken, mut prev) = self.encode(batch, &ts);
+        if taken == 0 {
+            if let Err(e) = self.sink.rotate(self.state.file_first_seq) {
+                return self.failed(batch, &format!("rotating the log: {e}"));
+            }
+            tracing::info!(
+                first_seq = self.state.file_first_seq,
+                "audit log rotated; the chain continues in a new file"
+            );
+            self.state.file_first_seq = self.state.next_seq;
+            self.state.file_len = 0;
+            (buf, taken, prev) = self.encode(batch, &ts);
+        }
+        if let Err(e) = self.sink.write_all(&buf).and_then(|()| self.sink.sync()) {
+            return self.failed(batch, &e.to_string());
+        }
+        // Published before the acks, so whoever sees an ack sees the recovery too.
+        if self.failing.take().is_some() {
+            self.monitor.succeeded();
+        }
+        let first_seq = self.state.next_seq;
+        self.state.next_seq += taken as u64;
+        self.state.prev = prev;
+        self.state.file_len += buf.len() as u64;
+        for (i, p) in batch.drain(..taken).enumerate() {
+            // An appender that gave up waiting still has its record on disk; that is the safe
+            // direction (a record without a token, never the reverse).
+            let _ = p.ack.send(Ok(first_seq + i as u64));
+        }
+    }
+
+    /// The lines for the leading records of `batch` that fit in the active file: at least one
+    /// when the file is empty, none when the file must rotate first.
+    fn encode(&self, batch: &[Pending], ts: &str) -> (Vec<u8>, usize, String) {
+        let limit = self.config.max_file_bytes.unwrap_or(u64::MAX);
+        let mut prev = self.state.prev.clone();
+        let mut buf = Vec::new();
+        let mut taken = 0;
+        for (seq, p) in (self.state.next_seq..).zip(batch) {
+            let line = encode_line(seq, ts, &prev, &p.event_json);
+            let after = self.state.file_len + (buf.len() + line.len() + 1) as u64;
+            if after > limit && self.state.file_len + buf.len() as u64 > 0 {
+                break;
+            }
+            prev = hash_line(&line);
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+            taken += 1;
+        }
+        (buf, taken, prev)
+    }
+
+    fn failed(&mut self, batch: &mut Vec<Pending>, reason: &str) {
+        let in_a_row = self.failing.as_ref().map_or(1, |f| f.in_a_row + 1);
+        let wait = backoff(self.config.retry_backoff, in_a_row);
+        tracing::error!(
+            error = reason,
+            records = batch.len(),
+            retry_in_ms = wait.as_millis() as u64,
+            "audit log write failed; refusing records until a retry succeeds"
+        );
+        self.monitor.failed(reason);
+        self.failing = Some(Failing {
+            reason: reason.to_string(),
+            in_a_row,
+            retry_at: Instant::now() + wait,
+        });
+        fail_all(batch, reason);
+    }
+}
+
+/// The wait before retry after `in_a_row` failures: `first`, doubling, at most
+/// [`MAX_RETRY_BACKOFF`].
+fn backoff(first: Duration, in_a_row: u32) -> Duration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    first.saturating_mul(1 << doublings).min(MAX_RETRY_BACKOFF)
 }
 
 fn fail_all(batch: &mut Vec<Pending>, reason: &str) {
@@ -130,5 +265,21 @@ fn fail_all(batch: &mut Vec<Pending>, reason: &str) {
         let _ = p.ack.send(Err(AuditError::Failed {
             reason: reason.to_string(),
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_ceiling() {
+        let first = Duration::from_millis(100);
+        assert_eq!(backoff(first, 1), first);
+        assert_eq!(backoff(first, 2), first * 2);
+        assert_eq!(backoff(first, 4), first * 8);
+        assert_eq!(backoff(first, 10), MAX_RETRY_BACKOFF);
+        assert_eq!(backoff(first, u32::MAX), MAX_RETRY_BACKOFF);
+        assert_eq!(backoff(Duration::ZERO, 7), Duration::ZERO);
     }
 }

@@ -182,7 +182,8 @@ impl CallerResolver {
             }
         });
         if let Some(log) = self.audit.get() {
-            // Once per connection, so waiting for the disk costs nothing on later calls.
+            // Once per connection, so waiting for the disk costs nothing on later calls. A
+            // caller with no identity is recorded once per uid and window, then counted.
             let event = AuditEvent::Attestation {
                 pid: caller.pid,
                 selectors: caller.selector_strings(),
@@ -192,7 +193,7 @@ impl CallerResolver {
                     .map(|i| i.spiffe_id.to_string())
                     .collect(),
             };
-            log.append(event)
+            log.append_attestation(process.uid(), event)
                 .await
                 .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))?;
         }
