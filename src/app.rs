@@ -83,11 +83,11 @@ impl App {
             resolver.set_audit(log.clone());
             identities.set_audit(log.clone());
         }
-        let listener = socket::bind(&config.socket_path, 0o777)?;
+        let listener = socket::bind(&config.socket_path, &socket::PUBLIC)?;
         let admin_listener = config
             .admin_socket_path
             .as_deref()
-            .map(|p| socket::bind(p, 0o600))
+            .map(|p| socket::bind(p, &socket::ADMIN))
             .transpose()?;
         let metrics_listener = match config.telemetry.metrics_addr {
             Some(addr) => Some(
@@ -296,6 +296,12 @@ async fn build_broker(
     };
     let (audit, records) = match &config.audit {
         Some(a) => {
+            let dir = a.path.parent().filter(|d| !d.as_os_str().is_empty());
+            crate::fs_trust::FsTrust::current().ensure_dir(
+                "[audit] path's directory",
+                dir.unwrap_or(std::path::Path::new(".")),
+                0o700,
+            )?;
             let (log, records) = AuditLog::open(&a.path, AuditOptions::default())
                 .await
                 .map_err(|e| anyhow::anyhow!("[audit] path {}: {e}", a.path.display()))?;

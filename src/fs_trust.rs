@@ -241,6 +241,11 @@ impl FsTrust {
         Self { euid }
     }
 
+    /// The uid everything must belong to.
+    pub fn euid(&self) -> u32 {
+        self.euid
+    }
+
     fn us(&self) -> Owners {
         Owners {
             euid: self.euid,
