@@ -88,7 +88,8 @@ impl App {
             .admin_socket_path
             .as_deref()
             .map(|p| socket::bind(p, &socket::ADMIN))
-            .transpose()?;
+            .transpose()
+            .inspect_err(|_| remove_sockets(std::slice::from_ref(&config.socket_path)))?;
         let metrics_listener = match config.telemetry.metrics_addr {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
