@@ -244,19 +244,24 @@ pub fn parse_registered(text: &str) -> Result<Selector, SelectorError> {
 /// Unknown kind or type, or a type that cannot fill a placeholder.
 pub fn check_placeholder(kind: &str, ty: &str) -> Result<(), SelectorError> {
     let placeholder = format!("{{{kind}:{ty}}}");
-    let spec = lookup(&placeholder, kind, ty)?;
-    if spec.placeholder {
-        Ok(())
-    } else {
-        Err(SelectorError::NotAPlaceholder {
+    let usable = || {
+        TYPES
+            .iter()
+            .filter(|t| t.placeholder)
+            .map(|t| format!("{{{}:{}}}", t.kind, t.ty))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match TYPES.iter().find(|t| t.kind == kind && t.ty == ty) {
+        Some(spec) if spec.placeholder => Ok(()),
+        Some(_) => Err(SelectorError::NotAPlaceholder {
             placeholder,
-            known: TYPES
-                .iter()
-                .filter(|t| t.placeholder)
-                .map(|t| format!("{{{}:{}}}", t.kind, t.ty))
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+            known: usable(),
+        }),
+        None => Err(SelectorError::UnknownPlaceholder {
+            placeholder,
+            known: usable(),
+        }),
     }
 }
 
@@ -353,6 +358,14 @@ mod tests {
             ("unix", "path"),
         ] {
             let err = check_placeholder(kind, ty).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SelectorError::UnknownPlaceholder { .. }
+                        | SelectorError::NotAPlaceholder { .. }
+                ),
+                "{err:?}"
+            );
             assert!(
                 err.to_string().contains(&format!("{{{kind}:{ty}}}")),
                 "{err}"

@@ -46,6 +46,10 @@ pub enum SelectorError {
         selector: String,
         example: &'static str,
     },
+    #[error(
+        "placeholder {placeholder}: no attestor produces that selector type (usable: {known})"
+    )]
+    UnknownPlaceholder { placeholder: String, known: String },
     #[error("placeholder {placeholder}: a caller has no single value of it that fits a path segment (usable: {known})")]
     NotAPlaceholder { placeholder: String, known: String },
 }
