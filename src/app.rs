@@ -91,12 +91,13 @@ impl App {
             resolver.set_audit(log.clone());
             identities.set_audit(log.clone());
         }
-        let listener = socket::bind(&config.socket_path, 0o777)?;
+        let listener = socket::bind(&config.socket_path, &socket::PUBLIC)?;
         let admin_listener = config
             .admin_socket_path
             .as_deref()
-            .map(|p| socket::bind(p, 0o600))
-            .transpose()?;
+            .map(|p| socket::bind(p, &socket::ADMIN))
+            .transpose()
+            .inspect_err(|_| remove_sockets(std::slice::from_ref(&config.socket_path)))?;
         let metrics_listener = match config.telemetry.metrics_addr {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -429,6 +430,12 @@ async fn build_broker(
     };
     let (audit, records) = match &config.audit {
         Some(a) => {
+            let dir = a.path.parent().filter(|d| !d.as_os_str().is_empty());
+            crate::fs_trust::FsTrust::current().ensure_dir(
+                "[audit] path's directory",
+                dir.unwrap_or(std::path::Path::new(".")),
+                0o700,
+            )?;
             let opts = AuditOptions {
                 max_file_bytes: a.rotate_at(),
                 ..AuditOptions::default()

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod catalog;
 pub mod k8s;
 pub mod peer;
 pub mod selector;

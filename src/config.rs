@@ -43,8 +43,16 @@ pub enum ConfigError {
     },
     #[error("config: {0}")]
     Invalid(String),
+    /// The registry's message is already complete: not a `source` too, or `{:#}` prints it
+    /// twice.
     #[error("config: {0}")]
-    Registry(#[from] RegistryError),
+    Registry(RegistryError),
+}
+
+impl From<RegistryError> for ConfigError {
+    fn from(e: RegistryError) -> Self {
+        Self::Registry(e)
+    }
 }
 
 /// Where keys come from.

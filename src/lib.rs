@@ -9,6 +9,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod fs_trust;
 pub mod identity;
 pub mod policy;
 pub mod proto;

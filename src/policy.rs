@@ -137,6 +137,9 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    /// The file, or a directory above it, could be changed by another user.
+    #[error(transparent)]
+    Untrusted(#[from] crate::fs_trust::TrustError),
     #[error("{path} is not UTF-8 (invalid byte at offset {offset})")]
     NotUtf8 { path: PathBuf, offset: usize },
     #[error("policy text is over {MAX_POLICY_BYTES} bytes (read {size})")]
@@ -219,7 +222,7 @@ impl PolicyEngine {
     /// # Errors
     /// As [`check_file`], or an audience in `audiences` whose attributes do not fit the schema.
     pub fn load(path: &Path, audiences: AudienceAttributes) -> Result<Self, PolicyError> {
-        let text = loader::read_file(path)?;
+        let text = loader::read_trusted_file(path)?;
         Self::build(Some(path.to_path_buf()), &text, &audiences)
     }
 
@@ -261,7 +264,7 @@ impl PolicyEngine {
     /// On any error the previous set stays in force.
     pub fn reload(&self) -> Result<Vec<String>, PolicyError> {
         let path = self.path.as_deref().ok_or(PolicyError::NoFile)?;
-        let text = loader::read_file(path)?;
+        let text = loader::read_trusted_file(path)?;
         self.replace(&text)
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use spiffe::{SpiffeId, TrustDomain};
 
-use crate::attest::Selector;
+use crate::attest::{catalog, Selector};
 use crate::config::{humantime_serde_compat, DEFAULT_JWT_TTL, DEFAULT_X509_TTL};
 
 /// Most entries a config may hold.
@@ -22,8 +22,13 @@ pub const MAX_HINT_LEN: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("entry {index}: {reason}")]
-    Invalid { index: usize, reason: String },
+    /// `index` counts `[[entry]]` tables from 0, in file order.
+    #[error("[[entry]] {index} (spiffe_id {spiffe_id:?}): {reason}")]
+    Invalid {
+        index: usize,
+        spiffe_id: String,
+        reason: String,
+    },
     #[error("{0} entries; the limit is {MAX_ENTRIES}")]
     TooMany(usize),
 }
@@ -101,7 +106,12 @@ impl Registry {
         }
         let mut entries = Vec::with_capacity(raw.len());
         for (index, e) in raw.into_iter().enumerate() {
-            let invalid = |reason: String| RegistryError::Invalid { index, reason };
+            let spiffe_id = e.spiffe_id.clone();
+            let invalid = |reason: String| RegistryError::Invalid {
+                index,
+                spiffe_id: spiffe_id.clone(),
+                reason,
+            };
             if e.selectors.len() > MAX_SELECTORS_PER_ENTRY {
                 return Err(invalid(format!(
                     "{} selectors; the limit is {MAX_SELECTORS_PER_ENTRY}",
@@ -111,10 +121,7 @@ impl Registry {
             let selectors = e
                 .selectors
                 .iter()
-                .map(|s| {
-                    s.parse::<Selector>()
-                        .map_err(|err| invalid(err.to_string()))
-                })
+                .map(|s| catalog::parse_registered(s).map_err(|err| invalid(err.to_string())))
                 .collect::<Result<Vec<_>, _>>()?;
             let template = IdTemplate::parse(&e.spiffe_id).map_err(invalid)?;
             if selectors.is_empty() && !template.has_placeholders() {
@@ -255,6 +262,7 @@ impl IdTemplate {
                 .split_once(':')
                 .filter(|(k, t)| !k.is_empty() && !t.is_empty() && !t.contains(':'))
                 .ok_or_else(|| format!("placeholder {{{inner}}} must look like {{unix:uid}}"))?;
+            catalog::check_placeholder(kind, ty).map_err(|e| e.to_string())?;
             parts.push(TemplatePart::Placeholder {
                 kind: kind.to_string(),
                 ty: ty.to_string(),
@@ -401,10 +409,27 @@ mod tests {
             entry("spiffe://example.org/a/", &["unix:uid:1"]),
             entry("spiffe://example.org/{unix}", &[]),
             entry("spiffe://example.org/a", &["nokind"]),
+            entry("spiffe://example.org/a", &["unix:uid"]),
+            entry("spiffe://example.org/a", &["foo:bar:1"]),
+            entry("spiffe://example.org/a", &["unix:nope:1"]),
+            entry("spiffe://example.org/{unix:nope}", &[]),
+            entry("spiffe://example.org/{k8s:pod-label}", &[]),
         ];
         for e in cases {
             let id = e.spiffe_id.clone();
             assert!(Registry::new(&td(), vec![e]).is_err(), "{id} accepted");
+        }
+        let err = Registry::new(
+            &td(),
+            vec![
+                entry("spiffe://example.org/ok", &["unix:uid:1"]),
+                entry("spiffe://example.org/b", &["unix:uid:1", "unix:uid"]),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        for want in ["[[entry]] 1", "spiffe://example.org/b", "\"unix:uid\""] {
+            assert!(err.contains(want), "{want} missing from: {err}");
         }
         let too_many = vec![entry("spiffe://example.org/a", &["unix:uid:1"]); MAX_ENTRIES + 1];
         assert!(matches!(

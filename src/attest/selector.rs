@@ -24,6 +24,34 @@ pub enum SelectorError {
     EmptyValue(String),
     #[error("selector is {0} bytes; the limit is {MAX_SELECTOR_LEN}")]
     TooLong(usize),
+    #[error("selector {selector:?}: no attestor produces kind {kind:?} (known: {known})")]
+    UnknownKind {
+        selector: String,
+        kind: String,
+        known: String,
+    },
+    #[error("selector {selector:?}: unknown type {ty:?} (known: {known})")]
+    UnknownType {
+        selector: String,
+        ty: String,
+        known: String,
+    },
+    #[error("selector {selector:?} has no value (expected e.g. `{example}`)")]
+    MissingValue {
+        selector: String,
+        example: &'static str,
+    },
+    #[error("selector {selector:?}: the value never matches what the attestor reports (expected e.g. `{example}`)")]
+    BadValue {
+        selector: String,
+        example: &'static str,
+    },
+    #[error(
+        "placeholder {placeholder}: no attestor produces that selector type (usable: {known})"
+    )]
+    UnknownPlaceholder { placeholder: String, known: String },
+    #[error("placeholder {placeholder}: a caller has no single value of it that fits a path segment (usable: {known})")]
+    NotAPlaceholder { placeholder: String, known: String },
 }
 
 impl Selector {

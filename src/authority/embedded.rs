@@ -1,6 +1,7 @@
 //! The embedded authority: a P-256 CA (self-signed, or an operator's CA from PEM files) and
 //! ES256 JWT keys, rotated with overlap, published as a [`TrustBundle`] on a watch channel.
 
+use std::io::Read;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use super::schedule::{key_phase, next_key_event, KeyPhase};
 use super::store::{KeyStore, StoreError, StoredKey, StoredKeys};
 use crate::config::AuthorityConfig;
+use crate::fs_trust::TrustError;
 use crate::svid::bundle::{JwtAuthority, JwtPublicKey, TrustBundle};
 use crate::svid::jwt::{self, JwtError};
 use crate::svid::keys::{EcKey, KeyError, SecretKey};
@@ -496,20 +498,32 @@ fn load_operator_ca(config: &AuthorityConfig) -> Result<Option<CaCert>, Authorit
     let (Some(cert_path), Some(key_path)) = (&config.ca_cert_path, &config.ca_key_path) else {
         return Ok(None);
     };
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| AuthorityError::OperatorCa(format!("{}: {e}", p.display())))
+    // Certificates decide what we publish as roots, so they are trusted inputs; the key must
+    // also be private to us.
+    let trust = crate::fs_trust::FsTrust::current();
+    let read_from = |p: &std::path::Path, file: Result<std::fs::File, TrustError>| {
+        let mut bytes = Vec::new();
+        file.map_err(|e| AuthorityError::OperatorCa(e.to_string()))?
+            .read_to_end(&mut bytes)
+            .map_err(|e| AuthorityError::OperatorCa(format!("{}: {e}", p.display())))?;
+        Ok::<_, AuthorityError>(bytes)
     };
-    let certs: Vec<Vec<u8>> = rustls_pemfile::certs(&mut read(cert_path)?.as_slice())
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| AuthorityError::OperatorCa(format!("{}: {e}", cert_path.display())))?;
+    let read = |what, p| read_from(p, trust.open_input(what, p));
+    let certs: Vec<Vec<u8>> =
+        rustls_pemfile::certs(&mut read("authority.ca_cert_path", cert_path)?.as_slice())
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| AuthorityError::OperatorCa(format!("{}: {e}", cert_path.display())))?;
     let Some((first, above)) = certs.split_first() else {
         return Err(AuthorityError::OperatorCa(format!(
             "{}: no certificate",
             cert_path.display()
         )));
     };
-    let key_pem = zeroize::Zeroizing::new(read(key_path)?);
+    let key_pem = zeroize::Zeroizing::new(read_from(
+        key_path,
+        trust.open_private("authority.ca_key_path", key_path),
+    )?);
     let key = rustls_pemfile::pkcs8_private_keys(&mut key_pem.as_slice())
         .next()
         .ok_or_else(|| {
@@ -521,10 +535,11 @@ fn load_operator_ca(config: &AuthorityConfig) -> Result<Option<CaCert>, Authorit
     })?;
     let mut above = above.to_vec();
     if let Some(bundle_path) = &config.ca_bundle_path {
-        let roots: Vec<Vec<u8>> = rustls_pemfile::certs(&mut read(bundle_path)?.as_slice())
-            .filter_map(Result::ok)
-            .map(|c| c.to_vec())
-            .collect();
+        let roots: Vec<Vec<u8>> =
+            rustls_pemfile::certs(&mut read("authority.ca_bundle_path", bundle_path)?.as_slice())
+                .filter_map(Result::ok)
+                .map(|c| c.to_vec())
+                .collect();
         if roots.is_empty() {
             return Err(AuthorityError::OperatorCa(format!(
                 "{}: no certificate",

@@ -1,13 +1,17 @@
 //! The embedded authority's keys on disk: one JSON file, mode 0600, in a 0700 directory,
-//! replaced atomically (write to a temporary file, fsync, rename).
+//! replaced atomically (write to a temporary file, fsync, rename). The directory must be ours
+//! and the file ours and private ([`crate::fs_trust`]): whoever can replace the file chooses
+//! the CA we sign with.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+use crate::fs_trust::{FsTrust, TrustError};
 
 pub const KEYS_FILE: &str = "authority_keys.json";
 /// Largest key file read (it holds a handful of keys).
@@ -22,8 +26,8 @@ pub enum StoreError {
     },
     #[error("key store {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("key store {path} is readable by others (mode {mode:o}); fix with chmod 600")]
-    Permissions { path: PathBuf, mode: u32 },
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
 }
 
 /// One persisted signing key. `key_pkcs8` is base64; the struct is zeroized by the caller.
@@ -72,23 +76,14 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// Creates `dir` (0700) if needed.
+    /// Creates `dir` (0700) if needed; an existing one must be ours and not writable by
+    /// others, like every directory above it.
     ///
     /// # Errors
-    /// The directory cannot be created.
+    /// The directory is not trusted or cannot be created.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let io = |source| StoreError::Io {
-            path: dir.to_path_buf(),
-            source,
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
+        let dir = FsTrust::current().ensure_dir("data_dir", dir, 0o700)?;
+        Ok(Self { dir })
     }
 
     pub fn path(&self) -> PathBuf {
@@ -101,25 +96,24 @@ impl KeyStore {
     /// Unreadable, oversize, group/world-accessible or corrupt file.
     pub fn load(&self) -> Result<Option<StoredKeys>, StoreError> {
         let path = self.path();
-        let meta = match fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Io { path, source }),
+        let file = match FsTrust::current().open_private("key file", &path) {
+            Ok(f) => f,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
         };
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(StoreError::Permissions { path, mode });
-        }
-        if meta.len() > MAX_KEYS_FILE_BYTES {
+        let mut text = Zeroizing::new(Vec::new());
+        file.take(MAX_KEYS_FILE_BYTES + 1)
+            .read_to_end(&mut text)
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if text.len() as u64 > MAX_KEYS_FILE_BYTES {
             return Err(StoreError::Corrupt {
                 path,
                 reason: format!("larger than {MAX_KEYS_FILE_BYTES} bytes"),
             });
         }
-        let text = Zeroizing::new(fs::read(&path).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?);
         serde_json::from_slice(&text)
             .map(Some)
             .map_err(|e| StoreError::Corrupt {
@@ -143,12 +137,17 @@ impl KeyStore {
             path: path.clone(),
             reason: e.to_string(),
         })?);
+        // Only we can write the directory: a leftover temporary file is ours.
         let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .mode(0o600)
             .open(&tmp)
+            .map_err(io)?;
+        // The umask cannot widen 0600, but make the mode exact on the descriptor anyway.
+        f.set_permissions(fs::Permissions::from_mode(0o600))
             .map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -186,9 +185,34 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert_eq!(store.load().unwrap().unwrap().sequence, 3);
         fs::set_permissions(store.path(), fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(store.load(), Err(StoreError::Permissions { .. })));
+        assert!(matches!(
+            store.load(),
+            Err(StoreError::Untrusted(TrustError::Exposed { .. }))
+        ));
         fs::set_permissions(store.path(), fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(store.path(), b"{not json").unwrap();
         assert!(matches!(store.load(), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn refuses_an_open_directory_and_a_symlinked_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            KeyStore::open(&open),
+            Err(StoreError::Untrusted(TrustError::Writable { .. }))
+        ));
+        let data = dir.path().join("data");
+        let store = KeyStore::open(&data).unwrap();
+        let elsewhere = dir.path().join("keys.json");
+        fs::write(&elsewhere, b"{}").unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, store.path()).unwrap();
+        assert!(matches!(
+            store.load(),
+            Err(StoreError::Untrusted(TrustError::Symlink { .. }))
+        ));
     }
 }

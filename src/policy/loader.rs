@@ -10,6 +10,8 @@ use std::str::FromStr;
 use cedar_policy::{PolicyId, PolicySet, ValidationMode, Validator};
 use miette::Diagnostic;
 
+use crate::fs_trust::{FsTrust, TrustError};
+
 use super::{Diagnostics, PolicyError, MAX_POLICY_BYTES, MAX_POLICY_ID_BYTES};
 
 /// A policy set that parsed, was re-keyed and passed strict validation.
@@ -22,12 +24,32 @@ pub(super) struct Checked {
 }
 
 /// Reads a policy file, refusing anything over [`MAX_POLICY_BYTES`] without reading past it.
+/// For `policy check`, which trusts nothing it reads.
 pub(super) fn read_file(path: &Path) -> Result<String, PolicyError> {
+    let file = std::fs::File::open(path).map_err(|source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    read_bounded(path, file)
+}
+
+/// Reads the policy the daemon enforces: as [`read_file`], and only from a file no other user
+/// can change ([`FsTrust::open_input`]): whoever writes the policy decides every grant.
+pub(super) fn read_trusted_file(path: &Path) -> Result<String, PolicyError> {
+    let file = FsTrust::current()
+        .open_input("[policy] file", path)
+        .map_err(|e| match e {
+            TrustError::Io { path, source, .. } => PolicyError::Io { path, source },
+            untrusted => PolicyError::Untrusted(untrusted),
+        })?;
+    read_bounded(path, file)
+}
+
+fn read_bounded(path: &Path, file: std::fs::File) -> Result<String, PolicyError> {
     let io_err = |source| PolicyError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io_err)?;
     let mut bytes = Vec::new();
     // Read one byte past the limit so "exactly at the limit" and "over it" are distinguishable
     // even if the file grows while we read it.
@@ -182,5 +204,25 @@ mod tests {
         assert!(check_id(&"a".repeat(MAX_POLICY_ID_BYTES + 1)).is_err());
         assert!(check_id("").is_err());
         assert!(check_id("a\nb").is_err());
+    }
+
+    #[test]
+    fn the_enforced_policy_must_be_safe_from_other_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.cedar");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        assert!(read_file(&path).is_ok(), "policy check reads anything");
+        assert!(matches!(
+            read_trusted_file(&path),
+            Err(PolicyError::Untrusted(TrustError::Writable { .. }))
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read_trusted_file(&path).is_ok());
+        assert!(matches!(
+            read_trusted_file(&dir.path().join("missing")),
+            Err(PolicyError::Io { .. })
+        ));
     }
 }

@@ -378,4 +378,26 @@ mod tests {
         assert!(got.contains(&"k8s:pod-label:ok:".to_string()), "{got:?}");
         assert!(!got.iter().any(|s| s.starts_with("k8s:pod-label:big")));
     }
+
+    /// A registration entry can name every selector this attestor emits.
+    #[test]
+    fn every_emitted_selector_is_registrable() {
+        let pods = list(
+            r#"{"items":[{"metadata":{"name":"p","namespace":"n","uid":"u",
+                "labels":{"app":"web","empty":""},
+                "ownerReferences":[{"kind":"ReplicaSet","name":"web-1","uid":"o-1"}]},
+              "spec":{"serviceAccountName":"sa","nodeName":"node"},
+              "status":{"containerStatuses":[{"name":"c","image":"nginx:1","imageID":"docker.io/nginx@sha256:ab","containerID":"docker://c"}],
+                        "initContainerStatuses":[{"name":"i","image":"busybox","containerID":"docker://i"}]}}]}"#,
+        );
+        let Lookup::Found { pod, container } = find(&pods, &target(None, "c"), false) else {
+            panic!("not found")
+        };
+        let emitted = selectors(pod, container);
+        let types: BTreeSet<&str> = emitted.iter().map(|s| s.type_name()).collect();
+        assert_eq!(types.len(), 14, "{types:?}");
+        for s in &emitted {
+            crate::attest::catalog::parse_registered(&s.to_string()).unwrap();
+        }
+    }
 }
