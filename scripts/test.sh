@@ -42,6 +42,9 @@ timed "build" cargo test --all-targets --no-run
 step "cargo test --all-targets --no-fail-fast ${cargo_args[*]}"
 timed "cargo test" cargo test --all-targets --no-fail-fast "${cargo_args[@]}"
 
+step "security report rows recorded by the hostile tests (scripts/security-report.sh --check)"
+timed "security report" bash scripts/security-report.sh --check
+
 step "validating deploy manifests (scripts/validate-manifests.sh)"
 timed "manifests" bash scripts/validate-manifests.sh
 

@@ -69,9 +69,13 @@ fn accept_pauses_on_emfile_and_resumes() {
     lim.rlim_cur = open_fds() + HEADROOM;
     // SAFETY: setrlimit reads the struct passed.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
-    let mut limits = ConnectionLimits::default();
-    limits.max_connections = 100_000;
-    limits.max_connections_per_uid = 100_000;
+    let limits = ConnectionLimits {
+        max_connections: 100_000,
+        max_connections_per_uid: 100_000,
+        new_connections_per_uid_per_second: 1_000_000,
+        new_connections_per_uid_burst: 1_000_000,
+        ..ConnectionLimits::default()
+    };
     let gate = Gate::new(&limits, 100_000);
     let timeouts = ConnTimeouts {
         handshake: Duration::from_secs(600),
@@ -134,6 +138,11 @@ fn accept_pauses_on_emfile_and_resumes() {
     });
     let _ = client.kill();
     let _ = client.wait();
+    drop(incoming);
+    // Descriptors back, so the report can be written.
+    lim.rlim_cur = hard;
+    // SAFETY: setrlimit reads the struct passed.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     let observed = format!(
         "accepted {accepted_at_limit} before EMFILE; accept loop CPU at the limit {} ms per s; \
          {resumed} accepted after descriptors were released",

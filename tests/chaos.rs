@@ -22,8 +22,9 @@ use hostile::*;
 const DEFAULT_SECONDS: u64 = 10;
 /// Bounds the run must stay under.
 const MAX_RSS_KIB: u64 = 256 * 1024;
-/// p99 of one legitimate call, a process start of the CLI included.
-const MAX_LEGIT_P99: Duration = Duration::from_secs(2);
+/// p99 of one legitimate call, a process start of the CLI included, on a 2-core machine that
+/// also runs the attackers.
+const MAX_LEGIT_P99: Duration = Duration::from_secs(5);
 
 fn seconds() -> u64 {
     std::env::var("SVID_BROKER_CHAOS_SECONDS")

@@ -7,6 +7,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/hostile.rs"]
+mod hostile;
 
 use std::os::unix::fs::{chown, symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -83,6 +85,7 @@ fn run_config(config: &Path) -> String {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(!status.success(), "exit status {status}\n{}", log());
+            record_refusal(status, &log());
             return log();
         }
         if log().contains("serving") || Instant::now() > deadline {
@@ -96,6 +99,25 @@ fn run_config(config: &Path) -> String {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// A row for docs/security.md: the test's name as the attack, the daemon's last words as
+/// what was observed.
+fn record_refusal(status: std::process::ExitStatus, log: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("")
+        .replace('_', " ");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    hostile::report(
+        &test,
+        "the daemon refuses to start, naming the path or entry and the fix",
+        &format!("{status}: {}", last.trim()),
+    );
 }
 
 fn assert_names(out: &str, wanted: &[&str]) {

@@ -296,9 +296,13 @@ async fn an_open_stream_outlives_the_idle_timeout() {
 
 #[test]
 fn connections_over_the_uid_cap_are_refused_at_once() {
-    // A long handshake timeout, so that a connection closed within a second was refused,
-    // not timed out.
-    let d = daemon_with_limits(&LIMITS.replace("\"500ms\"", "\"30s\""));
+    // Long handshake and idle timeouts, so that a connection closed within two seconds was
+    // refused, not timed out, and the held ones stay held however slow the machine is.
+    let d = daemon_with_limits(
+        &LIMITS
+            .replace("\"500ms\"", "\"30s\"")
+            .replace("idle_timeout = \"1s\"", "idle_timeout = \"30s\""),
+    );
     let held: Vec<UnixStream> = (0..16)
         .map(|_| {
             let mut s = connect(&d);
