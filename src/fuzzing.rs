@@ -16,8 +16,11 @@ pub mod kubelet_pods;
 pub mod seeds;
 pub mod x509;
 
+/// A target: checks one input, panicking when an invariant breaks.
+pub type Check = fn(&[u8]);
+
 /// Every target by name; the names are the folders under `fuzz/corpus/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("authority_rewriter", authority_rewriter::check),
     ("jwt", jwt::check),
     ("x509", x509::check),
@@ -27,7 +30,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The target called `name`.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Check> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 

@@ -82,8 +82,8 @@ fn every_seed_passes_its_target() {
         let log = reader.join().unwrap();
         let last = log
             .lines()
-            .filter_map(|l| l.strip_prefix("replaying "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("replaying "))
             .unwrap_or("(none)");
         match status {
             Some(s) if s.success() && log.contains("replayed all") => {}
