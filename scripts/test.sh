@@ -9,6 +9,7 @@
 # Environment:
 #   SVID_BROKER_VENV      the Python venv for the peers (default <repo>/.venv); exported for tests
 #   SVID_BROKER_SKIP_GO=1 do not build SPIRE and go-spiffe; their tests say they skipped
+#   SVID_BROKER_SKIP_FUZZ=1 skip the short AFL++ pass (scripts/fuzz.sh)
 #   CARGO_TARGET_DIR      reuse a build directory (cargo's own variable)
 set -euo pipefail
 
@@ -44,6 +45,13 @@ timed "cargo test" cargo test --all-targets --no-fail-fast "${cargo_args[@]}"
 
 step "security report rows recorded by the hostile tests (scripts/security-report.sh --check)"
 timed "security report" bash scripts/security-report.sh --check
+
+if [[ "${SVID_BROKER_SKIP_FUZZ:-}" == 1 ]]; then
+  step "fuzzing skipped (SVID_BROKER_SKIP_FUZZ=1)"
+else
+  step "fuzzing every parser briefly (scripts/fuzz.sh)"
+  timed "fuzz" bash scripts/fuzz.sh
+fi
 
 step "validating deploy manifests (scripts/validate-manifests.sh)"
 timed "manifests" bash scripts/validate-manifests.sh

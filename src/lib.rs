@@ -10,6 +10,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod fs_trust;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod policy;
 pub mod proto;

@@ -259,7 +259,7 @@ fn read_start_time(proc_root: &std::path::Path, pid: i32) -> io::Result<u64> {
     })
 }
 
-fn parse_start_time(stat: &str) -> Option<u64> {
+pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may contain spaces and ')'.
     let after = &stat[stat.rfind(')')? + 1..];
     // After the name: field 3 (state) is index 0, so field 22 is index 19.

@@ -206,14 +206,14 @@ fn gone_or_failed(pid: i32, e: io::Error) -> AttestError {
     }
 }
 
-struct StatusIds {
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
+pub(crate) struct StatusIds {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) groups: Vec<u32>,
 }
 
 /// Effective uid and gid (second column, as SPIRE uses) and supplementary groups.
-fn parse_status(status: &str) -> Option<StatusIds> {
+pub(crate) fn parse_status(status: &str) -> Option<StatusIds> {
     let mut uid = None;
     let mut gid = None;
     let mut groups = Vec::new();

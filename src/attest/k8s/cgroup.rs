@@ -117,14 +117,14 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Option<String>, LocateError> 
 }
 
 /// The path of every `hierarchy:controllers:path` line (the path may itself hold colons).
-fn cgroup_paths(text: &str) -> Vec<&str> {
+pub(crate) fn cgroup_paths(text: &str) -> Vec<&str> {
     text.lines()
         .filter_map(|line| line.splitn(3, ':').nth(2))
         .collect()
 }
 
 /// The root (4th field) of every `cgroup` / `cgroup2` mount.
-fn mountinfo_cgroup_roots(text: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn mountinfo_cgroup_roots(text: &str) -> impl Iterator<Item = &str> {
     text.lines().filter_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
         let sep = fields.iter().position(|f| *f == "-")?;
@@ -137,7 +137,7 @@ fn mountinfo_cgroup_roots(text: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Merges what every path says; paths that name no container add nothing.
-fn from_paths<'a>(
+pub(crate) fn from_paths<'a>(
     paths: impl Iterator<Item = &'a str>,
     file: &'static str,
 ) -> Result<Option<ContainerRef>, LocateError> {
