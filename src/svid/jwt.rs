@@ -222,11 +222,12 @@ pub fn verify_signature(
 pub fn check_times(parsed: &ParsedJwt, now: SystemTime) -> Result<(), JwtError> {
     let now_s = unix_seconds(now);
     let leeway = LEEWAY.as_secs() as i64;
-    if parsed.numeric("exp").unwrap_or(0) + leeway <= now_s {
+    // Saturating: a signed token may carry any i64, and an overflow must not panic or wrap.
+    if parsed.numeric("exp").unwrap_or(0).saturating_add(leeway) <= now_s {
         return Err(JwtError::Expired);
     }
     if let Some(nbf) = parsed.numeric("nbf") {
-        if nbf - leeway > now_s {
+        if nbf.saturating_sub(leeway) > now_s {
             return Err(JwtError::NotYetValid);
         }
     }
@@ -356,6 +357,25 @@ mod tests {
             URL_SAFE_NO_PAD.encode(claims),
             URL_SAFE_NO_PAD.encode(sig)
         )
+    }
+
+    #[test]
+    fn extreme_times_neither_panic_nor_wrap() {
+        let f = fixture();
+        let at = |exp: i64, nbf: i64| {
+            let claims: Map<String, Value> = serde_json::from_str(&format!(
+                r#"{{"sub":"spiffe://example.org/a","aud":["aud1"],"exp":{exp},"nbf":{nbf}}}"#
+            ))
+            .unwrap();
+            let tok = sign_es256(&f.key, "k1", &claims).unwrap();
+            check_times(&parse(&tok).unwrap(), SystemTime::now())
+        };
+        // exp near i64::MAX: valid for ever, not wrapped into the past.
+        assert!(at(i64::MAX, 0).is_ok());
+        // nbf near i64::MIN: already valid.
+        assert!(at(i64::MAX, i64::MIN).is_ok());
+        // exp near i64::MIN: expired.
+        assert!(at(i64::MIN, 0).is_err());
     }
 
     #[test]
