@@ -200,16 +200,18 @@ impl AsyncRead for PeerConn {
                 },
             }
             this.last_read = Instant::now();
-            if !this.handshaken && this.rewriter.past_preface() {
-                this.handshaken = true;
-                let next = this.last_read + this.timeouts.idle;
-                this.timer.as_mut().reset(next);
-            }
             if read.filled().is_empty() {
                 this.rewriter.flush(&mut this.pending);
                 this.eof = true;
             } else {
                 this.rewriter.feed(read.filled(), &mut this.pending);
+            }
+            // After feeding: the read that completes the preface completes the handshake,
+            // even if the client then says nothing more.
+            if !this.handshaken && this.rewriter.past_preface() {
+                this.handshaken = true;
+                let next = this.last_read + this.timeouts.idle;
+                this.timer.as_mut().reset(next);
             }
         }
     }
