@@ -1,5 +1,5 @@
-//! The k8s attestor against the real captures in `shared/testdata` (found at
-//! `$CARGO_MANIFEST_DIR/../shared/testdata` or `$SVID_BROKER_TESTDATA`), a test kubelet over
+//! The k8s attestor against the project's fixtures in `tests/fixtures/` (pod lists, cgroup files
+//! and fake proc roots; `tests/fixtures/README.md` says what each models), a test kubelet over
 //! HTTPS and plain HTTP, and a kubelet that misbehaves.
 
 #[path = "support/kubelet.rs"]
@@ -18,47 +18,51 @@ use svid_broker::attest::{AttestError, WorkloadAttestor};
 const PID: i32 = 123;
 
 const SET_A: &str = "
-k8s:node-name:k8s-node-1  k8s:ns:default  k8s:sa:default
-k8s:pod-name:blog-24ck7  k8s:pod-uid:2c48913c-b29f-11e7-9350-020968147796
-k8s:pod-label:k8s-app:blog  k8s:pod-label:version:v0
-k8s:pod-owner:ReplicationController:blog  k8s:pod-owner-uid:ReplicationController:2c401175-b29f-11e7-9350-020968147796
+k8s:node-name:worker-3  k8s:ns:agents  k8s:sa:planner
+k8s:pod-name:planner-7d9f8c6b5-x2k4q  k8s:pod-uid:deab2d6e-b6d9-4c91-b63f-79287c33d454
+k8s:pod-label:app:planner  k8s:pod-label:pod-template-hash:7d9f8c6b5  k8s:pod-label:tier:agents
+k8s:pod-owner:ReplicaSet:planner-7d9f8c6b5  k8s:pod-owner-uid:ReplicaSet:9fba7ac5-4ab0-4820-9df7-29373486d4ca
 k8s:pod-image-count:2  k8s:pod-init-image-count:0
-k8s:pod-image:docker-pullable://localhost/spiffe/blog@sha256:0cfdaced91cb46dd7af48309799a3c351e4ca2d5e1ee9737ca0cbd932cb79898
-k8s:pod-image:docker-pullable://localhost/spiffe/ghostunnel@sha256:b2fc20676c92a433b9a91f3f4535faddec0c2c3613849ac12f02c1d5cfcd4c3a
-k8s:pod-image:localhost/spiffe/blog:latest  k8s:pod-image:localhost/spiffe/ghostunnel:latest
-k8s:container-name:blog
-k8s:container-image:docker-pullable://localhost/spiffe/blog@sha256:0cfdaced91cb46dd7af48309799a3c351e4ca2d5e1ee9737ca0cbd932cb79898
-k8s:container-image:localhost/spiffe/blog:latest
+k8s:pod-image:docker-pullable://registry.example/agents/planner@sha256:0c39cd36f9aa6d5b6bc2cd34a71fa4b5825deac92cf127485d1c65f0d56e8070
+k8s:pod-image:docker-pullable://registry.example/mesh/envoy-lite@sha256:cef4095521ab58242d14dab352714675535b57d7e0805c68b5173da6228c4a6a
+k8s:pod-image:registry.example/agents/planner:1.4  k8s:pod-image:registry.example/mesh/envoy-lite:0.9
+k8s:container-name:planner
+k8s:container-image:docker-pullable://registry.example/agents/planner@sha256:0c39cd36f9aa6d5b6bc2cd34a71fa4b5825deac92cf127485d1c65f0d56e8070
+k8s:container-image:registry.example/agents/planner:1.4
 ";
 
 const SET_B: &str = "
-k8s:node-name:k8s-node-1  k8s:ns:kube-system  k8s:sa:flannel
-k8s:pod-name:kube-flannel-ds-gp1g9  k8s:pod-uid:d488cae9-b2a0-11e7-9350-020968147796
-k8s:pod-label:app:flannel  k8s:pod-label:controller-revision-hash:1846323910
-k8s:pod-label:pod-template-generation:1  k8s:pod-label:tier:node
-k8s:pod-owner:DaemonSet:kube-flannel-ds  k8s:pod-owner-uid:DaemonSet:2f0350fc-b29d-11e7-9350-020968147796
+k8s:node-name:worker-3  k8s:ns:search  k8s:sa:indexer
+k8s:pod-name:indexer-0  k8s:pod-uid:1599dedc-5ff2-48ce-b7d9-ff547c2d3d45
+k8s:pod-label:app:indexer  k8s:pod-label:apps.kubernetes.io/pod-index:0
+k8s:pod-label:controller-revision-hash:indexer-6c4f9b8d7
+k8s:pod-label:statefulset.kubernetes.io/pod-name:indexer-0
+k8s:pod-owner:StatefulSet:indexer  k8s:pod-owner-uid:StatefulSet:20b5bb10-3c86-4b98-b4bd-a63a88107212
 k8s:pod-image-count:1  k8s:pod-init-image-count:1
-k8s:pod-image:docker-pullable://quay.io/coreos/flannel@sha256:1b401bf0c30bada9a539389c3be652b58fe38463361edf488e6543c8761d4970
-k8s:pod-image:quay.io/coreos/flannel:v0.9.0-amd64
-k8s:pod-init-image:docker-pullable://quay.io/coreos/flannel@sha256:1b401bf0c30bada9a539389c3be652b58fe38463361edf488e6543c8761d4970
-k8s:pod-init-image:quay.io/coreos/flannel:v0.9.0-amd64
-k8s:container-name:install-cni
-k8s:container-image:docker-pullable://quay.io/coreos/flannel@sha256:1b401bf0c30bada9a539389c3be652b58fe38463361edf488e6543c8761d4970
-k8s:container-image:quay.io/coreos/flannel:v0.9.0-amd64
+k8s:pod-image:docker-pullable://registry.example/search/indexer@sha256:e819b8bc8088a5f562e89d7d0e5c091c6eed9142e80b372ce662fd10dc3fbff8
+k8s:pod-image:registry.example/search/indexer:3.0
+k8s:pod-init-image:docker-pullable://registry.example/tools/fetcher@sha256:937f68427e036939245b78deaa075ce2f8f7e03bc4221293771aef2a1c94a735
+k8s:pod-init-image:registry.example/tools/fetcher:2.1
+k8s:container-name:fetch-model
+k8s:container-image:docker-pullable://registry.example/tools/fetcher@sha256:937f68427e036939245b78deaa075ce2f8f7e03bc4221293771aef2a1c94a735
+k8s:container-image:registry.example/tools/fetcher:2.1
 ";
 
 const SET_C: &str = "
-k8s:node-name:kind-control-plane  k8s:ns:default  k8s:sa:default
-k8s:pod-name:sample-workload-6658cb9566-5n4b4  k8s:pod-uid:a2830d0d-b0f0-4ff0-81b5-0ee4e299cf80
-k8s:pod-label:app:sample-workload  k8s:pod-label:pod-template-hash:6658cb9566
-k8s:pod-owner:ReplicaSet:sample-workload-6658cb9566  k8s:pod-owner-uid:ReplicaSet:349d135e-3781-43e3-bc25-c900aedf1d0c
+k8s:node-name:kind-worker  k8s:ns:demo  k8s:sa:echo-client
+k8s:pod-name:echo-client-5b8d9f7c6-qz7wm  k8s:pod-uid:92babb63-047b-4532-b606-3d16d1eb6325
+k8s:pod-label:app:echo-client  k8s:pod-label:pod-template-hash:5b8d9f7c6
+k8s:pod-owner:ReplicaSet:echo-client-5b8d9f7c6  k8s:pod-owner-uid:ReplicaSet:320be162-ca60-4b1c-b02f-530dc4fa8c5a
 k8s:pod-image-count:1  k8s:pod-init-image-count:0
-k8s:pod-image:gcr.io/spiffe-io/spire-agent:0.8.1
-k8s:pod-image:gcr.io/spiffe-io/spire-agent@sha256:1e4c481d76e9ecbd3d8684891e0e46aa021a30920ca04936e1fdcc552747d941
-k8s:container-name:workload-api-client
-k8s:container-image:gcr.io/spiffe-io/spire-agent:0.8.1
-k8s:container-image:gcr.io/spiffe-io/spire-agent@sha256:1e4c481d76e9ecbd3d8684891e0e46aa021a30920ca04936e1fdcc552747d941
+k8s:pod-image:registry.example/demo/echo-client:0.3
+k8s:pod-image:registry.example/demo/echo-client@sha256:b136dfc73680e09c8e9f513593e12606c3e60520079915ceb022e0ef34202196
+k8s:container-name:echo-client
+k8s:container-image:registry.example/demo/echo-client:0.3
+k8s:container-image:registry.example/demo/echo-client@sha256:b136dfc73680e09c8e9f513593e12606c3e60520079915ceb022e0ef34202196
 ";
+
+/// The container of `cgroups_pid_in_pod.txt` (`planner`, set A).
+const PLANNER_CID: &str = "46966fa1f287c9131861afcdbf9cb567414a127e11f7cd834a4c5b5787cc68af";
 
 fn set(text: &str) -> BTreeSet<String> {
     text.split_whitespace().map(str::to_string).collect()
@@ -72,26 +76,18 @@ fn pod_level(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The shared test data; a missing copy fails the test, never skips it.
-fn testdata() -> PathBuf {
-    let dir = std::env::var_os("SVID_BROKER_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
-    assert!(
-        dir.join("k8s/pod_list.json").is_file() && dir.join("containerinfo").is_dir(),
-        "test data not found at {}: place a copy of shared/testdata beside the repository \
-         (../shared/testdata) or set SVID_BROKER_TESTDATA to its path",
-        dir.display()
-    );
-    dir
+/// The project's own fixtures (`tests/fixtures/README.md`).
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn k8s(name: &str) -> PathBuf {
-    testdata().join("k8s").join(name)
+    fixtures().join("k8s").join(name)
 }
 
 fn read(name: &str) -> Vec<u8> {
-    std::fs::read(k8s(name)).expect("read capture")
+    let path = k8s(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 fn config(url: &str, proc_root: &Path) -> K8sAttestorConfig {
@@ -133,7 +129,7 @@ const CASES: [(&str, &str, &str); 4] = [
 ];
 
 #[tokio::test]
-async fn captures_over_https_with_token_give_spire_selector_sets() {
+async fn fixtures_over_https_with_token_give_spire_selector_sets() {
     let pki = Pki::new();
     for (cgroup, pods, want) in CASES {
         let kubelet = TestKubelet::https(read(pods), &pki, false).await;
@@ -156,7 +152,7 @@ async fn captures_over_https_with_token_give_spire_selector_sets() {
 }
 
 #[tokio::test]
-async fn captures_over_plain_http_give_spire_selector_sets() {
+async fn fixtures_over_plain_http_give_spire_selector_sets() {
     for (cgroup, pods, want) in CASES {
         let kubelet = TestKubelet::http(read(pods)).await;
         kubelet.set_mode(Mode::ServeChunked);
@@ -306,7 +302,7 @@ async fn not_running_container_is_polled_then_fails_clearly_within_max_wait() {
     let reason = failed_reason(attest(&attestor(cfg)).await);
     let elapsed = started.elapsed();
     assert!(
-        reason.contains("9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961")
+        reason.contains(PLANNER_CID)
             && reason.contains("not in the kubelet's pod list")
             && reason.contains("max_wait")
             && reason.contains("disable_container_selectors"),
@@ -528,14 +524,14 @@ async fn pod_on_another_node_is_refused() {
     match attest(&attestor(cfg)).await {
         Err(AttestError::Refused { reason, .. }) => {
             assert!(
-                reason.contains("other-node") && reason.contains("k8s-node-1"),
+                reason.contains("other-node") && reason.contains("worker-3"),
                 "{reason}"
             )
         }
         other => panic!("{other:?}"),
     }
     let same = K8sAttestorConfig {
-        node_name: Some("k8s-node-1".into()),
+        node_name: Some("worker-3".into()),
         ..config(&kubelet.url, proc.path())
     };
     assert_eq!(attest(&attestor(same)).await.unwrap(), set(SET_A));
@@ -559,17 +555,20 @@ async fn node_name_fills_the_url_from_config_or_environment() {
     assert!(K8sAttestor::with_env(cfg, |_| None).is_err());
 }
 
-// --- containerinfo: fake proc roots published with SPIRE's container-info locator ---
+// --- containerinfo: fake proc roots with a cgroup and a mountinfo file ---
 
 fn containerinfo(folder: &str) -> PathBuf {
-    testdata().join("containerinfo").join(folder).join("proc")
+    fixtures().join("containerinfo").join(folder).join("proc")
 }
 
-const UID: &str = "00000000-1111-2222-3333-444444444444";
-const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const UID: &str = "a0a7d7ec-183d-474f-b09e-00866359f524";
+const CID: &str = "2aa22cc3ecfabd8550e94e9eae74fef8ec42e80d468b941af21e95adfc457d41";
+/// The pod and container that `other/mountinfo-impersonation`'s mount table claims.
+const VICTIM_UID: &str = "1f9f8aba-0f6a-42e8-aaf1-2ff225055c5b";
+const VICTIM_CID: &str = "dc8527b2addab03eef0debdfeae42ca84e1f25411afc766b455fc91e8e68c7e9";
 
 #[test]
-fn containerinfo_captures_locate_the_right_container() {
+fn containerinfo_fixtures_locate_the_right_container() {
     let cases: [(&str, Option<&str>); 5] = [
         ("k8s/v1", Some(UID)),
         ("k8s/v2", Some(UID)),
@@ -598,8 +597,8 @@ fn containerinfo_captures_locate_the_right_container() {
     ));
 }
 
-/// A pod list holding both the real container (0123…) and the one the mountinfo claims
-/// (deadbeef…, in pod ffffffff-…).
+/// A pod list holding both the real container ([`CID`]) and the one the mountinfo claims
+/// ([`VICTIM_CID`], in pod [`VICTIM_UID`]).
 fn impersonation_pod_list() -> Vec<u8> {
     let pod = |name: &str, uid: &str, id: &str| {
         serde_json::json!({
@@ -611,8 +610,8 @@ fn impersonation_pod_list() -> Vec<u8> {
         })
     };
     serde_json::to_vec(&serde_json::json!({"kind": "PodList", "items": [
-        pod("victim", "ffffffff-ffff-ffff-ffff-ffffffffffff", &"deadbeef".repeat(8)),
-        pod("caller", "99999999-9999-9999-9999-999999999999", CID),
+        pod("victim", VICTIM_UID, VICTIM_CID),
+        pod("caller", "bd5cc08c-76ec-469a-b4ca-e96646c1128f", CID),
     ]}))
     .unwrap()
 }
@@ -630,7 +629,7 @@ async fn mountinfo_impersonation_is_not_believed() {
 }
 
 #[tokio::test]
-async fn conflicting_captures_are_refused_without_asking_the_kubelet() {
+async fn conflicting_fixtures_are_refused_without_asking_the_kubelet() {
     let kubelet = TestKubelet::http(read("pod_list.json")).await;
     for folder in ["k8s/pod-uid-conflict", "k8s/container-id-conflict"] {
         let a = attestor(config(&kubelet.url, &containerinfo(folder)));
@@ -664,11 +663,11 @@ async fn debug_entry_point_reads_another_proc_root() {
         .unwrap();
     assert_eq!(
         container.pod_uid.as_deref(),
-        Some("a2830d0d-b0f0-4ff0-81b5-0ee4e299cf80")
+        Some("92babb63-047b-4532-b606-3d16d1eb6325")
     );
     assert_eq!(
         container.container_id,
-        "09bc3d7ade839efec32b6bec4ec79d099027a668ddba043083ec21d3c3b8f1e6"
+        "98bf867ba41507abd8e7c4e5664d2e8c6ee3d7212a6517c233c31fdf2b470b3c"
     );
 }
 
@@ -724,13 +723,13 @@ proc_root = "{root}"
 [attestor.k8s]
 kubelet_url = "{url}"
 proc_root = "{root}"
-node_name = "k8s-node-1"
+node_name = "worker-3"
 [[entry]]
 spiffe_id = "spiffe://example.org/ns/{{k8s:ns}}/sa/{{k8s:sa}}"
-selectors = ["k8s:pod-label:k8s-app:blog", "k8s:container-name:blog"]
+selectors = ["k8s:pod-label:app:planner", "k8s:container-name:planner"]
 [[entry]]
 spiffe_id = "spiffe://example.org/other"
-selectors = ["k8s:ns:kube-system"]
+selectors = ["k8s:ns:search"]
 "#,
             root = fake.path().display(),
             url = kubelet.url,
@@ -753,10 +752,10 @@ selectors = ["k8s:ns:kube-system"]
         String::from_utf8_lossy(&out.stderr)
     );
     for s in [
-        "k8s:ns:default",
-        "k8s:sa:default",
-        "k8s:pod-name:blog-24ck7",
-        "k8s:container-name:blog",
+        "k8s:ns:agents",
+        "k8s:sa:planner",
+        "k8s:pod-name:planner-7d9f8c6b5-x2k4q",
+        "k8s:container-name:planner",
     ] {
         assert!(text.contains(s), "missing {s}:\n{text}");
     }
@@ -765,11 +764,11 @@ selectors = ["k8s:ns:kube-system"]
         "unix failure shown:\n{text}"
     );
     assert!(
-        text.contains("spiffe://example.org/ns/default/sa/default (default)"),
+        text.contains("spiffe://example.org/ns/agents/sa/planner (default)"),
         "{text}"
     );
     assert!(
-        text.contains("spiffe://example.org/other  missing: k8s:ns:kube-system"),
+        text.contains("spiffe://example.org/other  missing: k8s:ns:search"),
         "{text}"
     );
 }
