@@ -66,8 +66,7 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         log_pin_method();
         let gate = build_gate(&config.limits);
-        let metrics = Arc::new(Metrics::default());
-        metrics.set_gate(gate.clone());
+        let metrics = Arc::new(Metrics::with_gate(gate.clone()));
         let identities = if config.authority.kind == AuthorityKind::Spire {
             crate::authority::spire::build_identities(&config).await?
         } else {

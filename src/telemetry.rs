@@ -43,7 +43,8 @@ pub struct Metrics {
     task_tokens_issued: AtomicU64,
     ca_not_after: AtomicU64,
     svid_not_after_min: AtomicU64,
-    gate: std::sync::OnceLock<std::sync::Arc<crate::server::gate::Gate>>,
+    /// The connection gate whose open connections and refusals are exported, when serving.
+    gate: Option<std::sync::Arc<crate::server::gate::Gate>>,
     audit_write_failures: AtomicU64,
     audit_degraded: AtomicU64,
 }
@@ -52,9 +53,12 @@ pub struct Metrics {
 pub const MAX_METRICS_CONNECTIONS: usize = 16;
 
 impl Metrics {
-    /// Exports the connection gate's open connections and refusals.
-    pub fn set_gate(&self, gate: std::sync::Arc<crate::server::gate::Gate>) {
-        let _ = self.gate.set(gate);
+    /// Metrics that also export `gate`'s open connections and refusals.
+    pub fn with_gate(gate: std::sync::Arc<crate::server::gate::Gate>) -> Self {
+        Self {
+            gate: Some(gate),
+            ..Self::default()
+        }
     }
 
     pub fn observe_request(&self, rpc: &'static str, code: tonic::Code) {
@@ -184,7 +188,7 @@ impl Metrics {
             let left = if t == 0 { 0 } else { t - now };
             let _ = writeln!(out, "# TYPE {name} gauge\n{name} {left}");
         }
-        if let Some(gate) = self.gate.get() {
+        if let Some(gate) = &self.gate {
             let _ = writeln!(
                 out,
                 "# TYPE svid_broker_connections_open gauge\nsvid_broker_connections_open {}",
