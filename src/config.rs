@@ -281,9 +281,10 @@ impl Config {
             path: PathBuf::new(),
             source,
         })?;
-        let trust_domain = TrustDomain::new(&raw.trust_domain).map_err(|e| {
-            ConfigError::Invalid(format!("trust_domain {:?}: {e}", raw.trust_domain))
-        })?;
+        let trust_domain =
+            crate::spiffe_id::parse_trust_domain(&raw.trust_domain).map_err(|e| {
+                ConfigError::Invalid(format!("trust_domain {:?}: {e}", raw.trust_domain))
+            })?;
         check_ttl("authority.ca_ttl", raw.authority.ca_ttl, Duration::MAX)?;
         check_ttl(
             "authority.jwt_key_ttl",

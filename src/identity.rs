@@ -155,7 +155,7 @@ impl IdentityManager {
                     .and_then(|a| a.first())
                     .and_then(|a| a.as_str())
                     .unwrap_or_default();
-                let sub = SpiffeId::new(text("sub"))
+                let sub = crate::spiffe_id::parse(text("sub"))
                     .map_err(|e| tonic::Status::internal(format!("task token subject: {e}")))?;
                 let audiences = vec![
                     audience.to_string(),

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proto;
 pub mod registry;
 pub mod server;
+pub mod spiffe_id;
 pub mod svid;
 pub mod telemetry;
 pub mod tls;

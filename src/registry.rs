@@ -134,7 +134,7 @@ impl Registry {
             let sample = template.render(|_, _| Some("x".to_string()));
             let id = sample
                 .as_deref()
-                .map(SpiffeId::new)
+                .map(crate::spiffe_id::parse)
                 .transpose()
                 .map_err(|err| invalid(format!("spiffe_id {:?}: {err}", e.spiffe_id)))?
                 .ok_or_else(|| invalid("empty spiffe_id".into()))?;
@@ -241,7 +241,7 @@ impl Entry {
                 .find(|s| s.kind() == kind && s.type_name() == ty)
                 .and_then(|s| s.value().split_once(':').map(|(_, v)| v.to_string()))
         })?;
-        SpiffeId::new(text).ok()
+        crate::spiffe_id::parse(&text).ok()
     }
 }
 

@@ -488,7 +488,8 @@ pub fn parse_spiffe_id(s: &str) -> Result<SpiffeId, Status> {
             "spiffe_id longer than {MAX_SPIFFE_ID_BYTES} bytes"
         )));
     }
-    SpiffeId::new(s).map_err(|e| Status::invalid_argument(format!("invalid spiffe_id {s:?}: {e}")))
+    crate::spiffe_id::parse(s)
+        .map_err(|e| Status::invalid_argument(format!("invalid spiffe_id {s:?}: {e}")))
 }
 
 /// JSON claims → `google.protobuf.Struct`.

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use spiffe::SpiffeId;
 
 use super::table::{Grants, Task, TaskTable, TokenState};
 use crate::audit::{AuditEvent, AuditRecord};
@@ -27,7 +26,7 @@ pub fn rebuild(records: &[AuditRecord]) -> TaskTable {
                 on_behalf_of,
                 grants,
             } => {
-                let Ok(owner) = SpiffeId::new(spiffe_id) else {
+                let Ok(owner) = crate::spiffe_id::parse(spiffe_id) else {
                     skipped += 1;
                     continue;
                 };

@@ -106,7 +106,7 @@ impl ParsedJwt {
             .get("sub")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        SpiffeId::new(sub).map_err(|_| JwtError::Subject(sub.to_string()))
+        crate::spiffe_id::parse(sub).map_err(|_| JwtError::Subject(sub.to_string()))
     }
 
     pub fn audiences(&self) -> Vec<&str> {

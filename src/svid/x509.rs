@@ -249,7 +249,7 @@ pub fn check_leaf(der: &[u8]) -> Result<LeafFacts, X509Error> {
         return Err(X509Error::Rule("not exactly one URI SAN"));
     };
     let spiffe_id =
-        SpiffeId::new(uri).map_err(|_| X509Error::Rule("URI SAN is not a SPIFFE ID"))?;
+        crate::spiffe_id::parse(uri).map_err(|_| X509Error::Rule("URI SAN is not a SPIFFE ID"))?;
     if spiffe_id.path().is_empty() {
         return Err(X509Error::Rule("leaf SPIFFE ID has no path"));
     }

@@ -140,7 +140,7 @@ impl X509Context {
         svid: &pb::X509svid,
         federated: &HashMap<String, Vec<u8>>,
     ) -> Result<Self, SvidError> {
-        let spiffe_id = SpiffeId::new(&svid.spiffe_id)
+        let spiffe_id = crate::spiffe_id::parse(&svid.spiffe_id)
             .map_err(|_| SvidError::SpiffeId(svid.spiffe_id.clone()))?;
         let chain = split_der(&svid.x509_svid).ok_or(SvidError::ChainDer)?;
         let (leaf, intermediates) = chain.split_first().ok_or(SvidError::ChainDer)?;
@@ -154,7 +154,8 @@ impl X509Context {
         let own_td = spiffe_id.trust_domain_name().to_owned();
         let mut bundles = HashMap::new();
         for (key, der) in federated {
-            let td = TrustDomain::new(key).map_err(|_| SvidError::Bundle(key.clone()))?;
+            let td = crate::spiffe_id::parse_trust_domain(key)
+                .map_err(|_| SvidError::Bundle(key.clone()))?;
             bundles.insert(td.to_string(), TrustBundle::from_concatenated_der(td, der)?);
         }
         let td = TrustDomain::new(&own_td).map_err(|_| SvidError::Bundle(own_td.clone()))?;

@@ -56,7 +56,8 @@ pub(crate) fn leaf_spiffe_id(der: &[u8]) -> Result<SpiffeId, PeerError> {
     let (Some(uri), None) = (uris.next(), uris.next()) else {
         return Err(PeerError::Malformed("not exactly one URI SAN"));
     };
-    let id = SpiffeId::new(uri).map_err(|_| PeerError::Malformed("URI SAN is not a SPIFFE ID"))?;
+    let id = crate::spiffe_id::parse(uri)
+        .map_err(|_| PeerError::Malformed("URI SAN is not a SPIFFE ID"))?;
     if id.path().is_empty() {
         return Err(PeerError::Malformed("SPIFFE ID has no path"));
     }

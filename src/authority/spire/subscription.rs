@@ -177,7 +177,7 @@ fn convert(msg: di::SubscribeToX509sviDsResponse) -> Vec<SpireSvid> {
         .filter_map(|s| {
             let svid = s.x509_svid?;
             let id = svid.id.as_ref().map(spiffe_id_string)?;
-            let spiffe_id = match spiffe::SpiffeId::new(&id) {
+            let spiffe_id = match crate::spiffe_id::parse(&id) {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!(spiffe_id = %id, error = %e, "SPIRE sent an invalid SPIFFE ID; skipped");
