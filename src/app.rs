@@ -55,6 +55,7 @@ pub struct App {
     listener: UnixListener,
     admin_listener: Option<UnixListener>,
     metrics_listener: Option<tokio::net::TcpListener>,
+    oauth: Option<crate::oauth::OAuthListener>,
 }
 
 impl App {
@@ -105,6 +106,19 @@ impl App {
             ),
             None => None,
         };
+        let oauth = match &config.oauth {
+            Some(o) => Some(
+                crate::oauth::OAuthListener::bind(
+                    &config,
+                    o,
+                    broker.clone(),
+                    identities.clone(),
+                    resolver.registry().clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         Ok(Self {
             config,
             identities,
@@ -115,6 +129,7 @@ impl App {
             listener,
             admin_listener,
             metrics_listener,
+            oauth,
         })
     }
 
@@ -142,6 +157,10 @@ impl App {
                 l,
                 self.metrics.clone(),
             )));
+        }
+
+        if let Some(o) = self.oauth {
+            background.push(tokio::spawn(o.serve()));
         }
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();

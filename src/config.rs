@@ -216,6 +216,8 @@ struct RawConfig {
     audiences: crate::policy::AudienceAttributes,
     #[serde(default)]
     limits: crate::server::limits::ConnectionLimits,
+    #[serde(default)]
+    oauth: Option<crate::oauth::OAuthConfig>,
 }
 
 /// A validated configuration.
@@ -242,6 +244,8 @@ pub struct Config {
     pub development_profile: bool,
     /// `[limits]`: what a caller may hold before and after attestation.
     pub limits: crate::server::limits::ConnectionLimits,
+    /// `[oauth]`: the OAuth 2.1 listener, off unless configured.
+    pub oauth: Option<crate::oauth::OAuthConfig>,
 }
 
 impl Config {
@@ -335,6 +339,9 @@ impl Config {
         if let Some(a) = &raw.audit {
             a.validate()?;
         }
+        if let Some(o) = &raw.oauth {
+            o.validate().map_err(ConfigError::Invalid)?;
+        }
         let socket_path = raw
             .socket_path
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
@@ -355,6 +362,7 @@ impl Config {
             audiences: raw.audiences,
             development_profile: false,
             limits: raw.limits,
+            oauth: raw.oauth,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod fs_trust;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+pub mod oauth;
 pub mod policy;
 pub mod proto;
 pub mod registry;

@@ -208,6 +208,28 @@ impl Registry {
         out
     }
 
+    /// The first entry that names `id` without placeholders: its identity and selectors.
+    /// For callers proven by a JWT-SVID rather than attested (the OAuth listener).
+    pub fn entry_for_id(&self, id: &SpiffeId) -> Option<(Identity, BTreeSet<Selector>)> {
+        self.entries.iter().find_map(|entry| {
+            if entry.template.has_placeholders() {
+                return None;
+            }
+            let text = entry.template.render(|_, _| None)?;
+            (crate::spiffe_id::parse(&text).ok()? == *id).then(|| {
+                (
+                    Identity {
+                        spiffe_id: id.clone(),
+                        x509_ttl: entry.x509_ttl,
+                        jwt_ttl: entry.jwt_ttl,
+                        hint: entry.hint.clone(),
+                    },
+                    entry.selectors.iter().cloned().collect(),
+                )
+            })
+        })
+    }
+
     /// For every entry: the selectors the caller lacks.
     pub fn explain(&self, observed: &BTreeSet<Selector>) -> Vec<EntryExplanation> {
         self.entries

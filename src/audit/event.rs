@@ -132,6 +132,30 @@ pub enum AuditEvent {
         jti: Option<String>,
         active: bool,
     },
+    /// A request on the OAuth listener (token, introspection, revocation) and its outcome:
+    /// `error` is the RFC 6749 code of a refusal, absent for a grant. A grant's task and
+    /// token have their own `task_open` / `token_issued` records; this one adds the client,
+    /// its assertion's `jti` and the grant type, and is the only record of most refusals.
+    OauthRequest {
+        endpoint: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant_type: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        assertion_jti: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resource: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<String>,
+        /// The `jti` of the token issued, introspected or revoked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_jti: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_description: Option<String>,
+    },
     /// The policy set was reloaded (or a reload was refused).
     PolicyReload {
         ok: bool,
@@ -156,6 +180,7 @@ impl AuditEvent {
             AuditEvent::Revocation { .. } => "revocation",
             AuditEvent::Introspection { .. } => "introspection",
             AuditEvent::PolicyReload { .. } => "policy_reload",
+            AuditEvent::OauthRequest { .. } => "oauth_request",
         }
     }
 }

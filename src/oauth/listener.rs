@@ -1,0 +1,344 @@
+//! The HTTP/1.1 listener: TCP (TLS, or plain on loopback) or a Unix socket, every input an
+//! unauthenticated client controls bounded — connections, header bytes, body bytes, the time
+//! to send a request and to finish a TLS handshake — and the routes.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+
+use super::errors::OAuthError;
+use super::form::Form;
+use super::record::Record;
+use super::{grants, introspect, jwks, metadata, State};
+
+/// Largest request body read (a token request with a 16 KiB subject token fits).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request head (request line and headers) held; hyper answers 431 past it.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most header lines in one request.
+pub const MAX_HEADERS: usize = 64;
+/// Longest a connection is kept, however busy: clients reconnect, nothing is pinned forever.
+pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// A bound socket, not yet served.
+pub enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, SocketFile),
+}
+
+/// Removes the Unix socket when the listener goes away.
+pub struct SocketFile(pub PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Limits of one listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub max_connections: usize,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts and serves until the task is dropped.
+pub async fn serve(
+    bound: Bound,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<State>,
+    bounds: Bounds,
+) {
+    let slots = Arc::new(Semaphore::new(bounds.max_connections));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let _file = match &bound {
+        Bound::Unix(_, f) => Some(f),
+        Bound::Tcp(_) => None,
+    };
+    loop {
+        let stream: Box<dyn Io> = match &bound {
+            Bound::Tcp(l) => match l.accept().await {
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    Box::new(s)
+                }
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            Bound::Unix(l, _) => match l.accept().await {
+                Ok((s, _)) => Box::new(s),
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+        };
+        // Over the cap the connection is closed at once: a flood costs us one accept each.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("oauth listener at max_connections; closing a new connection");
+            drop(stream);
+            continue;
+        };
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let served = async {
+                match acceptor {
+                    Some(a) => {
+                        match tokio::time::timeout(bounds.handshake_timeout, a.accept(stream)).await
+                        {
+                            Ok(Ok(tls)) => connection(tls, state, bounds).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "oauth TLS handshake failed"),
+                            Err(_) => tracing::debug!("oauth TLS handshake timed out"),
+                        }
+                    }
+                    None => connection(stream, state, bounds).await,
+                }
+            };
+            let _ = tokio::time::timeout(MAX_CONNECTION_LIFETIME, served).await;
+        });
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+async fn accept_error(e: std::io::Error) {
+    // EMFILE and friends: back off instead of spinning.
+    tracing::warn!(error = %e, "oauth listener accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    state: Arc<State>,
+    bounds: Bounds,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(&state, req, bounds.request_timeout).await) }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(bounds.request_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+        tracing::debug!(error = %e, "oauth connection ended");
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, body: Vec<u8>, no_store: bool) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if no_store {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    }
+    r
+}
+
+fn error(e: &OAuthError) -> Resp {
+    json(e.status, e.body(), true)
+}
+
+/// Dispatches one request.
+async fn route(st: &State, req: Request<Incoming>, timeout: Duration) -> Resp {
+    let prefix = st.prefix.as_str();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let rest = path.strip_prefix(prefix).unwrap_or("");
+    let is_metadata = [
+        format!("/.well-known/oauth-authorization-server{prefix}"),
+        format!("/.well-known/openid-configuration{prefix}"),
+        format!("{prefix}/.well-known/oauth-authorization-server"),
+        format!("{prefix}/.well-known/openid-configuration"),
+    ]
+    .contains(&path);
+    if is_metadata || rest == "/jwks.json" {
+        if method != Method::GET && method != Method::HEAD {
+            return error(&OAuthError::method(format!("{path} answers GET")));
+        }
+        return if is_metadata {
+            metadata_response(st)
+        } else {
+            jwks_response(st, &req)
+        };
+    }
+    let endpoint: &'static str = match rest {
+        "/token" => "token",
+        "/introspect" => "introspect",
+        "/revoke" => "revoke",
+        _ => return error(&OAuthError::not_found(format!("no endpoint at {path}"))),
+    };
+    if method != Method::POST {
+        return error(&OAuthError::method(format!("{path} answers POST")));
+    }
+    let form = match read_form(req, timeout).await {
+        Ok(f) => f,
+        Err(e) => {
+            let rec = Record::new(endpoint);
+            audit(st, &rec, Err(&e)).await;
+            return error(&e);
+        }
+    };
+    let mut rec = Record::new(endpoint);
+    let outcome = match endpoint {
+        "token" => grants::token(st, &form, &mut rec).await,
+        "introspect" => introspect::introspect(st, &form, &mut rec).await,
+        _ => introspect::revoke(st, &form, &mut rec).await,
+    };
+    match outcome {
+        Ok(body) => {
+            // Nothing leaves without its record on disk.
+            if !audit(st, &rec, Ok(())).await {
+                return error(&OAuthError::temporarily_unavailable(
+                    "audit log unavailable, nothing issued",
+                ));
+            }
+            json(
+                StatusCode::OK,
+                serde_json::to_vec(&body).unwrap_or_default(),
+                true,
+            )
+        }
+        Err(e) => {
+            audit(st, &rec, Err(&e)).await;
+            tracing::info!(endpoint, error = e.code, description = %e.description, "oauth request refused");
+            error(&e)
+        }
+    }
+}
+
+/// Writes the record; false if the log refused it.
+async fn audit(st: &State, rec: &Record, outcome: Result<(), &OAuthError>) -> bool {
+    match st.broker.audit(rec.event(outcome)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e.message(), "oauth audit record refused");
+            false
+        }
+    }
+}
+
+async fn read_form(req: Request<Incoming>, timeout: Duration) -> Result<Form, OAuthError> {
+    let form_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+        .unwrap_or(false);
+    if !form_type {
+        return Err(OAuthError::invalid_request(
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(timeout, body.collect()).await {
+        Err(_) => {
+            return Err(OAuthError::timeout(format!(
+                "the request body did not arrive within {}s",
+                timeout.as_secs_f32()
+            )))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => {
+            return Err(OAuthError::invalid_request(format!(
+                "reading the body: {e}"
+            )))
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    Form::parse(&bytes)
+}
+
+fn too_large() -> OAuthError {
+    OAuthError::too_large(format!(
+        "the request body is larger than {MAX_BODY_BYTES} bytes"
+    ))
+}
+
+fn metadata_response(st: &State) -> Resp {
+    let bundle = st.identities.authority().current_bundle();
+    let doc = metadata::document(&st.endpoints, &jwks::algorithms(&bundle));
+    let mut r = json(
+        StatusCode::OK,
+        serde_json::to_vec(&doc).unwrap_or_default(),
+        false,
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    r
+}
+
+fn jwks_response(st: &State, req: &Request<Incoming>) -> Resp {
+    let bundle = st.identities.authority().current_bundle();
+    let etag = jwks::etag(&bundle);
+    let max_age = jwks::max_age(st.jwt_key_ttl, bundle.refresh_hint);
+    let cache = format!("public, max-age={}", max_age.as_secs());
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut r = if fresh {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let doc = jwks::document(&bundle);
+        let mut r = json(
+            StatusCode::OK,
+            serde_json::to_vec(&doc).unwrap_or_default(),
+            false,
+        );
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        r
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&cache) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    r
+}

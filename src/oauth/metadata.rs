@@ -1,0 +1,77 @@
+//! Authorization Server Metadata (RFC 8414), also served as `openid-configuration` because
+//! many OAuth libraries look there first. It lists only what is implemented.
+
+use serde_json::{json, Value};
+
+use super::client_auth::JWT_BEARER;
+
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// The endpoint URLs, all under the issuer.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub issuer: String,
+    pub token: String,
+    pub introspection: String,
+    pub revocation: String,
+    pub jwks: String,
+}
+
+impl Endpoints {
+    pub fn new(issuer: &str) -> Self {
+        let issuer = issuer.trim_end_matches('/').to_string();
+        Self {
+            token: format!("{issuer}/token"),
+            introspection: format!("{issuer}/introspect"),
+            revocation: format!("{issuer}/revoke"),
+            jwks: format!("{issuer}/jwks.json"),
+            issuer,
+        }
+    }
+}
+
+/// The metadata document.
+pub fn document(e: &Endpoints, signing_algs: &[&str]) -> Value {
+    let auth_methods = json!(["private_key_jwt"]);
+    json!({
+        "issuer": e.issuer,
+        "token_endpoint": e.token,
+        "jwks_uri": e.jwks,
+        "introspection_endpoint": e.introspection,
+        "revocation_endpoint": e.revocation,
+        "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": signing_algs,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_signing_alg_values_supported": signing_algs,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": signing_algs,
+        "client_assertion_types_supported": [JWT_BEARER],
+        "id_token_signing_alg_values_supported": signing_algs,
+        "subject_types_supported": ["public"],
+        "scopes_supported": [],
+        "claims_supported": ["sub", "aud", "exp", "iat", "nbf", "jti", "scope", "task_id", "act", "obo"],
+        "resource_indicators_supported": true,
+        "authorization_response_iss_parameter_supported": false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_hang_under_the_issuer() {
+        let e = Endpoints::new("https://b.example/oauth/");
+        assert_eq!(e.issuer, "https://b.example/oauth");
+        assert_eq!(e.token, "https://b.example/oauth/token");
+        let d = document(&e, &["ES256"]);
+        assert_eq!(d["issuer"], "https://b.example/oauth");
+        assert_eq!(d["grant_types_supported"][1], TOKEN_EXCHANGE);
+        assert_eq!(
+            d["token_endpoint_auth_methods_supported"],
+            json!(["private_key_jwt"])
+        );
+    }
+}

@@ -1,0 +1,799 @@
+//! The OAuth face (`[oauth]`) of the real daemon: metadata, JWKS, the token endpoint with a
+//! JWT-SVID client assertion, introspection, revocation, token exchange, RFC 6749 errors,
+//! audit records, and the listener's bounds at their edges. The Python peers (PyJWT,
+//! Authlib, the MCP SDK) run from here too, against the same daemon.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use spiffe::WorkloadApiClient;
+
+const RUNNER: &str = "spiffe://example.org/test/runner";
+/// A second identity of this test process: a configured introspector.
+const RS: &str = "spiffe://example.org/test/resource-server";
+const TOOL: &str = "https://tool.test/mcp";
+const OTHER_TOOL: &str = "https://other.test/mcp";
+const FORBIDDEN: &str = "https://forbidden.test/mcp";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+const POLICY: &str = r#"
+@id("oauth-test-allow")
+permit (
+  principal,
+  action in [SvidBroker::Action::"OpenTask", SvidBroker::Action::"MintTaskToken", SvidBroker::Action::"Delegate"],
+  resource
+)
+when { principal.trust_domain == "example.org" && ["read", "write"].containsAll(context.scopes) };
+
+@id("oauth-test-forbidden-tool")
+forbid (principal, action, resource == SvidBroker::Audience::"https://forbidden.test/mcp");
+"#;
+
+/// The daemon with an `[oauth]` listener on a loopback port, this test binary registered as
+/// [`RUNNER`] and [`RS`]. SIGTERM on drop.
+struct Daemon {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+fn canon(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    fn start(oauth_extra: &str) -> Self {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(&root).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("oa")
+            .tempdir_in(&root)
+            .unwrap();
+        let d = canon(dir.path());
+        let me = canon(&std::env::current_exe().unwrap());
+        let port = free_port();
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let config = format!(
+            r#"trust_domain = "example.org"
+socket_path = {sock}
+data_dir = {data}
+shutdown_grace = "2s"
+
+[[entry]]
+spiffe_id = "{RUNNER}"
+selectors = ["unix:path:{me}"]
+
+[[entry]]
+spiffe_id = "{RS}"
+selectors = ["unix:path:{me}"]
+
+[policy]
+file = {policy}
+
+[audit]
+path = {audit}
+
+[broker]
+introspectors = ["{RS}"]
+
+[oauth]
+listen = "127.0.0.1:{port}"
+issuer = "http://127.0.0.1:{port}"
+{oauth_extra}
+"#,
+            sock = q(&d.join("api.sock")),
+            data = q(&d.join("data")),
+            policy = q(&d.join("policy.cedar")),
+            audit = q(&d.join("audit.log")),
+            me = me.display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        std::fs::write(d.join("policy.cedar"), POLICY).unwrap();
+        let log = std::fs::File::create(d.join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_svid-broker"))
+            .args(["run", "--config"])
+            .arg(d.join("config.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut daemon = Self { dir, port, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = daemon.child.try_wait().unwrap() {
+                panic!("daemon exited ({s}):\n{}", daemon.log());
+            }
+            let up = std::os::unix::net::UnixStream::connect(d.join("api.sock")).is_ok()
+                && TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if up {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn audit_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default()
+    }
+
+    fn oauth_records(&self) -> Vec<Value> {
+        self.audit_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|r| r.get("event").cloned().unwrap_or(r))
+            .filter(|e| e["kind"] == "oauth_request")
+            .collect()
+    }
+
+    fn endpoint(&self) -> String {
+        format!(
+            "unix://{}",
+            canon(self.dir.path()).join("api.sock").display()
+        )
+    }
+
+    /// A fresh JWT-SVID for `id` with `aud` = the issuer. The Workload API reuses a JWT-SVID
+    /// for the same audiences until its half-life, so a second, unique audience makes it new.
+    async fn assertion(&self, id: &str) -> String {
+        let c = WorkloadApiClient::connect_to(self.endpoint())
+            .await
+            .unwrap();
+        let nonce = format!("urn:nonce:{}", rand_hex());
+        let id = spiffe::SpiffeId::new(id).unwrap();
+        c.fetch_jwt_token([self.issuer(), nonce], Some(&id))
+            .await
+            .unwrap()
+    }
+
+    /// A JWT-SVID for `id` and exactly the audiences given (may be cached by the Workload API).
+    async fn jwt_svid(&self, id: &str, audiences: &[&str]) -> String {
+        let c = WorkloadApiClient::connect_to(self.endpoint())
+            .await
+            .unwrap();
+        let id = spiffe::SpiffeId::new(id).unwrap();
+        c.fetch_jwt_token(audiences, Some(&id)).await.unwrap()
+    }
+
+    fn post(&self, path: &str, form: &[(&str, &str)]) -> Resp {
+        let body = serde_urlencoded::to_string(form).unwrap();
+        http(
+            self.port,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    }
+
+    fn get(&self, path: &str, headers: &str) -> Resp {
+        http(
+            self.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"),
+        )
+    }
+
+    async fn grant(&self, resource: &str, scope: &str, extra: &[(&str, &str)]) -> Resp {
+        let a = self.assertion(RUNNER).await;
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", a.as_str()),
+            ("resource", resource),
+            ("scope", scope),
+        ];
+        form.extend_from_slice(extra);
+        self.post("/token", &form)
+    }
+
+    async fn introspect_as(&self, id: &str, token: &str) -> Value {
+        let a = self.assertion(id).await;
+        let r = self.post(
+            "/introspect",
+            &[
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &a),
+                ("token", token),
+            ],
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_hex() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{t:x}{:x}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    head: String,
+    text: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    /// Asserts an RFC 6749 error: status, `error`, a description containing `needle`.
+    #[track_caller]
+    fn assert_error(&self, status: u16, code: &str, needle: &str) {
+        let v = self.json();
+        assert_eq!(
+            (self.status, v["error"].as_str()),
+            (status, Some(code)),
+            "{}",
+            self.text
+        );
+        let d = v["error_description"].as_str().unwrap_or_default();
+        assert!(d.contains(needle), "{d:?} should contain {needle:?}");
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/json")
+        );
+    }
+}
+
+/// One raw HTTP/1.1 exchange (the request must say `Connection: close`).
+fn http(port: u16, request: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Resp {
+        status,
+        head: head.to_string(),
+        text: body.to_string(),
+    }
+}
+
+fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let p = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_and_jwks_describe_what_is_served() {
+    let d = Daemon::start("");
+    let iss = d.issuer();
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let r = d.get(path, "");
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        let m = r.json();
+        assert_eq!(m["issuer"], iss);
+        assert_eq!(m["token_endpoint"], format!("{iss}/token"));
+        assert_eq!(m["jwks_uri"], format!("{iss}/jwks.json"));
+        assert_eq!(m["introspection_endpoint"], format!("{iss}/introspect"));
+        assert_eq!(m["revocation_endpoint"], format!("{iss}/revoke"));
+        assert_eq!(
+            m["grant_types_supported"],
+            json!(["client_credentials", TOKEN_EXCHANGE])
+        );
+        assert_eq!(
+            m["token_endpoint_auth_methods_supported"],
+            json!(["private_key_jwt"])
+        );
+        assert_eq!(
+            m["token_endpoint_auth_signing_alg_values_supported"],
+            json!(["ES256"])
+        );
+    }
+    let r = d.get("/jwks.json", "");
+    assert_eq!(r.status, 200);
+    let jwks = r.json();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert!(!keys.is_empty());
+    for k in keys {
+        assert_eq!(
+            (k["use"].as_str(), k["alg"].as_str()),
+            (Some("sig"), Some("ES256"))
+        );
+        assert!(k["kid"].is_string() && k["x"].is_string() && k["y"].is_string());
+    }
+    let cache = r.header("cache-control").unwrap();
+    assert!(cache.starts_with("public, max-age="), "{cache}");
+    let etag = r.header("etag").unwrap();
+    let again = d.get("/jwks.json", &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(again.status, 304, "{}", again.head);
+    // The same keys as the SPIFFE bundle on the Workload API.
+    let c = WorkloadApiClient::connect_to(d.endpoint()).await.unwrap();
+    let set = c.fetch_jwt_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    let bundle = set.get(&td).unwrap();
+    for k in keys {
+        assert!(bundle
+            .find_jwt_authority(k["kid"].as_str().unwrap())
+            .is_some());
+    }
+    // Wrong method, unknown path.
+    d.post("/jwks.json", &[])
+        .assert_error(405, "invalid_request", "GET");
+    d.get("/token", "")
+        .assert_error(405, "invalid_request", "POST");
+    d.get("/nope", "")
+        .assert_error(404, "invalid_request", "no endpoint");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_credentials_introspect_revoke() {
+    let d = Daemon::start("");
+    let a = d.assertion(RUNNER).await;
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", a.as_str()),
+        ("resource", TOOL),
+        ("scope", "read"),
+    ];
+    let r = d.post("/token", &form);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let v = r.json();
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["scope"], "read");
+    let expires_in = v["expires_in"].as_i64().unwrap();
+    assert!((100..=120).contains(&expires_in), "{expires_in}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let c = claims(&token);
+    assert_eq!(c["aud"], json!([TOOL]));
+    assert_eq!(c["sub"], RUNNER);
+    assert_eq!(c["scope"], "read");
+    assert_eq!(c["task_id"], v["task_id"]);
+
+    // The spiffe crate validates it with the Workload API's bundle, for that audience only.
+    let wl = WorkloadApiClient::connect_to(d.endpoint()).await.unwrap();
+    let set = wl.fetch_jwt_bundles().await.unwrap();
+    spiffe::svid::jwt::JwtSvid::parse_and_validate(&token, &set, &[TOOL]).unwrap();
+    assert!(spiffe::svid::jwt::JwtSvid::parse_and_validate(&token, &set, &[OTHER_TOOL]).is_err());
+
+    // The same assertion a second time is a replay.
+    d.post("/token", &form)
+        .assert_error(401, "invalid_client", "already used");
+
+    // Introspection: the configured introspector sees it active; the subject (neither its
+    // audience nor an introspector) gets only `active: false`.
+    let i = d.introspect_as(RS, &token).await;
+    assert_eq!(i["active"], true, "{i}");
+    assert_eq!(i["aud"], json!([TOOL]));
+    assert_eq!(i["sub"], RUNNER);
+    assert_eq!(i["task_id"], v["task_id"]);
+    assert_eq!(
+        d.introspect_as(RUNNER, &token).await,
+        json!({"active": false})
+    );
+    assert_eq!(
+        d.introspect_as(RS, "not-a-token").await,
+        json!({"active": false})
+    );
+
+    // Another client may not revoke it; the owner may, and that closes the task.
+    let rs = d.assertion(RS).await;
+    let foreign = d.post(
+        "/revoke",
+        &[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &rs),
+            ("token", &token),
+        ],
+    );
+    foreign.assert_error(400, "unauthorized_client", "owner");
+    let a = d.assertion(RUNNER).await;
+    let r = d.post(
+        "/revoke",
+        &[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("token", &token),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(d.introspect_as(RS, &token).await, json!({"active": false}));
+    // RFC 7009: garbage is not an error.
+    let a = d.assertion(RUNNER).await;
+    let r = d.post(
+        "/revoke",
+        &[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("token", "garbage"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // A token in the task is refused once the task is closed.
+    let task_id = v["task_id"].as_str().unwrap();
+    d.grant(TOOL, "read", &[("task_id", task_id)])
+        .await
+        .assert_error(400, "invalid_grant", "closed");
+
+    // Audit: the grant, the replay and the refusals are recorded; no token is.
+    let records = d.oauth_records();
+    let grant = records
+        .iter()
+        .find(|e| e["endpoint"] == "token" && e["error"].is_null())
+        .expect("grant record");
+    assert_eq!(grant["client"], RUNNER);
+    assert_eq!(grant["resource"], TOOL);
+    assert_eq!(grant["token_jti"], c["jti"]);
+    assert_eq!(grant["grant_type"], "client_credentials");
+    assert!(records.iter().any(|e| e["error"] == "invalid_client"
+        && e["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("already used")));
+    assert!(records
+        .iter()
+        .any(|e| e["endpoint"] == "revoke" && e["error"] == "unauthorized_client"));
+    assert!(records
+        .iter()
+        .any(|e| e["endpoint"] == "introspect" && e["error"] == "unauthorized_client"));
+    let audit = d.audit_text();
+    assert!(!audit.contains(&token), "the token must never be logged");
+    assert!(
+        !audit.contains(a.as_str()),
+        "the assertion must never be logged"
+    );
+    assert!(
+        !d.log().contains(&token),
+        "the token must never be in the daemon log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_rfc6749_errors() {
+    let d = Daemon::start("");
+    // No client authentication.
+    d.post(
+        "/token",
+        &[("grant_type", "client_credentials"), ("resource", TOOL)],
+    )
+    .assert_error(401, "invalid_client", "client authentication is required");
+    // Unknown grant type (checked before the assertion is spent).
+    d.post("/token", &[("grant_type", "password")])
+        .assert_error(400, "unsupported_grant_type", "client_credentials");
+    d.post("/token", &[])
+        .assert_error(400, "invalid_request", "grant_type is required");
+    // An assertion for another audience.
+    let wrong = d.jwt_svid(RUNNER, &["https://not-the-issuer"]).await;
+    d.post(
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &wrong),
+            ("resource", TOOL),
+        ],
+    )
+    .assert_error(401, "invalid_client", "not the issuer");
+    // A client_id that is not the assertion's subject.
+    let a = d.assertion(RUNNER).await;
+    d.post(
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", RS),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("resource", TOOL),
+        ],
+    )
+    .assert_error(401, "invalid_client", "not its subject");
+    // Resource rules (RFC 8707) and scopes.
+    d.grant("", "read", &[])
+        .await
+        .assert_error(400, "invalid_target", "resource is required");
+    d.grant(TOOL, "read", &[("resource", OTHER_TOOL)])
+        .await
+        .assert_error(400, "invalid_target", "exactly one audience");
+    d.grant("not-a-uri", "read", &[])
+        .await
+        .assert_error(400, "invalid_target", "absolute URI");
+    d.grant(TOOL, "bad\u{1}scope", &[])
+        .await
+        .assert_error(400, "invalid_scope", "scope");
+    // Policy: a forbidden resource, a scope beyond what policy allows.
+    d.grant(FORBIDDEN, "read", &[])
+        .await
+        .assert_error(400, "invalid_target", "nothing granted");
+    d.grant(TOOL, "admin", &[])
+        .await
+        .assert_error(400, "invalid_target", "nothing granted");
+    // Repeated parameter.
+    let a = d.assertion(RUNNER).await;
+    d.post(
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+        ],
+    )
+    .assert_error(400, "invalid_request", "more than once");
+
+    // A token within an open task: its resources only.
+    let r = d.grant(TOOL, "read write", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let task = r.json()["task_id"].as_str().unwrap().to_string();
+    let r = d.grant(TOOL, "write", &[("task_id", &task)]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        claims(r.json()["access_token"].as_str().unwrap())["task_id"],
+        task.as_str()
+    );
+    d.grant(OTHER_TOOL, "read", &[("task_id", &task)])
+        .await
+        .assert_error(400, "invalid_target", "not in task");
+    d.grant(TOOL, "read", &[("task_id", "task_unknown")])
+        .await
+        .assert_error(400, "invalid_target", "not found or not yours");
+    // Content type.
+    let r = http(
+        d.port,
+        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    r.assert_error(400, "invalid_request", "Content-Type");
+    // Every refusal above is in the audit log.
+    let refused = d
+        .oauth_records()
+        .iter()
+        .filter(|e| !e["error"].is_null())
+        .count();
+    assert!(refused >= 15, "{refused} refusals recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_exchange_delegates_with_act() {
+    let d = Daemon::start("");
+    // RUNNER gets a token addressed to RS (another workload) and hands it over.
+    let r = d.grant(RS, "read write", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let parent = r.json()["access_token"].as_str().unwrap().to_string();
+    let a = d.assertion(RS).await;
+    let form = |a: &str, subject: &str| {
+        vec![
+            ("grant_type".to_string(), TOKEN_EXCHANGE.to_string()),
+            ("client_assertion_type".into(), JWT_BEARER.into()),
+            ("client_assertion".into(), a.to_string()),
+            ("subject_token".into(), subject.to_string()),
+            (
+                "subject_token_type".into(),
+                "urn:ietf:params:oauth:token-type:jwt".into(),
+            ),
+            ("resource".into(), TOOL.into()),
+            ("scope".into(), "read".into()),
+        ]
+    };
+    let f = form(&a, &parent);
+    let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = d.post("/token", &f);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(
+        v["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    let child = v["access_token"].as_str().unwrap().to_string();
+    let c = claims(&child);
+    assert_eq!(c["sub"], RS);
+    assert_eq!(c["aud"], json!([TOOL]));
+    assert_eq!(c["act"], json!({"sub": RUNNER}));
+    assert_eq!(d.introspect_as(RS, &child).await["active"], true);
+
+    // A token not addressed to the caller cannot be exchanged.
+    let mine = d.grant(TOOL, "read", &[]).await.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = d.assertion(RS).await;
+    let f = form(&a, &mine);
+    let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    d.post("/token", &f)
+        .assert_error(400, "invalid_grant", "parent_token rejected");
+
+    // Revoking the parent closes the child's task too.
+    let a = d.assertion(RUNNER).await;
+    let r = d.post(
+        "/revoke",
+        &[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("token", &parent),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(d.introspect_as(RS, &child).await, json!({"active": false}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listener_bounds_hold_at_their_edges() {
+    let d = Daemon::start("request_timeout = \"2s\"\nmax_connections = 4");
+    const MAX_BODY: usize = svid_broker::oauth::listener::MAX_BODY_BYTES;
+    // A body of exactly the limit is read (and refused for what it says, not its size)...
+    let body = format!(
+        "grant_type=client_credentials&x={}",
+        "a".repeat(MAX_BODY - 32)
+    );
+    assert_eq!(body.len(), MAX_BODY);
+    let req = |body: &str| {
+        format!(
+            "POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    http(d.port, &req(&body)).assert_error(401, "invalid_client", "required");
+    // ...one byte more is 413.
+    let body = format!("{body}a");
+    http(d.port, &req(&body)).assert_error(413, "invalid_request", "larger than");
+    // Headers past the limit: 431 from the HTTP layer.
+    let big = "a".repeat(svid_broker::oauth::listener::MAX_HEADER_BYTES);
+    let r = http(
+        d.port,
+        &format!("GET /jwks.json HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 431, "{}", r.head);
+    let r = http(
+        d.port,
+        &format!(
+            "GET /jwks.json HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            &big[..8 * 1024]
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+
+    // A client that never finishes its head is cut off after request_timeout.
+    let mut slow = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    slow.write_all(b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+
+    // A body that never arrives: 408 after request_timeout.
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    s.write_all(b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nabc").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    drop(s);
+
+    // max_connections = 4: four held connections, the fifth is closed at once.
+    std::thread::sleep(Duration::from_millis(300));
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = fifth.write_all(b"GET /jwks.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = fifth.read_to_end(&mut buf);
+    assert!(
+        buf.is_empty(),
+        "the fifth connection was served: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        d.get("/jwks.json", "").status,
+        200,
+        "served again once slots free up"
+    );
+}
+
+#[test]
+fn plain_http_off_loopback_is_refused_at_start() {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("oa")
+        .tempdir_in(&root)
+        .unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "trust_domain = \"example.org\"\nsocket_path = {:?}\n[[entry]]\nspiffe_id = \"{RUNNER}\"\nselectors = [\"unix:uid:0\"]\n[oauth]\nlisten = \"0.0.0.0:0\"\nissuer = \"http://h\"\n",
+            dir.path().join("s.sock").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_svid-broker"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address"), "{err}");
+}
