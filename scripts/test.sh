@@ -36,6 +36,7 @@ timed() {
 
 step "installing test peers (scripts/install-peers.sh)"
 timed "install peers" bash scripts/install-peers.sh
+timed "install oauth peers" bash scripts/install-oauth-peers.sh
 
 step "building (cargo test --all-targets --no-run)"
 timed "build" cargo test --all-targets --no-run
