@@ -11,11 +11,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use spiffe::WorkloadApiClient;
+use svid_broker::client::{connect, with_header};
+use svid_broker::proto::svidbroker::v1 as pb;
+use svid_broker::proto::svidbroker::v1::task_broker_client::TaskBrokerClient;
 
 const RUNNER: &str = "spiffe://example.org/test/runner";
 /// A second identity of this test process: a configured introspector.
 const RS: &str = "spiffe://example.org/test/resource-server";
 const TOOL: &str = "https://tool.test/mcp";
+/// The Python peers' identities (both held by the peers venv's interpreter).
+const PY_AGENT: &str = "spiffe://example.org/agent/py";
+const MCP_SERVER: &str = "spiffe://example.org/tool/mcp-server";
 const OTHER_TOOL: &str = "https://other.test/mcp";
 const FORBIDDEN: &str = "https://forbidden.test/mcp";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -56,6 +62,11 @@ fn free_port() -> u16 {
 
 impl Daemon {
     fn start(oauth_extra: &str) -> Self {
+        Self::start_with(oauth_extra, "")
+    }
+
+    /// `tail` is appended to the config (e.g. more `[[entry]]`s).
+    fn start_with(oauth_extra: &str, tail: &str) -> Self {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         std::fs::create_dir_all(&root).unwrap();
         let dir = tempfile::Builder::new()
@@ -87,12 +98,14 @@ file = {policy}
 path = {audit}
 
 [broker]
-introspectors = ["{RS}"]
+introspectors = ["{RS}", "{MCP_SERVER}"]
 
 [oauth]
 listen = "127.0.0.1:{port}"
 issuer = "http://127.0.0.1:{port}"
 {oauth_extra}
+
+{tail}
 "#,
             sock = q(&d.join("api.sock")),
             data = q(&d.join("data")),
@@ -337,6 +350,7 @@ async fn metadata_and_jwks_describe_what_is_served() {
         let m = r.json();
         assert_eq!(m["issuer"], iss);
         assert_eq!(m["token_endpoint"], format!("{iss}/token"));
+        assert_eq!(m["authorization_endpoint"], format!("{iss}/authorize"));
         assert_eq!(m["jwks_uri"], format!("{iss}/jwks.json"));
         assert_eq!(m["introspection_endpoint"], format!("{iss}/introspect"));
         assert_eq!(m["revocation_endpoint"], format!("{iss}/revoke"));
@@ -620,8 +634,24 @@ async fn refusals_are_rfc6749_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn token_exchange_delegates_with_act() {
     let d = Daemon::start("");
-    // RUNNER gets a token addressed to RS (another workload) and hands it over.
-    let r = d.grant(RS, "read write", &[]).await;
+    // RUNNER opens a task for the tool and for handing work to RS (over gRPC), gets a token
+    // addressed to RS within it over OAuth, and hands it over.
+    let mut c = TaskBrokerClient::new(with_header(
+        connect(canon(d.dir.path()).join("api.sock")).await.unwrap(),
+    ));
+    let task = c
+        .open_task(pb::OpenTaskRequest {
+            purpose: "delegate over OAuth".into(),
+            audiences: vec![RS.into(), TOOL.into()],
+            scopes: vec!["read".into(), "write".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = d
+        .grant(RS, "read write", &[("task_id", &task.task_id)])
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let parent = r.json()["access_token"].as_str().unwrap().to_string();
     let a = d.assertion(RS).await;
@@ -796,4 +826,134 @@ fn plain_http_off_loopback_is_refused_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a loopback address"), "{err}");
+}
+
+/// The peers venv (scripts/install-oauth-peers.sh): its python, or a failure saying how to
+/// install it. Never a skip.
+fn peers_python() -> PathBuf {
+    let venv = std::env::var_os("SVID_BROKER_OAUTH_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peers/oauth-venv")
+        });
+    let py = venv.join("bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/install-oauth-peers.sh (it installs mcp, fastmcp, authlib, \
+         pyjwt[crypto], httpx and spiffe into that venv; set SVID_BROKER_OAUTH_VENV to use another)",
+        py.display()
+    );
+    py
+}
+
+fn peer(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers/oauth")
+        .join(name)
+}
+
+/// A daemon whose registry gives the peers' interpreter [`PY_AGENT`] and [`MCP_SERVER`].
+fn daemon_for_peers(oauth_extra: &str) -> (Daemon, PathBuf) {
+    let py = peers_python();
+    let exe = canon(&py);
+    let mut tail = String::new();
+    for id in [PY_AGENT, MCP_SERVER] {
+        tail.push_str(&format!(
+            "[[entry]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:path:{}\"]\n\n",
+            exe.display()
+        ));
+    }
+    (Daemon::start_with(oauth_extra, &tail), py)
+}
+
+fn run_peer(d: &Daemon, py: &Path, script: &str, args: &[&str]) -> Value {
+    let out = Command::new(py)
+        .arg(peer(script))
+        .args(args)
+        .env("SPIFFE_ENDPOINT_SOCKET", d.endpoint())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{}\n{}\ndaemon log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn authlib_and_pyjwt_against_the_token_endpoint_and_jwks() {
+    let (d, py) = daemon_for_peers("");
+    let v = run_peer(&d, &py, "authlib_pyjwt.py", &[&d.issuer(), PY_AGENT, TOOL]);
+    assert_eq!(v["token_type"], "Bearer", "{v}");
+    assert_eq!(v["claims"]["sub"], PY_AGENT);
+    assert_eq!(v["claims"]["aud"], json!([TOOL]));
+    assert_eq!(v["claims"]["scope"], "read");
+    assert_eq!(v["other_audience"], "rejected");
+    assert_eq!(v["replay"], "invalid_client");
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn mcp_sdk_client_and_server_through_the_broker() {
+    let (d, py) = daemon_for_peers("grant_ttl = \"12s\"");
+    let port = free_port();
+    let log = d.dir.path().join("mcp-server.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let server = Killed(
+        Command::new(&py)
+            .arg(peer("mcp_server.py"))
+            .args([&d.issuer(), &port.to_string(), MCP_SERVER])
+            .env("SPIFFE_ENDPOINT_SOCKET", d.endpoint())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "MCP server did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = Command::new(&py)
+        .arg(peer("mcp_client.py"))
+        .args([&d.issuer(), &url, PY_AGENT])
+        .env("SPIFFE_ENDPOINT_SOCKET", d.endpoint())
+        .output()
+        .unwrap();
+    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "mcp_client.py failed:\n{}\n{}\nserver:\n{server_log}\ndaemon:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["tools"], json!(["whoami"]), "{v}");
+    assert_eq!(v["whoami"]["sub"], PY_AGENT);
+    assert_eq!(v["sdk_token_aud"], json!([url]));
+    assert_eq!(v["fresh"], 200, "{v}");
+    assert_eq!(v["other_resource"], 401, "{v}");
+    assert_eq!(v["closed_task"], 401, "{v}");
+    assert_eq!(v["expired"], 401, "{v}");
+    drop(server);
 }

@@ -60,6 +60,10 @@ impl OAuthError {
     pub fn too_large(d: impl Into<String>) -> Self {
         Self::new("invalid_request", StatusCode::PAYLOAD_TOO_LARGE, d)
     }
+    /// The authorization endpoint's only answer: no user-facing flow is offered.
+    pub fn unsupported_response_type(d: impl Into<String>) -> Self {
+        Self::new("unsupported_response_type", StatusCode::BAD_REQUEST, d)
+    }
     /// 405 with `invalid_request`.
     pub fn method(d: impl Into<String>) -> Self {
         Self::new("invalid_request", StatusCode::METHOD_NOT_ALLOWED, d)

@@ -59,9 +59,17 @@ impl Form {
             .ok_or_else(|| OAuthError::invalid_request(format!("parameter {name} is required")))
     }
 
-    /// Every value of `name` (only `resource` may have several).
-    pub fn all(&self, name: &str) -> &[String] {
-        self.params.get(name).map_or(&[], Vec::as_slice)
+    /// Every non-empty value of `name` (only `resource` may have several).
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.params
+            .get(name)
+            .map(|v| {
+                v.iter()
+                    .map(String::as_str)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

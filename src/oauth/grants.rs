@@ -181,7 +181,7 @@ async fn exchange(
 /// The one `resource` (RFC 8707), an absolute URI.
 fn resource(form: &Form) -> Result<String, OAuthError> {
     let all = form.all("resource");
-    let r = match all {
+    let r = match all[..] {
         [] => {
             return Err(OAuthError::invalid_target(
                 "resource is required: the URI of the tool the token is for (RFC 8707)",
@@ -205,7 +205,7 @@ fn resource(form: &Form) -> Result<String, OAuthError> {
             super::record::clean(r)
         )));
     }
-    Ok(r.clone())
+    Ok(r.to_string())
 }
 
 /// `scope`, space-separated, each checked like MintTaskToken's.

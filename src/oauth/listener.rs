@@ -186,6 +186,11 @@ async fn route(st: &State, req: Request<Incoming>, timeout: Duration) -> Resp {
             jwks_response(st, &req)
         };
     }
+    if rest == "/authorize" {
+        return error(&OAuthError::unsupported_response_type(
+            "no authorization code flow: tokens go only to attested workloads, by client_credentials or token exchange at the token endpoint with the workload's JWT-SVID",
+        ));
+    }
     let endpoint: &'static str = match rest {
         "/token" => "token",
         "/introspect" => "introspect",

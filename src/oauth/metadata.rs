@@ -11,6 +11,9 @@ pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchang
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     pub issuer: String,
+    /// Listed because MCP clients require the member (RFC 8414 makes it optional when no
+    /// grant uses it); it answers every request with `unsupported_response_type`.
+    pub authorization: String,
     pub token: String,
     pub introspection: String,
     pub revocation: String,
@@ -21,6 +24,7 @@ impl Endpoints {
     pub fn new(issuer: &str) -> Self {
         let issuer = issuer.trim_end_matches('/').to_string();
         Self {
+            authorization: format!("{issuer}/authorize"),
             token: format!("{issuer}/token"),
             introspection: format!("{issuer}/introspect"),
             revocation: format!("{issuer}/revoke"),
@@ -35,6 +39,7 @@ pub fn document(e: &Endpoints, signing_algs: &[&str]) -> Value {
     let auth_methods = json!(["private_key_jwt"]);
     json!({
         "issuer": e.issuer,
+        "authorization_endpoint": e.authorization,
         "token_endpoint": e.token,
         "jwks_uri": e.jwks,
         "introspection_endpoint": e.introspection,
