@@ -8,7 +8,8 @@ run=${MCP_DEMO_DIR:-/tmp/svid-broker-mcp-demo}
 venv=${SVID_BROKER_OAUTH_VENV:-$repo/target/peers/oauth-venv}
 
 bash "$repo/scripts/install-oauth-peers.sh"
-(cd "$repo" && cargo build --quiet --bin svid-broker)
+broker_bin=${SVID_BROKER_BIN:-$repo/target/debug/svid-broker}
+[[ -n "${SVID_BROKER_BIN:-}" ]] || (cd "$repo" && cargo build --quiet --bin svid-broker)
 python=$(readlink -f "$venv/bin/python")
 rm -rf "$run" && mkdir -p "$run" && chmod 700 "$run"
 
@@ -50,7 +51,7 @@ listen = "127.0.0.1:8800"
 issuer = "http://127.0.0.1:8800"
 TOML
 
-"$repo/target/debug/svid-broker" run --config "$run/broker.toml" 2>"$run/broker.log" &
+"$broker_bin" run --config "$run/broker.toml" 2>"$run/broker.log" &
 broker=$!
 trap 'kill $broker ${tool:-} 2>/dev/null; wait' EXIT INT TERM
 for _ in $(seq 100); do [[ -S "$run/api.sock" ]] && break; sleep 0.1; done

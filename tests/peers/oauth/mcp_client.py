@@ -83,7 +83,7 @@ async def run(issuer: str, url: str, agent: str) -> dict:
                 await session.initialize()
                 tools = [t.name for t in (await session.list_tools()).tools]
                 result = await session.call_tool("whoami", {})
-    whoami = result.structuredContent or json.loads(result.content[0].text)
+    whoami = getattr(result, "structured_content", None) or json.loads(result.content[0].text)
     whoami = whoami.get("result", whoami)
     return {
         "tools": tools,
