@@ -102,7 +102,7 @@ introspectors = ["{RS}", "{MCP_SERVER}"]
 
 [oauth]
 listen = "127.0.0.1:{port}"
-issuer = "http://127.0.0.1:{port}"
+issuer = "{scheme}://127.0.0.1:{port}"
 {oauth_extra}
 
 {tail}
@@ -112,6 +112,11 @@ issuer = "http://127.0.0.1:{port}"
             policy = q(&d.join("policy.cedar")),
             audit = q(&d.join("audit.log")),
             me = me.display(),
+            scheme = if oauth_extra.contains("tls_") {
+                "https"
+            } else {
+                "http"
+            },
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         std::fs::write(d.join("policy.cedar"), POLICY).unwrap();
@@ -956,4 +961,48 @@ fn mcp_sdk_client_and_server_through_the_broker() {
     assert_eq!(v["closed_task"], 401, "{v}");
     assert_eq!(v["expired"], 401, "{v}");
     drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_an_operator_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let cert_path = keys.path().join("cert.pem");
+    let key_path = keys.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    // The issuer is https://; the port is chosen by Daemon, so point the issuer at it after.
+    let d = Daemon::start_with(
+        &format!(
+            "tls_cert_file = {:?}\ntls_key_file = {:?}",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+        "",
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(svid_broker::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"token_endpoint\""), "{text}");
+    // Plain HTTP on the TLS port gets nothing useful.
+    let plain = d.get("/jwks.json", "");
+    assert_ne!(plain.status, 200);
 }
