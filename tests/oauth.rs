@@ -1006,3 +1006,33 @@ async fn tls_with_an_operator_certificate() {
     let plain = d.get("/jwks.json", "");
     assert_ne!(plain.status, 200);
 }
+
+#[test]
+fn fastmcp_jwt_verifier_with_the_jwks_uri() {
+    let (d, py) = daemon_for_peers("");
+    let port = free_port();
+    let log = d.dir.path().join("fastmcp.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let _server = Killed(
+        Command::new(&py)
+            .arg(peer("fastmcp_server.py"))
+            .args([&d.issuer(), &port.to_string()])
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "FastMCP server did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let v = run_peer(&d, &py, "fastmcp_client.py", &[&d.issuer(), &url, PY_AGENT]);
+    assert_eq!(v["whoami"], PY_AGENT, "{v}");
+    assert_eq!(v["other_resource"], 401, "{v}");
+}

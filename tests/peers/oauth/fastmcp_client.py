@@ -1,0 +1,52 @@
+"""Calls the FastMCP server with task tokens from the broker's token endpoint.
+
+argv: issuer, server URL, agent SPIFFE ID. Prints JSON: the tool's answer with a token for the
+server, and the HTTP status with a token for another resource.
+"""
+
+import asyncio
+import json
+import sys
+
+import httpx
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from svid import assertion
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def grant(issuer: str, agent: str, resource: str) -> str:
+    r = httpx.post(f"{issuer}/token", data={
+        "grant_type": "client_credentials", "client_assertion_type": JWT_BEARER,
+        "client_assertion": assertion(issuer, agent), "resource": resource, "scope": "read",
+    })
+    r.raise_for_status()
+    return r.json()["access_token"]
+
+
+async def call(url: str, token: str) -> str:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1]) as session:
+                await session.initialize()
+                result = await session.call_tool("whoami", {})
+                return result.content[0].text
+
+
+def main() -> int:
+    issuer, url, agent = sys.argv[1:4]
+    whoami = asyncio.run(call(url, grant(issuer, agent, url)))
+    other = grant(issuer, agent, url + "/other")
+    r = httpx.post(url, headers={
+        "Authorization": f"Bearer {other}", "Accept": "application/json, text/event-stream",
+    }, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    print(json.dumps({"whoami": whoami, "other_resource": r.status_code}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
