@@ -779,10 +779,7 @@ async fn listener_bounds_hold_at_their_edges() {
     // max_connections = 4: four held connections, the fifth is closed at once.
     std::thread::sleep(Duration::from_millis(300));
     let held: Vec<TcpStream> = (0..4)
-        .map(|_| {
-            let s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
-            s
-        })
+        .map(|_| TcpStream::connect(("127.0.0.1", d.port)).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut fifth = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
