@@ -1033,3 +1033,54 @@ fn fastmcp_jwt_verifier_with_the_jwks_uri() {
     assert_eq!(v["whoami"], PY_AGENT, "{v}");
     assert_eq!(v["other_resource"], 401, "{v}");
 }
+
+#[test]
+fn unix_socket_listener_serves_plain_http_and_is_removed_at_stop() {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ou")
+        .tempdir_in(&root)
+        .unwrap();
+    let d = canon(dir.path());
+    let oauth_sock = d.join("oauth.sock");
+    let cfg = d.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "trust_domain = \"example.org\"\nsocket_path = {:?}\n[[entry]]\nspiffe_id = \"{RUNNER}\"\nselectors = [\"unix:uid:0\"]\n[oauth]\nsocket_path = {:?}\nissuer = \"http://localhost/broker\"\n",
+            d.join("api.sock").display().to_string(),
+            oauth_sock.display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(d.join("daemon.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_svid-broker"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&oauth_sock).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(Instant::now() < deadline, "no oauth socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut s = std::os::unix::net::UnixStream::connect(&oauth_sock).unwrap();
+    s.write_all(b"GET /.well-known/oauth-authorization-server/broker HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("\"token_endpoint\":\"http://localhost/broker/token\""),
+        "{out}"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _ = child.wait();
+    assert!(!oauth_sock.exists(), "the oauth socket is removed at stop");
+}
