@@ -341,6 +341,11 @@ impl Config {
         }
         if let Some(o) = &raw.oauth {
             o.validate().map_err(ConfigError::Invalid)?;
+            if spire {
+                return Err(ConfigError::Invalid(
+                    crate::oauth::config::SPIRE_REFUSAL.into(),
+                ));
+            }
         }
         let socket_path = raw
             .socket_path

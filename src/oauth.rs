@@ -63,9 +63,8 @@ impl OAuthListener {
         registry: Arc<Registry>,
     ) -> anyhow::Result<Self> {
         if config.authority.kind == AuthorityKind::Spire {
-            // An OAuth client proves itself by a JWT-SVID, not by attestation, so there are no
-            // selectors to ask the SPIRE agent to mint for, and no local registry to find them.
-            anyhow::bail!("[oauth] needs authority.kind = \"embedded\": with SPIRE the broker cannot mint for a client it did not attest (there are no selectors to ask the SPIRE agent with)");
+            // Config::parse refuses this already; kept for configs built in code.
+            anyhow::bail!(config::SPIRE_REFUSAL);
         }
         let tls = tls::server_config(&oauth.tls(), &identities, &registry)?;
         let bound = match (&oauth.listen, &oauth.socket_path) {

@@ -65,6 +65,9 @@ fn default_handshake_timeout() -> Duration {
     DEFAULT_HANDSHAKE_TIMEOUT
 }
 
+/// Why `[oauth]` and `authority.kind = "spire"` do not go together.
+pub const SPIRE_REFUSAL: &str = "[oauth] needs authority.kind = \"embedded\": an OAuth client proves itself with a JWT-SVID, not by attestation, so under SPIRE there are no selectors to ask the SPIRE agent to mint its task tokens with";
+
 /// How the listener speaks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsMode {
@@ -197,6 +200,13 @@ mod tests {
         let c =
             parse("listen = \"127.0.0.1:1\"\nissuer = \"http://h\"\ngrant_ttl = \"5m\"").unwrap();
         assert_eq!(c.grant_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn spire_mode_is_refused_with_the_reason() {
+        let text = "trust_domain = \"example.org\"\n[authority]\nkind = \"spire\"\n[authority.spire]\nworkload_socket = \"unix:///run/a.sock\"\nadmin_socket = \"unix:///run/b.sock\"\n[oauth]\nlisten = \"127.0.0.1:1\"\nissuer = \"http://127.0.0.1:1\"\n";
+        let e = crate::config::Config::parse(text).unwrap_err().to_string();
+        assert!(e.contains("authority.kind = \"embedded\""), "{e}");
     }
 
     #[test]
