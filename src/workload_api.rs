@@ -11,8 +11,8 @@ use spiffe::SpiffeId;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditEvent, SvidKind};
-use crate::identity::IdentityManager;
+use crate::audit::{AuditEvent, AuditLog, SvidKind};
+use crate::authority::Issuer;
 use crate::proto::workload as pb;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use crate::server::caller::{Caller, CallerResolver};
@@ -23,12 +23,7 @@ use crate::telemetry::Metrics;
 mod validated;
 use validated::ValidatedTokens;
 
-/// Most audiences in one FetchJWTSVID request.
-pub const MAX_AUDIENCES: usize = 64;
-/// Longest single audience, in bytes.
-pub const MAX_AUDIENCE_BYTES: usize = 2048;
-/// Longest SPIFFE ID accepted in a request (the SPIFFE ID spec's URI limit).
-pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+pub use crate::server::limits::{MAX_AUDIENCES, MAX_AUDIENCE_BYTES, MAX_SPIFFE_ID_BYTES};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -46,24 +41,46 @@ pub trait AudienceGate: Send + Sync {
 
 pub struct WorkloadApi {
     resolver: Arc<CallerResolver>,
-    identities: Arc<IdentityManager>,
+    issuer: Arc<dyn Issuer>,
+    /// Every SVID handed out is recorded here first, when there is a log.
+    audit: Option<AuditLog>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     audience_gate: Option<Arc<dyn AudienceGate>>,
     validated: Arc<ValidatedTokens>,
 }
 
+/// Writes the records of SVIDs handed to a caller and returns once they are on disk: an SVID
+/// leaves only with its record. Without an audit log, nothing to do.
+///
+/// # Errors
+/// `Unavailable` "audit log unavailable: …" when the log refuses them; the SVIDs must not be
+/// handed out.
+async fn record_issued(audit: Option<&AuditLog>, events: Vec<AuditEvent>) -> Result<(), Status> {
+    let Some(log) = audit else {
+        return Ok(());
+    };
+    if events.is_empty() {
+        return Ok(());
+    }
+    log.append_all(events)
+        .await
+        .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))
+}
+
 impl WorkloadApi {
     pub fn new(
         resolver: Arc<CallerResolver>,
-        identities: Arc<IdentityManager>,
+        issuer: Arc<dyn Issuer>,
+        audit: Option<AuditLog>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
         audience_gate: Option<Arc<dyn AudienceGate>>,
     ) -> Self {
         Self {
             resolver,
-            identities,
+            issuer,
+            audit,
             metrics,
             shutdown,
             audience_gate,
@@ -80,16 +97,13 @@ impl WorkloadApi {
     /// The caller's X.509-SVIDs, the state key (serials and bundle sequence), and the audit
     /// records of handing each SVID to this caller.
     fn x509_response(&self, caller: &Caller) -> Result<Made<pb::X509svidResponse>, Status> {
-        let bundle = self.identities.authority().current_bundle();
+        let bundle = self.issuer.current_bundle();
         let identities = caller.current_identities()?;
         let mut svids = Vec::with_capacity(identities.len());
         let mut serials = Vec::with_capacity(identities.len() + 1);
         let mut records = Vec::with_capacity(identities.len());
         for identity in &identities {
-            let svid = self
-                .identities
-                .x509_svid(identity)
-                .map_err(|e| e.into_status("cannot mint X.509-SVID"))?;
+            let svid = self.issuer.x509_svid(identity)?;
             self.metrics.x509_issued(svid.not_after);
             serials.push(svid.serial.clone());
             records.push(AuditEvent::SvidIssued {
@@ -114,7 +128,7 @@ impl WorkloadApi {
             pb::X509svidResponse {
                 svids,
                 crl: Vec::new(),
-                federated_bundles: self.identities.authority().federated_x509_for(caller),
+                federated_bundles: self.issuer.federated_x509_for(caller),
             },
             serials,
             records,
@@ -139,20 +153,20 @@ impl WorkloadApi {
         T: Send + 'static,
         K: PartialEq + Send + 'static,
     {
-        let bundle_rx = self.identities.authority().bundle();
-        let svid_rx = self.identities.changes();
+        let bundle_rx = self.issuer.bundle();
+        let svid_rx = self.issuer.changes();
         let shutdown = self.shutdown.clone();
         let (first, key, records) = make()?;
-        self.identities.record_issued(records).await?;
+        record_issued(self.audit.as_ref(), records).await?;
         let state = (bundle_rx, svid_rx, shutdown, Some(key), false, Some(first));
         let make = Arc::new(make);
-        let identities = self.identities.clone();
+        let audit = self.audit.clone();
         Ok(Box::pin(futures::stream::unfold(
             state,
             move |(mut b, mut s, mut stop, last, done, pending)| {
                 let produced = {
                     let make = make.clone();
-                    let identities = identities.clone();
+                    let audit = audit.clone();
                     async move {
                         if let Some(msg) = pending {
                             return Some((Ok(msg), (b, s, stop, last, false, None)));
@@ -174,7 +188,9 @@ impl WorkloadApi {
                                     if last.as_ref() == Some(&key) {
                                         continue;
                                     }
-                                    if let Err(status) = identities.record_issued(records).await {
+                                    if let Err(status) =
+                                        record_issued(audit.as_ref(), records).await
+                                    {
                                         return Some((Err(status), (b, s, stop, last, true, None)));
                                     }
                                     last = Some(key);
@@ -235,18 +251,18 @@ impl WorkloadApi {
     async fn bundle_stream<R, T>(
         &self,
         request: &Request<R>,
-        message: impl Fn(&crate::authority::Authority, &TrustBundle) -> T + Send + Sync + 'static,
+        message: impl Fn(&dyn Issuer, &TrustBundle) -> T + Send + Sync + 'static,
     ) -> Result<Response<BoxStream<T>>, Status>
     where
         T: Send + 'static,
     {
         let caller = self.resolver.resolve(request).await?;
         caller.require_identities()?;
-        let authority = self.identities.authority().clone();
+        let issuer = self.issuer.clone();
         let stream = self
             .watch_stream(move || {
-                let b = authority.current_bundle();
-                Ok((message(&authority, &b), b.sequence, Vec::new()))
+                let b = issuer.current_bundle();
+                Ok((message(issuer.as_ref(), &b), b.sequence, Vec::new()))
             })
             .await?;
         Ok(Response::new(stream))
@@ -254,15 +270,12 @@ impl WorkloadApi {
 }
 
 fn with_federated(
-    authority: &crate::authority::Authority,
-    pick: impl Fn(&crate::authority::spire::bundles::Federated) -> &HashMap<String, Vec<u8>>,
+    issuer: &dyn Issuer,
+    pick: impl Fn(&crate::svid::bundle::Federated) -> &HashMap<String, Vec<u8>>,
     b: &TrustBundle,
     ours: Vec<u8>,
 ) -> HashMap<String, Vec<u8>> {
-    let mut map = authority
-        .federated_bundles()
-        .map(|f| pick(&f).clone())
-        .unwrap_or_default();
+    let mut map = pick(&issuer.federated()).clone();
     map.insert(bundle_key(b), ours);
     map
 }
@@ -280,7 +293,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
             caller.require_identities()?;
             let api = Self {
                 resolver: self.resolver.clone(),
-                identities: self.identities.clone(),
+                issuer: self.issuer.clone(),
+                audit: self.audit.clone(),
                 metrics: self.metrics.clone(),
                 shutdown: self.shutdown.clone(),
                 audience_gate: None,
@@ -345,8 +359,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     }
                 }
                 let token = self
-                    .identities
-                    .jwt_svid_for(&caller, identity, &req.audience)
+                    .issuer
+                    .jwt_svid(&caller, identity, &req.audience)
                     .await?;
                 records.push(jwt_issued_record(&caller, identity, &token));
                 svids.push(pb::Jwtsvid {
@@ -356,7 +370,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 });
             }
             // Every hand-out is recorded, cached token or not, before any token leaves.
-            self.identities.record_issued(records).await?;
+            record_issued(self.audit.as_ref(), records).await?;
             for _ in &svids {
                 self.metrics.jwt_issued();
             }
@@ -398,7 +412,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 return Err(Status::invalid_argument("svid must be specified"));
             }
             self.resolver.resolve(&request).await?;
-            let bundle = self.identities.authority().current_bundle();
+            let bundle = self.issuer.current_bundle();
             let now = SystemTime::now();
             // A token verified before under the same bundle needs only its time and audience
             // checked again.
@@ -480,43 +494,9 @@ pub fn check_audiences(audiences: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
-/// # Errors
-/// `InvalidArgument` naming the rule the ID breaks.
-pub fn parse_spiffe_id(s: &str) -> Result<SpiffeId, Status> {
-    if s.len() > MAX_SPIFFE_ID_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "spiffe_id longer than {MAX_SPIFFE_ID_BYTES} bytes"
-        )));
-    }
-    crate::spiffe_id::parse(s)
-        .map_err(|e| Status::invalid_argument(format!("invalid spiffe_id {s:?}: {e}")))
-}
+pub use crate::server::status::parse_spiffe_id;
 
-/// JSON claims → `google.protobuf.Struct`.
-pub fn json_to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .into_iter()
-            .map(|(k, v)| (k, json_to_value(v)))
-            .collect(),
-    }
-}
-
-fn json_to_value(v: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    use serde_json::Value as J;
-    let kind = match v {
-        J::Null => Kind::NullValue(0),
-        J::Bool(b) => Kind::BoolValue(b),
-        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        J::String(s) => Kind::StringValue(s),
-        J::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(json_to_value).collect(),
-        }),
-        J::Object(o) => Kind::StructValue(json_to_struct(o)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
+pub use crate::proto::json_to_struct;
 
 #[cfg(test)]
 #[path = "workload_api/rotation_tests.rs"]

@@ -1,6 +1,10 @@
 //! The embedded authority: a P-256 CA (self-signed, or an operator's CA from PEM files) and
 //! ES256 JWT keys, rotated with overlap, published as a [`TrustBundle`] on a watch channel.
 
+pub mod issuer;
+pub mod schedule;
+pub mod store;
+
 use std::io::Read;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -12,8 +16,8 @@ use spiffe::{SpiffeId, TrustDomain};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::schedule::{key_phase, next_key_event, KeyPhase};
-use super::store::{KeyStore, StoreError, StoredKey, StoredKeys};
+use self::schedule::{key_phase, next_key_event, KeyPhase};
+use self::store::{KeyStore, StoreError, StoredKey, StoredKeys};
 use crate::config::AuthorityConfig;
 use crate::fs_trust::TrustError;
 use crate::svid::bundle::{JwtAuthority, JwtPublicKey, TrustBundle};
@@ -439,7 +443,7 @@ fn restore(ring: &mut KeyRing, stored: &StoredKeys) -> Result<(), AuthorityError
     let now = Instant::now();
     let corrupt = |reason: &str| {
         AuthorityError::Store(StoreError::Corrupt {
-            path: super::store::KEYS_FILE.into(),
+            path: store::KEYS_FILE.into(),
             reason: reason.to_string(),
         })
     };
@@ -658,8 +662,7 @@ mod tests {
         assert_eq!(b1.x509_authorities, b2.x509_authorities);
         assert_eq!(b1.jwt_authorities, b2.jwt_authorities);
         assert!(b2.sequence > b1.sequence);
-        let text =
-            std::fs::read_to_string(dir.path().join(super::super::store::KEYS_FILE)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(super::store::KEYS_FILE)).unwrap();
         assert!(!format!("{:?}", b.current_bundle()).contains(&text[..20]));
     }
 

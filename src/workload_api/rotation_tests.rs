@@ -15,21 +15,22 @@ use super::*;
 use crate::attest::peer::PinnedProcess;
 use crate::attest::unix::{UnixAttestor, UnixAttestorConfig};
 use crate::attest::{Attestors, WorkloadAttestor};
-use crate::authority::EmbeddedAuthority;
+use crate::authority::{EmbeddedAuthority, EmbeddedIssuer};
 use crate::config::AuthorityConfig;
 use crate::registry::{EntryConfig, Registry};
 use crate::server::caller::CallerHandle;
 
-fn api(ca_ttl: u64, x509_ttl: u64) -> (WorkloadApi, Arc<IdentityManager>, watch::Sender<bool>) {
+fn api(ca_ttl: u64, x509_ttl: u64) -> (WorkloadApi, Arc<EmbeddedIssuer>, watch::Sender<bool>) {
     let td = TrustDomain::new("example.org").unwrap();
     let cfg = AuthorityConfig {
         ca_ttl: Duration::from_secs(ca_ttl),
         jwt_key_ttl: Duration::from_secs(100_000),
         ..Default::default()
     };
-    let identities = IdentityManager::new(Arc::new(
-        EmbeddedAuthority::new(td.clone(), cfg, None).unwrap(),
-    ));
+    let identities = EmbeddedIssuer::new(
+        Arc::new(EmbeddedAuthority::new(td.clone(), cfg, None).unwrap()),
+        crate::clock::system(),
+    );
     let uid = unsafe { libc::geteuid() };
     let registry = Registry::new(
         &td,
@@ -49,9 +50,11 @@ fn api(ca_ttl: u64, x509_ttl: u64) -> (WorkloadApi, Arc<IdentityManager>, watch:
         Attestors::new(vec![unix]),
         Arc::new(registry),
         metrics.clone(),
+        identities.clone(),
+        None,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let api = WorkloadApi::new(resolver, identities.clone(), metrics, stop_rx, None);
+    let api = WorkloadApi::new(resolver, identities.clone(), None, metrics, stop_rx, None);
     (api, identities, stop_tx)
 }
 
@@ -89,7 +92,7 @@ async fn streams_get_renewals_in_time_and_new_cas_before_their_svids() {
     let mut last_svid_at = start;
     let mut serials = Vec::new();
     let mut new_ca_svids = 0;
-    let first_ca = identities.authority().current_bundle().x509_authorities[0].clone();
+    let first_ca = identities.current_bundle().x509_authorities[0].clone();
     while start.elapsed() < Duration::from_secs(380) {
         tokio::select! {
             Some(b) = bundles.next() => {

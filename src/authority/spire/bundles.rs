@@ -10,13 +10,7 @@ use super::{lock, SpireAuthority};
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
 use crate::svid::bundle::{parse_jwt_bundle, TrustBundle};
 
-/// Bundles of the other trust domains the agent holds (federation), keyed by trust domain ID, as
-/// the agent sent them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Federated {
-    pub x509: HashMap<String, Vec<u8>>,
-    pub jwt: HashMap<String, Vec<u8>>,
-}
+pub use crate::svid::bundle::Federated;
 
 /// The last maps the agent sent, keyed by trust domain ID (`spiffe://example.org`).
 #[derive(Debug, Default)]
