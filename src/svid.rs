@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod jwt;
 pub mod keys;
+pub mod task_audience;
 pub mod x509;
 
 use std::time::{SystemTime, UNIX_EPOCH};

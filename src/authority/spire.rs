@@ -65,8 +65,6 @@ pub const MAX_CACHED_JWT_SVIDS: usize = 10_000;
 /// have the tighter bounds of the connection layer).
 pub const MAX_AGENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
-pub const TASK_AUDIENCE_PREFIX: &str = "urn:svid-broker:task:";
-
 fn default_startup_wait() -> Duration {
     Duration::from_secs(10)
 }
@@ -512,18 +510,6 @@ pub fn spiffe_id_string(id: &spire_types::Spiffeid) -> String {
     format!("spiffe://{}{}", id.trust_domain, id.path)
 }
 
-/// The task-token audience that makes every mint a distinct SPIRE JWT-SVID.
-pub fn task_audience(task_id: &str, jti: &str) -> String {
-    format!("{TASK_AUDIENCE_PREFIX}{task_id}:{jti}")
-}
-
-/// `(task_id, jti)` from a task audience.
-pub fn parse_task_audience(aud: &str) -> Option<(&str, &str)> {
-    let rest = aud.strip_prefix(TASK_AUDIENCE_PREFIX)?;
-    let (task, jti) = rest.rsplit_once(':')?;
-    (!task.is_empty() && !jti.is_empty()).then_some((task, jti))
-}
-
 /// Drops subscriptions no caller held for [`IDLE_SUBSCRIPTION`], and SVIDs that expired.
 async fn janitor(me: std::sync::Weak<SpireAuthority>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -546,15 +532,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn task_audience_round_trips() {
-        let a = task_audience("task_ab", "0123");
-        assert_eq!(a, "urn:svid-broker:task:task_ab:0123");
-        assert_eq!(parse_task_audience(&a), Some(("task_ab", "0123")));
-        assert_eq!(parse_task_audience("urn:svid-broker:task::x"), None);
-        assert_eq!(parse_task_audience("spiffe://example.org/x"), None);
-    }
 
     #[test]
     fn sockets_must_be_unix_and_absolute() {

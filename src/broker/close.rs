@@ -73,3 +73,69 @@ impl Broker {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::super::testkit::{caller, kinds, kit, mint_request, open_task, AGENT, OTHER, TOOL};
+    use super::Who;
+
+    #[tokio::test]
+    async fn only_the_owner_or_an_admin_closes_a_task() {
+        let k = kit();
+        let task = open_task(&k).await;
+        let err = k
+            .broker
+            .close(&Who::Workload(caller(OTHER)), &task.task_id, "")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let resp = k
+            .broker
+            .close(&Who::Workload(caller(AGENT)), &task.task_id, "")
+            .await
+            .unwrap();
+        assert_eq!(resp.closed_task_ids, vec![task.task_id.clone()]);
+        assert_eq!(kinds(&k.sink.records()).last().unwrap(), "task_close");
+    }
+
+    #[tokio::test]
+    async fn a_closed_task_mints_nothing_more() {
+        let k = kit();
+        let task = open_task(&k).await;
+        let a = caller(AGENT);
+        k.broker
+            .mint(&a, mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap();
+        let resp = k
+            .broker
+            .close(&Who::Workload(a.clone()), &task.task_id, "done")
+            .await
+            .unwrap();
+        assert_eq!(resp.revoked_tokens, 1);
+        let err = k
+            .broker
+            .mint(&a, mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("closed"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_over_long_reason_is_refused_before_anything_is_recorded() {
+        let k = kit();
+        let task = open_task(&k).await;
+        let before = k.sink.records().len();
+        let reason = "x".repeat(super::limits::MAX_REASON_BYTES + 1);
+        let err = k
+            .broker
+            .close(&Who::Admin, &task.task_id, &reason)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(k.sink.records().len(), before);
+    }
+}

@@ -48,7 +48,7 @@ impl Broker {
         let aud = parsed
             .audiences()
             .into_iter()
-            .find(|a| crate::authority::spire::parse_task_audience(a).is_none())
+            .find(|a| crate::svid::task_audience::parse(a).is_none())
             .map(|s| s.to_string())
             .unwrap_or_default();
         let authorized = match who {
@@ -141,5 +141,95 @@ impl Broker {
             active: true,
             claims: Some(crate::proto::json_to_struct(map)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::Code;
+
+    use super::super::testkit::{caller, kit, mint_request, open_task, Kit, AGENT, OTHER, TOOL};
+    use super::Who;
+    use crate::proto::svidbroker::v1 as pb;
+
+    async fn minted(k: &Kit) -> (pb::OpenTaskResponse, pb::MintTaskTokenResponse) {
+        let task = open_task(k).await;
+        let token = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&task.task_id, TOOL, &["read"]))
+            .await
+            .unwrap();
+        (task, token)
+    }
+
+    fn active(r: &pb::IntrospectTokenResponse) -> bool {
+        r.active
+    }
+
+    #[tokio::test]
+    async fn a_live_token_is_active_until_its_expiry_on_the_clock() {
+        let k = kit();
+        let (_, token) = minted(&k).await;
+        let r = k
+            .broker
+            .introspect(&Who::Admin, &token.token)
+            .await
+            .unwrap();
+        assert!(active(&r));
+        let claims = r.claims.unwrap().fields;
+        assert_eq!(
+            claims["jti"].kind,
+            Some(prost_types::value::Kind::StringValue(token.jti.clone()))
+        );
+        let left = token.expires_at - crate::clock::Clock::unix_seconds(&k.clock);
+        k.clock.advance(Duration::from_secs(left as u64 + 1));
+        let r = k
+            .broker
+            .introspect(&Who::Admin, &token.token)
+            .await
+            .unwrap();
+        assert!(!active(&r), "expired by the clock, no sleeping");
+    }
+
+    #[tokio::test]
+    async fn closing_the_task_deactivates_its_tokens() {
+        let k = kit();
+        let (task, token) = minted(&k).await;
+        k.broker
+            .close(&Who::Admin, &task.task_id, "done")
+            .await
+            .unwrap();
+        let r = k
+            .broker
+            .introspect(&Who::Admin, &token.token)
+            .await
+            .unwrap();
+        assert!(!active(&r));
+    }
+
+    #[tokio::test]
+    async fn a_workload_that_is_not_the_audience_may_not_introspect() {
+        let k = kit();
+        let (_, token) = minted(&k).await;
+        let err = k
+            .broker
+            .introspect(&Who::Workload(caller(OTHER)), &token.token)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+
+    #[tokio::test]
+    async fn a_token_from_another_signer_is_inactive() {
+        let k = kit();
+        let (_, token) = minted(&k).await;
+        // Same claims, signed by a different fake issuer: the signature does not verify.
+        let other = crate::authority::fake::FakeIssuer::new("example.org");
+        let parsed = crate::svid::jwt::parse(&token.token).unwrap();
+        let forged = other.sign(&parsed.claims);
+        let r = k.broker.introspect(&Who::Admin, &forged).await.unwrap();
+        assert!(!active(&r));
     }
 }

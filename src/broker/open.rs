@@ -306,3 +306,83 @@ pub(super) struct ParentInfo {
     /// (task, jti, uses) when opening this child spent a use of the delegation token.
     used: Option<(String, String, u32)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::super::testkit::{
+        caller, kinds, kit, mint_request, open_request, AGENT, OTHER, TOOL,
+    };
+
+    #[tokio::test]
+    async fn a_task_is_recorded_before_it_is_answered() {
+        let k = kit();
+        let resp = k
+            .broker
+            .open_task(&caller(AGENT), open_request(&[TOOL], &["read"], 120))
+            .await
+            .unwrap();
+        assert_eq!(resp.spiffe_id, AGENT);
+        let now = crate::clock::Clock::unix_seconds(&k.clock);
+        assert_eq!(
+            resp.expires_at,
+            now + 120,
+            "the task's end is read from the clock"
+        );
+        assert_eq!(kinds(&k.sink.records()).last().unwrap(), "task_open");
+    }
+
+    #[tokio::test]
+    async fn no_task_when_the_audit_log_refuses_it() {
+        let k = kit();
+        k.sink.fail_from_now(true);
+        let err = k
+            .broker
+            .open_task(&caller(AGENT), open_request(&[TOOL], &[], 120))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(
+            k.broker.list(true).is_empty(),
+            "nothing in the table either"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_cannot_speak_for_an_identity_it_does_not_hold() {
+        let k = kit();
+        let mut req = open_request(&[TOOL], &[], 120);
+        req.spiffe_id = OTHER.into();
+        let err = k.broker.open_task(&caller(AGENT), req).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().starts_with("no identity issued"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_delegation_token_addressed_to_someone_else_is_refused() {
+        let k = kit();
+        let parent = k
+            .broker
+            .open_task(&caller(AGENT), open_request(&[OTHER], &[], 300))
+            .await
+            .unwrap();
+        let token = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&parent.task_id, OTHER, &[]))
+            .await
+            .unwrap();
+        // Addressed to agent/b: agent/a presenting it gets nothing.
+        let mut req = open_request(&[TOOL], &[], 60);
+        req.parent_token = token.token.clone();
+        let err = k.broker.open_task(&caller(AGENT), req).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("parent_token rejected"), "{err:?}");
+        // agent/b opens a child task with it, and the child's grant cannot exceed the parent's.
+        let mut req = open_request(&[OTHER], &[], 60);
+        req.parent_token = token.token;
+        let child = k.broker.open_task(&caller(OTHER), req).await.unwrap();
+        assert_eq!(child.parent_task_id, parent.task_id);
+        assert_eq!(child.delegation_depth, 1);
+    }
+}

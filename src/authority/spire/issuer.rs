@@ -10,12 +10,13 @@ use tokio::sync::watch;
 use tonic::{Code, Status};
 
 use super::subscription::Subscription;
-use super::{task_audience, SpireAuthority};
+use super::SpireAuthority;
 use crate::attest::Selector;
 use crate::authority::{Issuer, SignedToken};
 use crate::caller::{Caller, IssueError, LiveIdentities};
 use crate::registry::Identity;
 use crate::svid::bundle::{Federated, TrustBundle};
+use crate::svid::task_audience;
 use crate::svid::x509::X509Svid;
 
 /// Name of the gRPC health service that reports the agent link.
@@ -112,7 +113,7 @@ impl Issuer for SpireAuthority {
             .map_err(|e| IssueError::Failed(format!("task token subject: {e}")))?;
         let audiences = vec![
             audience.to_string(),
-            task_audience(text("task_id"), text("jti")),
+            task_audience::encode(text("task_id"), text("jti")),
         ];
         let (token, expires_at) = self
             .fetch_jwt(&caller.selectors, &sub, &audiences)
