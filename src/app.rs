@@ -40,9 +40,7 @@ use crate::workload_api::{AudienceGate, WorkloadApi};
 /// from local callers have the tighter bounds of [`crate::server::limits`]).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-/// The policy of the development profile: any workload of the trust domain may open tasks,
-/// mint tokens and delegate, for any audience and scope, within the broker's TTL bounds.
-pub const DEVELOPMENT_POLICY: &str = include_str!("policy/development.cedar");
+pub use crate::policy::DEVELOPMENT_POLICY;
 
 /// Everything built from the config, before serving.
 pub struct App {

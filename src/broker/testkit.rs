@@ -31,7 +31,7 @@ pub fn kit() -> Kit {
     let issuer = FakeIssuer::new("example.org");
     let sink = Arc::new(RecordingSink::default());
     let clock = FakeClock::now_truncated();
-    let policy = PolicyEngine::from_text(crate::app::DEVELOPMENT_POLICY, Default::default())
+    let policy = PolicyEngine::from_text(crate::policy::DEVELOPMENT_POLICY, Default::default())
         .expect("development policy");
     let broker = Broker::new(BrokerParts {
         config: BrokerConfig::default(),
