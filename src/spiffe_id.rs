@@ -45,13 +45,14 @@ pub fn parse(s: &str) -> Result<SpiffeId, IdError> {
     Ok(id)
 }
 
-/// Parses a trust domain name that is already in canonical form.
+/// Parses a trust domain, as a name (`example.org`) or as its SPIFFE ID
+/// (`spiffe://example.org`, how federated bundles are keyed), already in canonical form.
 ///
 /// # Errors
 /// [`IdError`] naming the rule the string breaks.
 pub fn parse_trust_domain(s: &str) -> Result<TrustDomain, IdError> {
     let td = TrustDomain::new(s).map_err(|e| IdError::Invalid(e.to_string()))?;
-    if td.to_string() != s {
+    if td.to_string() != s && td.id_string() != s {
         return Err(IdError::NotLowercase);
     }
     Ok(td)
@@ -65,10 +66,9 @@ mod tests {
     fn canonical_ids_parse() {
         let id = parse("spiffe://example.org/Agent/A").unwrap();
         assert_eq!(id.to_string(), "spiffe://example.org/Agent/A");
-        assert_eq!(
-            parse_trust_domain("example.org").unwrap().to_string(),
-            "example.org"
-        );
+        for s in ["example.org", "spiffe://example.org"] {
+            assert_eq!(parse_trust_domain(s).unwrap().to_string(), "example.org");
+        }
     }
 
     #[test]
@@ -81,10 +81,13 @@ mod tests {
         ] {
             assert_eq!(parse(s), Err(IdError::NotLowercase), "{s}");
         }
-        assert_eq!(
-            parse_trust_domain("Example.org"),
-            Err(IdError::NotLowercase)
-        );
+        for s in [
+            "Example.org",
+            "spiffe://Example.org",
+            "SPIFFE://example.org",
+        ] {
+            assert_eq!(parse_trust_domain(s), Err(IdError::NotLowercase), "{s}");
+        }
     }
 
     #[test]
