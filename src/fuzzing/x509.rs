@@ -15,7 +15,7 @@ use rustls::server::danger::ClientCertVerifier;
 use super::fixtures::{self, TRUST_DOMAIN};
 use crate::proto::workload as pb;
 use crate::svid::bundle::TrustBundle as SvidBundle;
-use crate::svid::der;
+use crate::svid::der::split_certificates;
 use crate::svid::x509::{check_leaf, CaCert};
 use crate::tls::{self, Authorize, PeerError, TrustBundle, X509Context, X509Source};
 
@@ -72,7 +72,7 @@ fn one_cert(der: &[u8]) {
 
 /// Concatenated DER, as SPIRE and the Workload API send bundles and chains.
 fn der(data: &[u8]) {
-    let certs = match der::split_certificates(data) {
+    let certs = match split_certificates(data) {
         Ok(certs) => {
             // Strict: every byte is a certificate, in the order given.
             assert_eq!(certs.concat(), data, "the split lost or reordered bytes");
@@ -80,7 +80,7 @@ fn der(data: &[u8]) {
         }
         Err(e) => {
             assert!(e.offset < data.len(), "error past the end: {e}");
-            let before = der::split_certificates(&data[..e.offset])
+            let before = split_certificates(&data[..e.offset])
                 .expect("the bytes before the reported offset split cleanly");
             assert_eq!(before.concat(), &data[..e.offset]);
             before
@@ -114,7 +114,7 @@ fn response(data: &[u8]) {
     if let Ok(ctx) = X509Context::from_response(&resp) {
         let svid = &resp.svids[0];
         assert_eq!(ctx.spiffe_id().to_string(), svid.spiffe_id);
-        let chain = der::split_certificates(&svid.x509_svid).expect("accepted SVID chain splits");
+        let chain = split_certificates(&svid.x509_svid).expect("accepted SVID chain splits");
         let facts = check_leaf(chain[0]).expect("accepted SVID breaks the leaf rules");
         assert_eq!(&facts.spiffe_id, ctx.spiffe_id());
         assert!(ctx.bundle(ctx.spiffe_id().trust_domain_name()).is_some());

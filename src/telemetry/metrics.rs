@@ -373,4 +373,22 @@ mod tests {
         }
         assert!(text.contains("svid_broker_x509_svids_issued_total 2\n"));
     }
+
+    #[test]
+    fn exports_the_gate_it_was_built_with() {
+        let limits = crate::server::limits::ConnectionLimits::default();
+        let gate = Gate::new(&limits, 1);
+        let m = Metrics::with_gate(gate.clone());
+        let _held = gate.admit(1).unwrap();
+        assert!(gate.admit(2).is_err());
+        let text = m.render();
+        assert!(text.contains("svid_broker_connections_open 1\n"), "{text}");
+        assert!(text.contains("svid_broker_connections_max 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE svid_broker_refused_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("svid_broker_refused_total{limit=\"max_connections\"} 1\n"));
+        assert!(text.contains("svid_broker_refused_total{limit=\"max_connections_per_uid\"} 0\n"));
+    }
 }
