@@ -2,8 +2,10 @@
 //! independent of who holds the keys.
 
 pub mod bundle;
+pub mod der;
 pub mod jwt;
 pub mod keys;
+pub mod pem;
 pub mod task_audience;
 pub mod x509;
 

@@ -36,7 +36,6 @@ use tonic::Status;
 
 use crate::attest::Selector;
 use crate::caller::NO_IDENTITY;
-use crate::config::humantime_serde_compat;
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
 use crate::proto::spire::api::agent::delegatedidentity::v1::delegated_identity_client::DelegatedIdentityClient;
 use crate::proto::spire::api::types as spire_types;
@@ -80,7 +79,7 @@ pub struct SpireAuthorityConfig {
     /// Identity API. svid-broker's SPIFFE ID must be in the agent's `authorized_delegates`.
     pub admin_socket: String,
     /// How long `run` waits at start for the first trust bundle before serving degraded.
-    #[serde(default = "default_startup_wait", with = "humantime_serde_compat")]
+    #[serde(default = "default_startup_wait", with = "humantime_serde")]
     pub startup_wait: Duration,
 }
 

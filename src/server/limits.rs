@@ -95,19 +95,19 @@ pub struct ConnectionLimits {
     /// read.
     pub max_pending_request_bytes_per_uid: usize,
     /// A connection must complete the HTTP/2 preface within this.
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// A request message must arrive in full within this of the call starting.
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// A connection with no open call and nothing received for this long is closed.
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// HTTP/2 PING to a connection with open streams after this much silence...
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
     /// ...and closed if the PING is not answered within this.
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
 }
 

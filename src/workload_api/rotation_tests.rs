@@ -19,6 +19,7 @@ use crate::authority::{EmbeddedAuthority, EmbeddedIssuer};
 use crate::config::AuthorityConfig;
 use crate::registry::{EntryConfig, Registry};
 use crate::server::caller::CallerHandle;
+use crate::svid::der::split_certificates;
 
 fn api(ca_ttl: u64, x509_ttl: u64) -> (WorkloadApi, Arc<EmbeddedIssuer>, watch::Sender<bool>) {
     let td = TrustDomain::new("example.org").unwrap();
@@ -98,8 +99,8 @@ async fn streams_get_renewals_in_time_and_new_cas_before_their_svids() {
             Some(b) = bundles.next() => {
                 let b = b.unwrap();
                 let der = &b.bundles["spiffe://example.org"];
-                for ca in crate::cli::api::split_der(der).unwrap() {
-                    cas_seen.insert(ca);
+                for ca in split_certificates(der).unwrap() {
+                    cas_seen.insert(ca.to_vec());
                 }
             }
             Some(s) = svids.next() => {
@@ -107,13 +108,13 @@ async fn streams_get_renewals_in_time_and_new_cas_before_their_svids() {
                 let now = Instant::now();
                 assert!(now - last_svid_at < Duration::from_secs(60), "an SVID lived past its TTL before renewal");
                 last_svid_at = now;
-                let leaf = crate::cli::api::split_der(&s.svids[0].x509_svid).unwrap().remove(0);
+                let leaf = split_certificates(&s.svids[0].x509_svid).unwrap()[0].to_vec();
                 serials.push(leaf.clone());
                 if !signed_by(&leaf, &first_ca) {
                     new_ca_svids += 1;
                     let issuer = cas_seen.iter().find(|ca| signed_by(&leaf, ca));
                     assert!(issuer.is_some(), "an SVID signed by a CA no bundle had announced");
-                    assert!(crate::cli::api::split_der(&s.svids[0].bundle).unwrap().iter().any(|ca| signed_by(&leaf, ca)));
+                    assert!(split_certificates(&s.svids[0].bundle).unwrap().iter().any(|ca| signed_by(&leaf, ca)));
                 }
             }
         }
