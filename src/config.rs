@@ -16,9 +16,9 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
 /// Largest config file read.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
+pub use crate::authority::settings::DEFAULT_CA_TTL;
+pub use crate::authority::settings::DEFAULT_JWT_KEY_TTL;
 pub use crate::registry::{DEFAULT_JWT_TTL, DEFAULT_X509_TTL};
-pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_JWT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Shortest lifetime accepted for any SVID or key: below this, rotation at half-life would
 /// churn faster than clients can follow.
 pub const MIN_TTL: Duration = Duration::from_secs(10);
@@ -54,67 +54,9 @@ impl From<RegistryError> for ConfigError {
     }
 }
 
-/// Where keys come from.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthorityKind {
-    /// Our own CA and JWT keys.
-    #[default]
-    Embedded,
-    /// An upstream SPIRE agent.
-    Spire,
-}
+pub use crate::authority::settings::{AuthorityConfig, AuthorityKind};
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthorityConfig {
-    #[serde(default)]
-    pub kind: AuthorityKind,
-    /// Lifetime of a self-signed CA; it rotates at half-life with overlap.
-    #[serde(default = "default_ca_ttl", with = "humantime_serde")]
-    pub ca_ttl: Duration,
-    /// Lifetime of a JWT signing key; rotates like the CA.
-    #[serde(default = "default_jwt_key_ttl", with = "humantime_serde")]
-    pub jwt_key_ttl: Duration,
-    /// Operator-provided CA certificate (PEM; the signing CA first, then its chain upward).
-    pub ca_cert_path: Option<PathBuf>,
-    /// Its PKCS#8 private key (PEM).
-    pub ca_key_path: Option<PathBuf>,
-    /// Roots to publish in the bundle with an operator CA (default: the last cert of the chain).
-    pub ca_bundle_path: Option<PathBuf>,
-    /// `[authority.spire]`: the SPIRE agent, required with `kind = "spire"`.
-    #[serde(default)]
-    pub spire: Option<crate::authority::spire::SpireAuthorityConfig>,
-}
-
-fn default_ca_ttl() -> Duration {
-    DEFAULT_CA_TTL
-}
-fn default_jwt_key_ttl() -> Duration {
-    DEFAULT_JWT_KEY_TTL
-}
-
-impl Default for AuthorityConfig {
-    fn default() -> Self {
-        Self {
-            kind: AuthorityKind::Embedded,
-            ca_ttl: DEFAULT_CA_TTL,
-            jwt_key_ttl: DEFAULT_JWT_KEY_TTL,
-            ca_cert_path: None,
-            ca_key_path: None,
-            ca_bundle_path: None,
-            spire: None,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -8,9 +8,18 @@ pub use endpoint::{
     serve_metrics, MAX_METRICS_CONNECTIONS, MAX_METRICS_REQUEST_BYTES, MAX_METRICS_REQUEST_HEADERS,
     METRICS_CONNECTION_TIMEOUT,
 };
-pub use metrics::{Metrics, CONTENT_TYPE};
+pub use metrics::{ConnectionStats, Metrics, CONTENT_TYPE};
 
-use crate::config::LogFormat;
+use serde::Deserialize;
+
+/// `telemetry.log_format`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
 
 /// Starts logging. `RUST_LOG` overrides the default level (`info`).
 pub fn init_logging(format: LogFormat) {

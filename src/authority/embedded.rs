@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use self::schedule::{key_phase, next_key_event, KeyPhase};
 use self::store::{KeyStore, StoreError, StoredKey, StoredKeys};
-use crate::config::AuthorityConfig;
+use crate::authority::settings::AuthorityConfig;
 use crate::fs_trust::TrustError;
 use crate::svid::bundle::{JwtAuthority, JwtPublicKey, TrustBundle};
 use crate::svid::jwt::{self, JwtError};

@@ -24,6 +24,8 @@ pub const MAX_METRICS_REQUEST_HEADERS: usize = 32;
 pub const MAX_METRICS_CONNECTIONS: usize = 16;
 /// A scrape's request head must arrive, and its answer be written, within this.
 pub const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (out of descriptors, say) before the next.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves `GET /metrics` until the listener is dropped (the task is aborted).
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
@@ -43,7 +45,7 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
             Err(e) => {
                 // Out of descriptors: accepting again at once would spin.
                 tracing::debug!(error = %e, "metrics listener cannot accept; pausing");
-                tokio::time::sleep(crate::server::limits::ACCEPT_BACKOFF).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };

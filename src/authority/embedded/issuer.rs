@@ -283,7 +283,7 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AuthorityConfig;
+    use crate::authority::settings::AuthorityConfig;
     use spiffe::TrustDomain;
 
     fn manager(ca_ttl: u64) -> Arc<EmbeddedIssuer> {
