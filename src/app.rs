@@ -13,11 +13,12 @@ use crate::attest::unix::UnixAttestor;
 use crate::attest::{Attestors, WorkloadAttestor};
 use crate::audit::{AuditLog, AuditMonitor, AuditOptions};
 use crate::authority::EmbeddedAuthority;
+use crate::authority::{EmbeddedIssuer, Issuer, SpireAuthority};
 use crate::broker::oidc::OidcIssuers;
 use crate::broker::service::{AdminService, TaskBrokerService};
-use crate::broker::{replay, Broker};
+use crate::broker::{replay, Broker, BrokerParts};
+use crate::clock::Clock;
 use crate::config::{AuthorityKind, Config};
-use crate::identity::IdentityManager;
 use crate::policy::{Action, PolicyEngine, PolicyRequest, Principal};
 use crate::proto::svidbroker::v1::admin_server::AdminServer;
 use crate::proto::svidbroker::v1::task_broker_server::TaskBrokerServer;
@@ -39,14 +40,14 @@ use crate::workload_api::{AudienceGate, WorkloadApi};
 /// from local callers have the tighter bounds of [`crate::server::limits`]).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-/// The policy of the development profile: any workload of the trust domain may open tasks,
-/// mint tokens and delegate, for any audience and scope, within the broker's TTL bounds.
-pub const DEVELOPMENT_POLICY: &str = include_str!("policy/development.cedar");
+pub use crate::policy::DEVELOPMENT_POLICY;
 
 /// Everything built from the config, before serving.
 pub struct App {
     pub config: Config,
-    pub identities: Arc<IdentityManager>,
+    pub issuer: Arc<dyn Issuer>,
+    /// The audit log, when configured; shared by everyone who records.
+    pub audit: Option<AuditLog>,
     pub resolver: Arc<CallerResolver>,
     pub metrics: Arc<Metrics>,
     pub broker: Arc<Broker>,
@@ -68,28 +69,40 @@ impl App {
         log_pin_method();
         let gate = build_gate(&config.limits);
         let metrics = Arc::new(Metrics::with_gate(gate.clone()));
-        let identities = if config.authority.kind == AuthorityKind::Spire {
-            crate::authority::spire::build_identities(&config).await?
-        } else {
-            let authority = Arc::new(EmbeddedAuthority::new(
-                config.trust_domain.clone(),
-                config.authority.clone(),
-                config.data_dir.as_deref(),
-            )?);
-            metrics.set_ca_not_after(authority.active_ca_not_after());
-            IdentityManager::new(authority)
-        };
+        let clock = crate::clock::system();
+        // The audit log first: everyone who records takes it at construction.
+        let (audit, records) = open_audit(&config).await?;
+        let issuer = build_issuer(&config, &clock).await?;
+        if let Some(t) = issuer.ca_not_after() {
+            metrics.set_ca_not_after(t);
+        }
         let registry = Arc::new(config.registry.clone());
         let attestors = build_attestors(&config)?;
-        let mut resolver = CallerResolver::new(attestors, registry, metrics.clone());
-        if let Some(spire) = identities.authority().spire() {
-            resolver = resolver.with_spire(spire.clone());
-        }
-        let resolver = Arc::new(resolver);
-        let broker = Arc::new(build_broker(&config, &identities, &metrics).await?);
-        if let Some(log) = broker.audit_log() {
-            resolver.set_audit(log.clone());
-            identities.set_audit(log.clone());
+        let resolver = Arc::new(CallerResolver::new(
+            attestors,
+            registry,
+            metrics.clone(),
+            issuer.clone(),
+            audit.clone(),
+        ));
+        let parts = BrokerParts {
+            config: config.broker.clone(),
+            issuer: issuer.clone(),
+            policy: build_policy(&config)?,
+            audit: audit
+                .clone()
+                .map(|log| Arc::new(log) as Arc<dyn crate::audit::AuditSink>),
+            oidc: OidcIssuers::load(&config.oidc_issuers)?,
+            metrics: metrics.clone(),
+            clock,
+        };
+        let broker = Arc::new(Broker::new(parts));
+        if !records.is_empty() {
+            broker.restore(replay::rebuild(&records));
+            tracing::info!(
+                records = records.len(),
+                "task state rebuilt from the audit log"
+            );
         }
         let listener = socket::bind(&config.socket_path, &socket::PUBLIC)?;
         let admin_listener = config
@@ -112,7 +125,7 @@ impl App {
                     &config,
                     o,
                     broker.clone(),
-                    identities.clone(),
+                    issuer.clone(),
                     resolver.registry().clone(),
                 )
                 .await?,
@@ -121,7 +134,8 @@ impl App {
         };
         Ok(Self {
             config,
-            identities,
+            issuer,
+            audit,
             resolver,
             metrics,
             broker,
@@ -148,7 +162,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut background = vec![
-            tokio::spawn(self.identities.clone().run(stop_rx.clone())),
+            tokio::spawn(self.issuer.clone().run(stop_rx.clone())),
             tokio::spawn(self.broker.clone().sweep_forever()),
             tokio::spawn(reload_on_sighup(self.broker.clone())),
         ];
@@ -167,16 +181,17 @@ impl App {
         health_reporter
             .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
             .await;
-        if let Some(log) = self.broker.audit_log() {
+        if let Some(log) = &self.audit {
             background.push(tokio::spawn(report_audit_health(
                 log.monitor(),
                 health_reporter.clone(),
                 self.metrics.clone(),
             )));
         }
-        if let Some(spire) = self.identities.authority().spire() {
-            background.push(tokio::spawn(crate::authority::spire::report_health(
-                spire.clone(),
+        if let Some((name, healthy)) = self.issuer.health() {
+            background.push(tokio::spawn(report_issuer_health(
+                name,
+                healthy,
                 health_reporter.clone(),
             )));
         }
@@ -192,7 +207,8 @@ impl App {
         };
         let workload = WorkloadApi::new(
             self.resolver.clone(),
-            self.identities.clone(),
+            self.issuer.clone(),
+            self.audit.clone(),
             self.metrics.clone(),
             stop_rx.clone(),
             gate,
@@ -427,11 +443,7 @@ async fn reload_on_sighup(broker: Arc<Broker>) {
     }
 }
 
-async fn build_broker(
-    config: &Config,
-    identities: &Arc<IdentityManager>,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<Broker> {
+fn build_policy(config: &Config) -> anyhow::Result<Option<Arc<PolicyEngine>>> {
     let policy = match (&config.policy, config.development_profile) {
         (Some(p), _) => Some(Arc::new(
             PolicyEngine::load(&p.file, config.audiences.clone())
@@ -446,7 +458,14 @@ async fn build_broker(
             None
         }
     };
-    let (audit, records) = match &config.audit {
+    Ok(policy)
+}
+
+/// Opens the audit log and reads back its records (to rebuild the task table).
+async fn open_audit(
+    config: &Config,
+) -> anyhow::Result<(Option<AuditLog>, Vec<crate::audit::AuditRecord>)> {
+    Ok(match &config.audit {
         Some(a) => {
             let dir = a.path.parent().filter(|d| !d.as_os_str().is_empty());
             crate::fs_trust::FsTrust::current().ensure_dir(
@@ -467,24 +486,51 @@ async fn build_broker(
             tracing::warn!("no [audit] path configured: decisions and tokens are not recorded, and a restart forgets tasks");
             (None, Vec::new())
         }
-    };
-    let oidc = OidcIssuers::load(&config.oidc_issuers)?;
-    let broker = Broker::new(
-        config.broker.clone(),
-        identities.clone(),
-        policy,
-        audit,
-        oidc,
-        metrics.clone(),
-    );
-    if !records.is_empty() {
-        broker.restore(replay::rebuild(&records));
-        tracing::info!(
-            records = records.len(),
-            "task state rebuilt from the audit log"
-        );
+    })
+}
+
+/// The issuer `[authority] kind` names. SPIRE: connects to the agent and waits up to
+/// `startup_wait` for the trust bundle (serving degraded after that).
+async fn build_issuer(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Issuer>> {
+    if config.authority.kind == AuthorityKind::Spire {
+        let spire_cfg =
+            config.authority.spire.clone().ok_or_else(|| {
+                anyhow::anyhow!("authority.kind = \"spire\" needs [authority.spire]")
+            })?;
+        let spire = SpireAuthority::new(config.trust_domain.clone(), spire_cfg)
+            .map_err(|e| anyhow::anyhow!("[authority.spire]: {e}"))?;
+        spire.start().await;
+        return Ok(spire);
     }
-    Ok(broker)
+    let authority = Arc::new(EmbeddedAuthority::new(
+        config.trust_domain.clone(),
+        config.authority.clone(),
+        config.data_dir.as_deref(),
+    )?);
+    Ok(EmbeddedIssuer::new(authority, clock.clone()))
+}
+
+/// Mirrors an issuer's health signal into gRPC health: overall (`""`) and `name` are
+/// `SERVING` while healthy and `NOT_SERVING` while not (the Workload API itself stays
+/// `SERVING`: it serves cached SVIDs until they expire).
+async fn report_issuer_health(
+    name: &'static str,
+    mut healthy: watch::Receiver<bool>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    use tonic_health::ServingStatus;
+    loop {
+        let status = if *healthy.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        reporter.set_service_status(name, status).await;
+        if healthy.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Policy on the Workload API's JWT-SVID audiences.

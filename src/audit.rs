@@ -22,6 +22,7 @@ mod file;
 mod health;
 mod open;
 mod set;
+mod sink;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -35,6 +36,9 @@ pub use health::{AuditHealth, AuditMonitor};
 pub use set::{
     rotated_files, rotated_name, rotated_seq, verify_rotated, verify_set, ROTATED_SEQ_DIGITS,
 };
+pub use sink::AuditSink;
+#[cfg(test)]
+pub use sink::RecordingSink;
 pub use writer::MAX_RETRY_BACKOFF;
 
 /// Appends waiting for the writer. When full, `append` waits: backpressure instead of

@@ -1,112 +1,139 @@
-//! Who signs. The embedded authority holds its own CA and JWT keys and rotates them with
-//! overlap; [`schedule`] is the pure timing, [`store`] the on-disk form. The SPIRE authority
-//! ([`spire`]) re-serves what a SPIRE agent issues. [`Authority`] is either.
+//! Who signs: the [`Issuer`] seam. Everything that hands out an identity (the Workload API,
+//! the TaskBroker, the connection layer asking which identities a caller holds) talks to an
+//! `Arc<dyn Issuer>` and never to a particular backend.
+//!
+//! - [`embedded`]: our own CA and JWT keys, rotated with overlap, SVIDs cached and renewed here.
+//! - [`spire`]: a SPIRE agent issues and renews; we re-serve what it sends.
+//! - [`fake`] (tests): an in-memory signer with error injection, so broker logic is tested
+//!   without a daemon.
+//!
+//! A third backend (a Vault PKI, a cloud CA) is one more folder implementing [`Issuer`].
 
 pub mod embedded;
-pub mod schedule;
+#[cfg(test)]
+pub mod fake;
+pub mod settings;
 pub mod spire;
-pub mod store;
 
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use serde_json::{Map, Value};
+use spiffe::TrustDomain;
+use tokio::sync::watch;
+
+pub use embedded::issuer::EmbeddedIssuer;
 pub use embedded::{AuthorityError, EmbeddedAuthority};
 pub use spire::SpireAuthority;
 
-use crate::svid::bundle::TrustBundle;
+use crate::attest::Selector;
+use crate::caller::{Caller, IssueError, LiveIdentities};
+use crate::registry::Identity;
+use crate::svid::bundle::{Federated, TrustBundle};
+use crate::svid::x509::X509Svid;
 
-/// The authority behind the [`IdentityManager`](crate::identity::IdentityManager).
+/// A signed task token and when it really expires (an upstream may cut the lifetime we
+/// asked for).
 #[derive(Clone)]
-pub enum Authority {
-    Embedded(Arc<EmbeddedAuthority>),
-    Spire(Arc<SpireAuthority>),
+pub struct SignedToken {
+    pub token: String,
+    pub expires_at: i64,
 }
 
-impl std::fmt::Debug for Authority {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Authority::Embedded(a) => write!(f, "Authority::Embedded({})", a.trust_domain()),
-            Authority::Spire(s) => write!(f, "Authority::{s:?}"),
-        }
+impl fmt::Debug for SignedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a bearer credential: never in Debug output.
+        f.debug_struct("SignedToken")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
     }
 }
 
-impl Authority {
-    pub fn trust_domain(&self) -> &spiffe::TrustDomain {
-        match self {
-            Authority::Embedded(a) => a.trust_domain(),
-            Authority::Spire(s) => s.trust_domain(),
-        }
-    }
+/// Identities for a caller's selectors, and the signing of everything handed out under them.
+#[async_trait::async_trait]
+pub trait Issuer: Send + Sync + fmt::Debug {
+    fn trust_domain(&self) -> &TrustDomain;
 
     /// The trust domain's bundle; `changed()` fires whenever it changes.
-    pub fn bundle(&self) -> tokio::sync::watch::Receiver<Arc<TrustBundle>> {
-        match self {
-            Authority::Embedded(a) => a.bundle(),
-            Authority::Spire(s) => s.bundle(),
-        }
+    fn bundle(&self) -> watch::Receiver<Arc<TrustBundle>>;
+
+    fn current_bundle(&self) -> Arc<TrustBundle> {
+        self.bundle().borrow().clone()
     }
 
-    pub fn current_bundle(&self) -> Arc<TrustBundle> {
-        match self {
-            Authority::Embedded(a) => a.current_bundle(),
-            Authority::Spire(s) => s.current_bundle(),
-        }
+    /// Bundles of federated trust domains (X.509 DER and JWKS by trust domain ID).
+    fn federated(&self) -> Arc<Federated> {
+        Arc::default()
     }
 
-    /// Signs JWT claims with our own key. Only the embedded authority holds one: with SPIRE,
-    /// tokens are JWT-SVIDs the agent mints
-    /// ([`IdentityManager::sign_task_token`](crate::identity::IdentityManager::sign_task_token)).
+    /// Bumped whenever any X.509-SVID is renewed: streams re-send on it.
+    fn changes(&self) -> watch::Receiver<u64>;
+
+    /// The identities this issuer, rather than our registry, gives a caller with `selectors`,
+    /// kept current for as long as the returned handle is held. `None`: the registry decides.
     ///
     /// # Errors
-    /// Signing failed, or there is no local key.
-    pub fn sign_jwt(
+    /// The issuer cannot answer now.
+    async fn identities_for(
         &self,
-        claims: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<String, AuthorityError> {
-        match self {
-            Authority::Embedded(a) => a.sign_jwt(claims),
-            Authority::Spire(_) => Err(AuthorityError::Upstream(
-                "no local signing key: SPIRE mints every JWT".into(),
-            )),
-        }
+        _selectors: &BTreeSet<Selector>,
+    ) -> Result<Option<(Vec<Identity>, Arc<dyn LiveIdentities>)>, IssueError> {
+        Ok(None)
     }
 
-    /// Federated X.509 bundles for the trust domains `caller`'s SVIDs federate with (SPIRE's
-    /// `federates_with`), for `X509SVIDResponse.federated_bundles`. Embedded: none.
-    pub fn federated_x509_for(
+    /// The current X.509-SVID for `identity`.
+    ///
+    /// # Errors
+    /// Minting failed, or an upstream has none.
+    fn x509_svid(&self, identity: &Identity) -> Result<Arc<X509Svid>, IssueError>;
+
+    /// A JWT-SVID for `caller` as `identity`.
+    ///
+    /// # Errors
+    /// The caller may not have it, or signing failed.
+    async fn jwt_svid(
         &self,
-        caller: &crate::server::caller::Caller,
-    ) -> std::collections::HashMap<String, Vec<u8>> {
-        let (Authority::Spire(s), Some(sub)) = (self, &caller.upstream) else {
-            return Default::default();
-        };
-        let federated = s.federated();
-        sub.federates_with()
+        caller: &Caller,
+        identity: &Identity,
+        audiences: &[String],
+    ) -> Result<Arc<str>, IssueError>;
+
+    /// A task token for `caller` carrying `claims` (as `broker::token::claims` builds them).
+    ///
+    /// # Errors
+    /// The caller may not have the subject, or signing failed.
+    async fn task_token(
+        &self,
+        caller: &Caller,
+        claims: &Map<String, Value>,
+    ) -> Result<SignedToken, IssueError>;
+
+    /// Renews, rotates or follows upstream until `shutdown` fires.
+    async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>);
+
+    /// A health signal other than "serving", named for gRPC health: `true` while healthy.
+    fn health(&self) -> Option<(&'static str, watch::Receiver<bool>)> {
+        None
+    }
+
+    /// When the CA that signs X.509-SVIDs expires, where we hold it.
+    fn ca_not_after(&self) -> Option<SystemTime> {
+        None
+    }
+
+    /// Federated X.509 bundles for the trust domains `caller`'s SVIDs federate with, for
+    /// `X509SVIDResponse.federated_bundles`.
+    fn federated_x509_for(&self, caller: &Caller) -> HashMap<String, Vec<u8>> {
+        let wanted = caller.federates_with();
+        if wanted.is_empty() {
+            return HashMap::new();
+        }
+        let federated = self.federated();
+        wanted
             .iter()
             .filter_map(|td| federated.x509.get(td).map(|b| (td.clone(), b.clone())))
             .collect()
-    }
-
-    /// Every federated bundle (X.509 DER, JWT JWKS) by trust domain ID, for FetchX509Bundles
-    /// and FetchJWTBundles next to our own. Embedded: none.
-    pub fn federated_bundles(&self) -> Option<Arc<spire::bundles::Federated>> {
-        match self {
-            Authority::Spire(s) => Some(s.federated()),
-            Authority::Embedded(_) => None,
-        }
-    }
-
-    pub fn embedded(&self) -> Option<&Arc<EmbeddedAuthority>> {
-        match self {
-            Authority::Embedded(a) => Some(a),
-            Authority::Spire(_) => None,
-        }
-    }
-
-    pub fn spire(&self) -> Option<&Arc<SpireAuthority>> {
-        match self {
-            Authority::Spire(s) => Some(s),
-            Authority::Embedded(_) => None,
-        }
     }
 }

@@ -1,16 +1,30 @@
 //! The TaskBroker: narrows an attested identity to per-task, single-audience, minute-scale
 //! tokens, with delegation between agents, revocation on close, policy at request time and
 //! an audit record before every token leaves.
+//!
+//! One file per operation (`open`, `mint`, `close`, `introspect`, `admin`), sharing the state
+//! in `core`. Each is unit-tested against a fake issuer, a recording audit sink and a fake
+//! clock (`testkit`).
 
+mod admin;
+mod close;
 pub mod core;
+mod events;
 pub mod grant;
+mod introspect;
 pub mod limits;
+mod mint;
 pub mod oidc;
+mod open;
 pub mod replay;
 pub mod service;
 pub mod settings;
 pub mod table;
+#[cfg(test)]
+mod testkit;
 pub mod token;
+pub mod who;
 
-pub use self::core::Broker;
+pub use self::core::{Broker, BrokerParts};
 pub use settings::BrokerConfig;
+pub use who::Who;

@@ -16,10 +16,9 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
 /// Largest config file read.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
-pub const DEFAULT_X509_TTL: Duration = Duration::from_secs(3600);
-pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
-pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_JWT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+pub use crate::authority::settings::DEFAULT_CA_TTL;
+pub use crate::authority::settings::DEFAULT_JWT_KEY_TTL;
+pub use crate::registry::{DEFAULT_JWT_TTL, DEFAULT_X509_TTL};
 /// Shortest lifetime accepted for any SVID or key: below this, rotation at half-life would
 /// churn faster than clients can follow.
 pub const MIN_TTL: Duration = Duration::from_secs(10);
@@ -55,67 +54,9 @@ impl From<RegistryError> for ConfigError {
     }
 }
 
-/// Where keys come from.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthorityKind {
-    /// Our own CA and JWT keys.
-    #[default]
-    Embedded,
-    /// An upstream SPIRE agent.
-    Spire,
-}
+pub use crate::authority::settings::{AuthorityConfig, AuthorityKind};
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthorityConfig {
-    #[serde(default)]
-    pub kind: AuthorityKind,
-    /// Lifetime of a self-signed CA; it rotates at half-life with overlap.
-    #[serde(default = "default_ca_ttl", with = "humantime_serde_compat")]
-    pub ca_ttl: Duration,
-    /// Lifetime of a JWT signing key; rotates like the CA.
-    #[serde(default = "default_jwt_key_ttl", with = "humantime_serde_compat")]
-    pub jwt_key_ttl: Duration,
-    /// Operator-provided CA certificate (PEM; the signing CA first, then its chain upward).
-    pub ca_cert_path: Option<PathBuf>,
-    /// Its PKCS#8 private key (PEM).
-    pub ca_key_path: Option<PathBuf>,
-    /// Roots to publish in the bundle with an operator CA (default: the last cert of the chain).
-    pub ca_bundle_path: Option<PathBuf>,
-    /// `[authority.spire]`: the SPIRE agent, required with `kind = "spire"`.
-    #[serde(default)]
-    pub spire: Option<crate::authority::spire::SpireAuthorityConfig>,
-}
-
-fn default_ca_ttl() -> Duration {
-    DEFAULT_CA_TTL
-}
-fn default_jwt_key_ttl() -> Duration {
-    DEFAULT_JWT_KEY_TTL
-}
-
-impl Default for AuthorityConfig {
-    fn default() -> Self {
-        Self {
-            kind: AuthorityKind::Embedded,
-            ca_ttl: DEFAULT_CA_TTL,
-            jwt_key_ttl: DEFAULT_JWT_KEY_TTL,
-            ca_cert_path: None,
-            ca_key_path: None,
-            ca_bundle_path: None,
-            spire: None,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -194,7 +135,7 @@ struct RawConfig {
     admin_socket_path: Option<PathBuf>,
     #[serde(default)]
     data_dir: Option<PathBuf>,
-    #[serde(default, with = "humantime_serde_compat::option")]
+    #[serde(default, with = "humantime_serde::option")]
     shutdown_grace: Option<Duration>,
     #[serde(default)]
     authority: AuthorityConfig,
@@ -412,27 +353,6 @@ fn check_ttl(name: &str, ttl: Duration, max: Duration) -> Result<(), ConfigError
     Ok(())
 }
 
-/// Durations written as `"90s"`, `"5m"`, `"1h 30m"`.
-pub mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("duration {s:?}: {e} (write e.g. \"90s\", \"5m\")"))
-        })
-    }
-
-    pub mod option {
-        use super::*;
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            super::deserialize(d).map(Some)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,10 +408,8 @@ selectors = ["unix:uid:1000"]
         let err = Config::parse(&low).unwrap_err().to_string();
         assert!(err.contains("below the minimum"), "{err}");
         let bad = MINIMAL.replace("selectors", "x509_ttl = \"soon\"\nselectors");
-        assert!(Config::parse(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("duration"));
+        let err = Config::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"soon\", expected a duration"), "{err}");
     }
 
     #[test]

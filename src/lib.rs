@@ -6,13 +6,14 @@ pub mod audit;
 pub mod authority;
 pub mod bench;
 pub mod broker;
+pub mod caller;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod fs_trust;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod identity;
 pub mod oauth;
 pub mod policy;
 pub mod proto;

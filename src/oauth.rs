@@ -22,9 +22,9 @@ use std::time::Duration;
 
 pub use config::OAuthConfig;
 
+use crate::authority::Issuer;
 use crate::broker::Broker;
 use crate::config::{AuthorityKind, Config};
-use crate::identity::IdentityManager;
 use crate::registry::Registry;
 use client_auth::ClientAuth;
 use listener::{Bound, Bounds, SocketFile};
@@ -33,7 +33,7 @@ use metadata::Endpoints;
 /// What every request handler reads.
 pub struct State {
     pub broker: Arc<Broker>,
-    pub identities: Arc<IdentityManager>,
+    pub identities: Arc<dyn Issuer>,
     pub auth: ClientAuth,
     pub endpoints: Endpoints,
     /// The issuer's path, under which every endpoint lives ("" for none).
@@ -59,7 +59,7 @@ impl OAuthListener {
         config: &Config,
         oauth: &OAuthConfig,
         broker: Arc<Broker>,
-        identities: Arc<IdentityManager>,
+        identities: Arc<dyn Issuer>,
         registry: Arc<Registry>,
     ) -> anyhow::Result<Self> {
         if config.authority.kind == AuthorityKind::Spire {

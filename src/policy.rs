@@ -24,6 +24,10 @@ mod loader;
 #[cfg(test)]
 mod tests;
 
+/// The policy of the development profile: any workload of the trust domain may open tasks,
+/// mint tokens and delegate, for any audience and scope, within the broker's TTL bounds.
+pub const DEVELOPMENT_POLICY: &str = include_str!("policy/development.cedar");
+
 pub use entities::{AudienceAttributes, AudienceInfo, NAMESPACE};
 
 /// The schema every policy set is validated against.

@@ -11,8 +11,11 @@ use serde::Deserialize;
 use spiffe::{SpiffeId, TrustDomain};
 
 use crate::attest::{catalog, Selector};
-use crate::config::{humantime_serde_compat, DEFAULT_JWT_TTL, DEFAULT_X509_TTL};
 
+/// X.509-SVID lifetime of an entry that names none.
+pub const DEFAULT_X509_TTL: Duration = Duration::from_secs(3600);
+/// JWT-SVID lifetime of an entry that names none.
+pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 /// Most entries a config may hold.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Most selectors one entry may list.
@@ -40,9 +43,9 @@ pub struct EntryConfig {
     pub spiffe_id: String,
     #[serde(default)]
     pub selectors: Vec<String>,
-    #[serde(default, with = "humantime_serde_compat::option")]
+    #[serde(default, with = "humantime_serde::option")]
     pub x509_ttl: Option<Duration>,
-    #[serde(default, with = "humantime_serde_compat::option")]
+    #[serde(default, with = "humantime_serde::option")]
     pub jwt_ttl: Option<Duration>,
     #[serde(default)]
     pub hint: String,

@@ -13,3 +13,4 @@ pub mod header;
 pub mod limits;
 pub mod listener;
 pub mod socket;
+pub mod status;

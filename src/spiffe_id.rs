@@ -45,13 +45,14 @@ pub fn parse(s: &str) -> Result<SpiffeId, IdError> {
     Ok(id)
 }
 
-/// Parses a trust domain name that is already in canonical form.
+/// Parses a trust domain, as its name (`example.org`) or its ID (`spiffe://example.org`, the
+/// form bundle maps are keyed by), already in canonical form.
 ///
 /// # Errors
 /// [`IdError`] naming the rule the string breaks.
 pub fn parse_trust_domain(s: &str) -> Result<TrustDomain, IdError> {
     let td = TrustDomain::new(s).map_err(|e| IdError::Invalid(e.to_string()))?;
-    if td.to_string() != s {
+    if td.to_string() != s && td.id_string() != s {
         return Err(IdError::NotLowercase);
     }
     Ok(td)

@@ -2,8 +2,11 @@
 //! independent of who holds the keys.
 
 pub mod bundle;
+pub mod der;
 pub mod jwt;
 pub mod keys;
+pub mod pem;
+pub mod task_audience;
 pub mod x509;
 
 use std::time::{SystemTime, UNIX_EPOCH};

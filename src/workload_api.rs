@@ -1,40 +1,27 @@
 //! The SPIFFE Workload API service (`SpiffeWorkloadAPI`), standard behaviour only: extra
 //! functionality lives in separate services.
 
-use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures::Stream;
 use spiffe::SpiffeId;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditEvent, SvidKind};
-use crate::identity::IdentityManager;
+use crate::audit::{AuditEvent, AuditLog, SvidKind};
+use crate::authority::Issuer;
 use crate::proto::workload as pb;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use crate::server::caller::{Caller, CallerResolver};
-use crate::svid::bundle::TrustBundle;
 use crate::svid::jwt;
 use crate::telemetry::Metrics;
 
+mod streams;
 mod validated;
+use streams::{jwt_issued_record, record_issued, with_federated, BoxStream, Made};
 use validated::ValidatedTokens;
 
-/// Most audiences in one FetchJWTSVID request.
-pub const MAX_AUDIENCES: usize = 64;
-/// Longest single audience, in bytes.
-pub const MAX_AUDIENCE_BYTES: usize = 2048;
-/// Longest SPIFFE ID accepted in a request (the SPIFFE ID spec's URI limit).
-pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// A stream message, the state it shows (to skip repeats), and the audit records of what it
-/// hands out.
-type Made<T, K = Vec<String>> = (T, K, Vec<AuditEvent>);
+pub use crate::server::limits::{MAX_AUDIENCES, MAX_AUDIENCE_BYTES, MAX_SPIFFE_ID_BYTES};
 
 /// A hook deciding whether a caller may get a JWT-SVID for an audience (policy, when
 /// configured; SPIRE allows any audience).
@@ -46,7 +33,9 @@ pub trait AudienceGate: Send + Sync {
 
 pub struct WorkloadApi {
     resolver: Arc<CallerResolver>,
-    identities: Arc<IdentityManager>,
+    issuer: Arc<dyn Issuer>,
+    /// Every SVID handed out is recorded here first, when there is a log.
+    audit: Option<AuditLog>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     audience_gate: Option<Arc<dyn AudienceGate>>,
@@ -56,14 +45,16 @@ pub struct WorkloadApi {
 impl WorkloadApi {
     pub fn new(
         resolver: Arc<CallerResolver>,
-        identities: Arc<IdentityManager>,
+        issuer: Arc<dyn Issuer>,
+        audit: Option<AuditLog>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
         audience_gate: Option<Arc<dyn AudienceGate>>,
     ) -> Self {
         Self {
             resolver,
-            identities,
+            issuer,
+            audit,
             metrics,
             shutdown,
             audience_gate,
@@ -80,16 +71,13 @@ impl WorkloadApi {
     /// The caller's X.509-SVIDs, the state key (serials and bundle sequence), and the audit
     /// records of handing each SVID to this caller.
     fn x509_response(&self, caller: &Caller) -> Result<Made<pb::X509svidResponse>, Status> {
-        let bundle = self.identities.authority().current_bundle();
+        let bundle = self.issuer.current_bundle();
         let identities = caller.current_identities()?;
         let mut svids = Vec::with_capacity(identities.len());
         let mut serials = Vec::with_capacity(identities.len() + 1);
         let mut records = Vec::with_capacity(identities.len());
         for identity in &identities {
-            let svid = self
-                .identities
-                .x509_svid(identity)
-                .map_err(|e| e.into_status("cannot mint X.509-SVID"))?;
+            let svid = self.issuer.x509_svid(identity)?;
             self.metrics.x509_issued(svid.not_after);
             serials.push(svid.serial.clone());
             records.push(AuditEvent::SvidIssued {
@@ -114,157 +102,12 @@ impl WorkloadApi {
             pb::X509svidResponse {
                 svids,
                 crl: Vec::new(),
-                federated_bundles: self.identities.authority().federated_x509_for(caller),
+                federated_bundles: self.issuer.federated_x509_for(caller),
             },
             serials,
             records,
         ))
     }
-
-    /// A stream that sends `make()` at once, then again whenever the bundle or the SVIDs
-    /// change and `make` yields a different state (compared by `key`), until shutdown. The
-    /// audit records `make` returns with a message are on disk before the message is sent;
-    /// when the log refuses them the stream ends with that status instead.
-    ///
-    /// The first message is built here, after subscribing to changes (so none is missed in
-    /// between) and only once: a failure is the call's status, not a broken stream.
-    ///
-    /// # Errors
-    /// The first `make()` failed, or its records could not be written.
-    async fn watch_stream<T, K>(
-        &self,
-        make: impl Fn() -> Result<Made<T, K>, Status> + Send + Sync + 'static,
-    ) -> Result<BoxStream<T>, Status>
-    where
-        T: Send + 'static,
-        K: PartialEq + Send + 'static,
-    {
-        let bundle_rx = self.identities.authority().bundle();
-        let svid_rx = self.identities.changes();
-        let shutdown = self.shutdown.clone();
-        let (first, key, records) = make()?;
-        self.identities.record_issued(records).await?;
-        let state = (bundle_rx, svid_rx, shutdown, Some(key), false, Some(first));
-        let make = Arc::new(make);
-        let identities = self.identities.clone();
-        Ok(Box::pin(futures::stream::unfold(
-            state,
-            move |(mut b, mut s, mut stop, last, done, pending)| {
-                let produced = {
-                    let make = make.clone();
-                    let identities = identities.clone();
-                    async move {
-                        if let Some(msg) = pending {
-                            return Some((Ok(msg), (b, s, stop, last, false, None)));
-                        }
-                        if done {
-                            return None;
-                        }
-                        let mut last = last;
-                        loop {
-                            if last.is_some() {
-                                tokio::select! {
-                                    r = b.changed() => if r.is_err() { return None },
-                                    r = s.changed() => if r.is_err() { return None },
-                                    _ = stop.changed() => return None,
-                                }
-                            }
-                            match make() {
-                                Ok((msg, key, records)) => {
-                                    if last.as_ref() == Some(&key) {
-                                        continue;
-                                    }
-                                    if let Err(status) = identities.record_issued(records).await {
-                                        return Some((Err(status), (b, s, stop, last, true, None)));
-                                    }
-                                    last = Some(key);
-                                    return Some((Ok(msg), (b, s, stop, last, false, None)));
-                                }
-                                Err(status) => {
-                                    return Some((Err(status), (b, s, stop, last, true, None)))
-                                }
-                            }
-                        }
-                    }
-                };
-                produced
-            },
-        )))
-    }
-}
-
-fn bundle_key(b: &TrustBundle) -> String {
-    b.trust_domain.id_string()
-}
-
-/// The audit record of handing `token` to `caller`: named by its `jti` (SPIRE-minted tokens
-/// may have none), never by the token.
-fn jwt_issued_record(
-    caller: &Caller,
-    identity: &crate::registry::Identity,
-    token: &str,
-) -> AuditEvent {
-    let parsed = jwt::parse(token).ok();
-    let claim = |name: &str| {
-        parsed
-            .as_ref()
-            .and_then(|p| p.claims.get(name))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
-    AuditEvent::SvidIssued {
-        spiffe_id: identity.spiffe_id.to_string(),
-        svid: SvidKind::Jwt,
-        serial: None,
-        jti: claim("jti"),
-        audiences: parsed.as_ref().map_or_else(Vec::new, |p| {
-            p.audiences().into_iter().map(str::to_string).collect()
-        }),
-        expires_at: parsed
-            .as_ref()
-            .and_then(|p| p.numeric("exp"))
-            .map_or(0, |e| e.max(0) as u64),
-        pid: Some(caller.pid),
-    }
-}
-
-/// Our bundle, plus (under SPIRE) the federated bundles the agent holds.
-impl WorkloadApi {
-    /// A bundle stream for an attested caller that holds an identity: `message` turns the
-    /// current bundle into the response, sent at once and on every bundle change.
-    async fn bundle_stream<R, T>(
-        &self,
-        request: &Request<R>,
-        message: impl Fn(&crate::authority::Authority, &TrustBundle) -> T + Send + Sync + 'static,
-    ) -> Result<Response<BoxStream<T>>, Status>
-    where
-        T: Send + 'static,
-    {
-        let caller = self.resolver.resolve(request).await?;
-        caller.require_identities()?;
-        let authority = self.identities.authority().clone();
-        let stream = self
-            .watch_stream(move || {
-                let b = authority.current_bundle();
-                Ok((message(&authority, &b), b.sequence, Vec::new()))
-            })
-            .await?;
-        Ok(Response::new(stream))
-    }
-}
-
-fn with_federated(
-    authority: &crate::authority::Authority,
-    pick: impl Fn(&crate::authority::spire::bundles::Federated) -> &HashMap<String, Vec<u8>>,
-    b: &TrustBundle,
-    ours: Vec<u8>,
-) -> HashMap<String, Vec<u8>> {
-    let mut map = authority
-        .federated_bundles()
-        .map(|f| pick(&f).clone())
-        .unwrap_or_default();
-    map.insert(bundle_key(b), ours);
-    map
 }
 
 #[tonic::async_trait]
@@ -280,7 +123,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
             caller.require_identities()?;
             let api = Self {
                 resolver: self.resolver.clone(),
-                identities: self.identities.clone(),
+                issuer: self.issuer.clone(),
+                audit: self.audit.clone(),
                 metrics: self.metrics.clone(),
                 shutdown: self.shutdown.clone(),
                 audience_gate: None,
@@ -345,8 +189,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     }
                 }
                 let token = self
-                    .identities
-                    .jwt_svid_for(&caller, identity, &req.audience)
+                    .issuer
+                    .jwt_svid(&caller, identity, &req.audience)
                     .await?;
                 records.push(jwt_issued_record(&caller, identity, &token));
                 svids.push(pb::Jwtsvid {
@@ -356,7 +200,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 });
             }
             // Every hand-out is recorded, cached token or not, before any token leaves.
-            self.identities.record_issued(records).await?;
+            record_issued(self.audit.as_ref(), records).await?;
             for _ in &svids {
                 self.metrics.jwt_issued();
             }
@@ -398,7 +242,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 return Err(Status::invalid_argument("svid must be specified"));
             }
             self.resolver.resolve(&request).await?;
-            let bundle = self.identities.authority().current_bundle();
+            let bundle = self.issuer.current_bundle();
             let now = SystemTime::now();
             // A token verified before under the same bundle needs only its time and audience
             // checked again.
@@ -480,43 +324,9 @@ pub fn check_audiences(audiences: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
-/// # Errors
-/// `InvalidArgument` naming the rule the ID breaks.
-pub fn parse_spiffe_id(s: &str) -> Result<SpiffeId, Status> {
-    if s.len() > MAX_SPIFFE_ID_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "spiffe_id longer than {MAX_SPIFFE_ID_BYTES} bytes"
-        )));
-    }
-    crate::spiffe_id::parse(s)
-        .map_err(|e| Status::invalid_argument(format!("invalid spiffe_id {s:?}: {e}")))
-}
+pub use crate::server::status::parse_spiffe_id;
 
-/// JSON claims → `google.protobuf.Struct`.
-pub fn json_to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .into_iter()
-            .map(|(k, v)| (k, json_to_value(v)))
-            .collect(),
-    }
-}
-
-fn json_to_value(v: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    use serde_json::Value as J;
-    let kind = match v {
-        J::Null => Kind::NullValue(0),
-        J::Bool(b) => Kind::BoolValue(b),
-        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        J::String(s) => Kind::StringValue(s),
-        J::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(json_to_value).collect(),
-        }),
-        J::Object(o) => Kind::StructValue(json_to_struct(o)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
+pub use crate::proto::json_to_struct;
 
 #[cfg(test)]
 #[path = "workload_api/rotation_tests.rs"]

@@ -1,6 +1,13 @@
 //! The embedded authority: a P-256 CA (self-signed, or an operator's CA from PEM files) and
 //! ES256 JWT keys, rotated with overlap, published as a [`TrustBundle`] on a watch channel.
 
+pub mod issuer;
+pub mod schedule;
+pub mod store;
+
+mod persist;
+use persist::{load_operator_ca, restore, stored_key};
+
 use std::io::Read;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -12,9 +19,9 @@ use spiffe::{SpiffeId, TrustDomain};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::schedule::{key_phase, next_key_event, KeyPhase};
-use super::store::{KeyStore, StoreError, StoredKey, StoredKeys};
-use crate::config::AuthorityConfig;
+use self::schedule::{key_phase, next_key_event, KeyPhase};
+use self::store::{KeyStore, StoreError, StoredKey, StoredKeys};
+use crate::authority::settings::AuthorityConfig;
 use crate::fs_trust::TrustError;
 use crate::svid::bundle::{JwtAuthority, JwtPublicKey, TrustBundle};
 use crate::svid::jwt::{self, JwtError};
@@ -40,16 +47,6 @@ pub enum AuthorityError {
     /// The SPIRE agent could not give us what was asked (retryable).
     #[error("SPIRE: {0}")]
     Upstream(String),
-}
-
-impl AuthorityError {
-    /// As a gRPC status: SPIRE trouble is `Unavailable` (clients retry), the rest `Internal`.
-    pub fn into_status(self, what: &str) -> tonic::Status {
-        match self {
-            AuthorityError::Upstream(e) => tonic::Status::unavailable(format!("{what}: {e}")),
-            e => tonic::Status::internal(format!("{what}: {e}")),
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -423,250 +420,5 @@ fn build_bundle(td: &TrustDomain, ring: &KeyRing) -> TrustBundle {
     TrustBundle::new(td.clone(), ring.sequence, BUNDLE_REFRESH_HINT, x509, jwt)
 }
 
-fn stored_key<K>(slot: &Slot<K>, kid: String, cert_der: String, key: &SecretKey) -> StoredKey {
-    StoredKey {
-        kid,
-        cert_der,
-        key_pkcs8: STANDARD.encode(key.der()),
-        issued_at: unix_seconds(slot.issued_at),
-        ttl_secs: slot.ttl.as_secs(),
-        state: slot.state.as_str().to_string(),
-    }
-}
-
-fn restore(ring: &mut KeyRing, stored: &StoredKeys) -> Result<(), AuthorityError> {
-    let now_sys = SystemTime::now();
-    let now = Instant::now();
-    let corrupt = |reason: &str| {
-        AuthorityError::Store(StoreError::Corrupt {
-            path: super::store::KEYS_FILE.into(),
-            reason: reason.to_string(),
-        })
-    };
-    let slot_time = |k: &StoredKey| {
-        let issued_at = SystemTime::UNIX_EPOCH + Duration::from_secs(k.issued_at.max(0) as u64);
-        let age = now_sys.duration_since(issued_at).unwrap_or(Duration::ZERO);
-        (issued_at, now.checked_sub(age).unwrap_or(now))
-    };
-    for k in &stored.cas {
-        let key = EcKey::from_pkcs8(SecretKey::new(
-            STANDARD
-                .decode(&k.key_pkcs8)
-                .map_err(|_| corrupt("CA key"))?,
-        ))?;
-        let der = STANDARD
-            .decode(&k.cert_der)
-            .map_err(|_| corrupt("CA cert"))?;
-        let ca = CaCert::from_parts(der, Vec::new(), key)?;
-        let (issued_at, issued) = slot_time(k);
-        let state = SlotState::parse(&k.state).ok_or_else(|| corrupt("CA state"))?;
-        ring.cas.push(Slot {
-            key: Arc::new(ca),
-            issued,
-            issued_at,
-            ttl: Duration::from_secs(k.ttl_secs),
-            state,
-        });
-    }
-    for k in &stored.jwt_keys {
-        let key = EcKey::from_pkcs8(SecretKey::new(
-            STANDARD
-                .decode(&k.key_pkcs8)
-                .map_err(|_| corrupt("JWT key"))?,
-        ))?;
-        let (issued_at, issued) = slot_time(k);
-        let state = SlotState::parse(&k.state).ok_or_else(|| corrupt("JWT key state"))?;
-        ring.jwt_keys.push(Slot {
-            key: Arc::new(JwtKey {
-                kid: k.kid.clone(),
-                key,
-            }),
-            issued,
-            issued_at,
-            ttl: Duration::from_secs(k.ttl_secs),
-            state,
-        });
-    }
-    // Drop what expired while we were down; `rotate` handles the rest.
-    ring.cas.retain(|s| s.age(now) < s.ttl);
-    ring.jwt_keys.retain(|s| s.age(now) < s.ttl);
-    ring.sequence = stored.sequence;
-    Ok(())
-}
-
-fn load_operator_ca(config: &AuthorityConfig) -> Result<Option<CaCert>, AuthorityError> {
-    let (Some(cert_path), Some(key_path)) = (&config.ca_cert_path, &config.ca_key_path) else {
-        return Ok(None);
-    };
-    // Certificates decide what we publish as roots, so they are trusted inputs; the key must
-    // also be private to us.
-    let trust = crate::fs_trust::FsTrust::current();
-    let read_from = |p: &std::path::Path, file: Result<std::fs::File, TrustError>| {
-        let mut bytes = Vec::new();
-        file.map_err(|e| AuthorityError::OperatorCa(e.to_string()))?
-            .read_to_end(&mut bytes)
-            .map_err(|e| AuthorityError::OperatorCa(format!("{}: {e}", p.display())))?;
-        Ok::<_, AuthorityError>(bytes)
-    };
-    let read = |what, p| read_from(p, trust.open_input(what, p));
-    let certs: Vec<Vec<u8>> =
-        rustls_pemfile::certs(&mut read("authority.ca_cert_path", cert_path)?.as_slice())
-            .map(|c| c.map(|c| c.to_vec()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| AuthorityError::OperatorCa(format!("{}: {e}", cert_path.display())))?;
-    let Some((first, above)) = certs.split_first() else {
-        return Err(AuthorityError::OperatorCa(format!(
-            "{}: no certificate",
-            cert_path.display()
-        )));
-    };
-    let key_pem = zeroize::Zeroizing::new(read_from(
-        key_path,
-        trust.open_private("authority.ca_key_path", key_path),
-    )?);
-    let key = rustls_pemfile::pkcs8_private_keys(&mut key_pem.as_slice())
-        .next()
-        .ok_or_else(|| {
-            AuthorityError::OperatorCa(format!("{}: no PKCS#8 key", key_path.display()))
-        })?
-        .map_err(|e| AuthorityError::OperatorCa(format!("{}: {e}", key_path.display())))?;
-    let key = EcKey::from_pkcs8(SecretKey::new(key.secret_pkcs8_der().to_vec())).map_err(|_| {
-        AuthorityError::OperatorCa(format!("{}: not a P-256 key", key_path.display()))
-    })?;
-    let mut above = above.to_vec();
-    if let Some(bundle_path) = &config.ca_bundle_path {
-        let roots: Vec<Vec<u8>> =
-            rustls_pemfile::certs(&mut read("authority.ca_bundle_path", bundle_path)?.as_slice())
-                .filter_map(Result::ok)
-                .map(|c| c.to_vec())
-                .collect();
-        if roots.is_empty() {
-            return Err(AuthorityError::OperatorCa(format!(
-                "{}: no certificate",
-                bundle_path.display()
-            )));
-        }
-        above.extend(roots);
-    }
-    let ca = CaCert::from_parts(first.clone(), above, key)?;
-    Ok(Some(ca))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(ca_ttl: u64, jwt_ttl: u64) -> AuthorityConfig {
-        AuthorityConfig {
-            ca_ttl: Duration::from_secs(ca_ttl),
-            jwt_key_ttl: Duration::from_secs(jwt_ttl),
-            ..Default::default()
-        }
-    }
-
-    fn td() -> TrustDomain {
-        TrustDomain::new("example.org").unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn ca_overlaps_in_the_bundle_before_it_signs() {
-        let a = EmbeddedAuthority::new(td(), cfg(400, 4000), None).unwrap();
-        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
-        let first = a.current_bundle();
-        assert_eq!(first.x509_authorities.len(), 1);
-
-        tokio::time::advance(Duration::from_secs(200)).await;
-        let r = a.rotate(Instant::now()).unwrap();
-        assert_eq!(
-            r,
-            Rotation {
-                bundle_changed: true,
-                x509_signer_changed: false
-            }
-        );
-        let b = a.current_bundle();
-        assert_eq!(b.x509_authorities.len(), 2);
-        assert!(b.sequence > first.sequence);
-        // Still signed by the first CA.
-        let svid = a.mint_x509_svid(&id, Duration::from_secs(60)).unwrap();
-        assert!(verifies_under(&svid.chain[0], &first.x509_authorities[0]));
-
-        tokio::time::advance(Duration::from_secs(100)).await;
-        let r = a.rotate(Instant::now()).unwrap();
-        assert!(r.x509_signer_changed);
-        let svid = a.mint_x509_svid(&id, Duration::from_secs(60)).unwrap();
-        assert!(verifies_under(&svid.chain[0], &b.x509_authorities[1]));
-        assert_eq!(
-            a.current_bundle().x509_authorities.len(),
-            2,
-            "old CA stays until expiry"
-        );
-
-        tokio::time::advance(Duration::from_secs(100)).await;
-        let r = a.rotate(Instant::now()).unwrap();
-        assert!(r.bundle_changed);
-        let now = a.current_bundle();
-        assert!(
-            !now.x509_authorities.contains(&first.x509_authorities[0]),
-            "expired CA dropped"
-        );
-        assert_eq!(now.x509_authorities[0], b.x509_authorities[1]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn jwt_keys_rotate_with_overlap() {
-        let a = EmbeddedAuthority::new(td(), cfg(4000, 400), None).unwrap();
-        let mut claims = Map::new();
-        claims.insert("sub".into(), "spiffe://example.org/w".into());
-        let kid_of = |t: &str| {
-            jwt::parse(t).map(|p| p.kid).unwrap_or_else(|_| {
-                let h = t.split('.').next().unwrap();
-                let v: Value = serde_json::from_slice(
-                    &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(h)
-                        .unwrap(),
-                )
-                .unwrap();
-                v["kid"].as_str().unwrap().to_string()
-            })
-        };
-        let k1 = kid_of(&a.sign_jwt(&claims).unwrap());
-        tokio::time::advance(Duration::from_secs(200)).await;
-        a.rotate(Instant::now()).unwrap();
-        assert_eq!(a.current_bundle().jwt_authorities.len(), 2);
-        assert_eq!(kid_of(&a.sign_jwt(&claims).unwrap()), k1);
-        tokio::time::advance(Duration::from_secs(100)).await;
-        a.rotate(Instant::now()).unwrap();
-        let k2 = kid_of(&a.sign_jwt(&claims).unwrap());
-        assert_ne!(k1, k2);
-        assert!(a.current_bundle().find_jwt_authority(&k1).is_some());
-    }
-
-    #[test]
-    fn keys_persist_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let _g = rt.enter();
-        let a = EmbeddedAuthority::new(td(), cfg(3600, 3600), Some(dir.path())).unwrap();
-        let b1 = a.current_bundle();
-        drop(a);
-        let b = EmbeddedAuthority::new(td(), cfg(3600, 3600), Some(dir.path())).unwrap();
-        let b2 = b.current_bundle();
-        assert_eq!(b1.x509_authorities, b2.x509_authorities);
-        assert_eq!(b1.jwt_authorities, b2.jwt_authorities);
-        assert!(b2.sequence > b1.sequence);
-        let text =
-            std::fs::read_to_string(dir.path().join(super::super::store::KEYS_FILE)).unwrap();
-        assert!(!format!("{:?}", b.current_bundle()).contains(&text[..20]));
-    }
-
-    fn verifies_under(leaf: &[u8], ca: &[u8]) -> bool {
-        use x509_parser::prelude::*;
-        let (_, leaf) = X509Certificate::from_der(leaf).unwrap();
-        let (_, ca) = X509Certificate::from_der(ca).unwrap();
-        leaf.verify_signature(Some(ca.public_key())).is_ok()
-    }
-}
+mod tests;

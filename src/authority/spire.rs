@@ -15,7 +15,9 @@
 
 pub mod backoff;
 pub mod bundles;
+pub mod issuer;
 pub mod own;
+pub use issuer::HEALTH_SERVICE;
 pub mod subscription;
 
 use std::collections::{BTreeSet, HashMap};
@@ -33,12 +35,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::attest::Selector;
-use crate::config::humantime_serde_compat;
+use crate::caller::NO_IDENTITY;
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
 use crate::proto::spire::api::agent::delegatedidentity::v1::delegated_identity_client::DelegatedIdentityClient;
 use crate::proto::spire::api::types as spire_types;
 use crate::registry::Identity;
-use crate::server::caller::NO_IDENTITY;
 use crate::svid::bundle::TrustBundle;
 use crate::svid::unix_seconds;
 use crate::svid::x509::X509Svid;
@@ -59,7 +60,9 @@ pub const JWT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CACHED_JWT_SVIDS: usize = 10_000;
 /// The second audience of a task token minted through SPIRE:
 /// `urn:svid-broker:task:<task_id>:<jti>`.
-pub const TASK_AUDIENCE_PREFIX: &str = "urn:svid-broker:task:";
+/// Largest gRPC message decoded from the agent (a trusted peer; requests from local callers
+/// have the tighter bounds of the connection layer).
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 fn default_startup_wait() -> Duration {
     Duration::from_secs(10)
@@ -76,7 +79,7 @@ pub struct SpireAuthorityConfig {
     /// Identity API. svid-broker's SPIFFE ID must be in the agent's `authorized_delegates`.
     pub admin_socket: String,
     /// How long `run` waits at start for the first trust bundle before serving degraded.
-    #[serde(default = "default_startup_wait", with = "humantime_serde_compat")]
+    #[serde(default = "default_startup_wait", with = "humantime_serde")]
     pub startup_wait: Duration,
 }
 
@@ -141,6 +144,8 @@ pub struct SpireAuthority {
     changes: watch::Sender<u64>,
     links: watch::Sender<Links>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Itself, for the subscriptions it hands out (they hold it weakly).
+    me: std::sync::Weak<SpireAuthority>,
 }
 
 impl std::fmt::Debug for SpireAuthority {
@@ -181,7 +186,8 @@ impl SpireAuthority {
             Vec::new(),
             Vec::new(),
         );
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             trust_domain,
             config,
             admin,
@@ -234,6 +240,11 @@ impl SpireAuthority {
         ready
     }
 
+    /// Itself as an `Arc`, while it lives.
+    pub(crate) fn me(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
+    }
+
     /// Stops every background stream.
     pub fn stop(&self) {
         for t in lock(&self.tasks).drain(..) {
@@ -281,7 +292,7 @@ impl SpireAuthority {
 
     pub(crate) fn admin_client(&self) -> DelegatedIdentityClient<Channel> {
         DelegatedIdentityClient::new(self.admin.clone())
-            .max_decoding_message_size(crate::app::MAX_REQUEST_BYTES)
+            .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES)
     }
 
     fn set_link(&self, f: impl FnOnce(&mut Links)) {
@@ -322,7 +333,7 @@ impl SpireAuthority {
     ///
     /// # Errors
     /// `Unavailable` when the agent cannot answer and nothing valid is cached.
-    pub async fn identities_for(
+    pub async fn subscribe(
         self: &Arc<Self>,
         selectors: &BTreeSet<Selector>,
     ) -> Result<(Vec<Identity>, Arc<Subscription>), Status> {
@@ -498,64 +509,6 @@ pub fn spiffe_id_string(id: &spire_types::Spiffeid) -> String {
     format!("spiffe://{}{}", id.trust_domain, id.path)
 }
 
-/// The task-token audience that makes every mint a distinct SPIRE JWT-SVID.
-pub fn task_audience(task_id: &str, jti: &str) -> String {
-    format!("{TASK_AUDIENCE_PREFIX}{task_id}:{jti}")
-}
-
-/// `(task_id, jti)` from a task audience.
-pub fn parse_task_audience(aud: &str) -> Option<(&str, &str)> {
-    let rest = aud.strip_prefix(TASK_AUDIENCE_PREFIX)?;
-    let (task, jti) = rest.rsplit_once(':')?;
-    (!task.is_empty() && !jti.is_empty()).then_some((task, jti))
-}
-
-/// The identity manager of `[authority] kind = "spire"`: connects to the agent and waits up to
-/// `startup_wait` for the trust bundle (serving degraded after that).
-///
-/// # Errors
-/// `[authority.spire]` missing or invalid.
-pub async fn build_identities(
-    config: &crate::config::Config,
-) -> anyhow::Result<Arc<crate::identity::IdentityManager>> {
-    let spire_cfg = config
-        .authority
-        .spire
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("authority.kind = \"spire\" needs [authority.spire]"))?;
-    let spire = SpireAuthority::new(config.trust_domain.clone(), spire_cfg)
-        .map_err(|e| anyhow::anyhow!("[authority.spire]: {e}"))?;
-    spire.start().await;
-    Ok(crate::identity::IdentityManager::with_spire(spire))
-}
-
-/// Health service name that reports the SPIRE agent link.
-pub const HEALTH_SERVICE: &str = "svid-broker.spire";
-
-/// Mirrors the agent link into gRPC health: overall (`""`) and [`HEALTH_SERVICE`] are
-/// `SERVING` while every agent stream is up and `NOT_SERVING` while one is down (the Workload
-/// API itself stays `SERVING`: it serves cached SVIDs until they expire).
-pub async fn report_health(
-    spire: Arc<SpireAuthority>,
-    reporter: tonic_health::server::HealthReporter,
-) {
-    use tonic_health::ServingStatus;
-    let mut rx = spire.health();
-    loop {
-        let up = rx.borrow_and_update().all_up();
-        let status = if up {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        reporter.set_service_status("", status).await;
-        reporter.set_service_status(HEALTH_SERVICE, status).await;
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Drops subscriptions no caller held for [`IDLE_SUBSCRIPTION`], and SVIDs that expired.
 async fn janitor(me: std::sync::Weak<SpireAuthority>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -578,15 +531,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn task_audience_round_trips() {
-        let a = task_audience("task_ab", "0123");
-        assert_eq!(a, "urn:svid-broker:task:task_ab:0123");
-        assert_eq!(parse_task_audience(&a), Some(("task_ab", "0123")));
-        assert_eq!(parse_task_audience("urn:svid-broker:task::x"), None);
-        assert_eq!(parse_task_audience("spiffe://example.org/x"), None);
-    }
 
     #[test]
     fn sockets_must_be_unix_and_absolute() {
@@ -622,7 +566,7 @@ mod tests {
         assert!(!spire.health().borrow().all_up());
         let selectors: BTreeSet<Selector> = ["unix:uid:1000".parse().unwrap()].into();
         let started = std::time::Instant::now();
-        let err = spire.identities_for(&selectors).await.unwrap_err();
+        let err = spire.subscribe(&selectors).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
         assert!(
             started.elapsed() < FIRST_ANSWER_WAIT,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::core::{Broker, Who};
+use super::{Broker, Who};
 use crate::proto::svidbroker::v1 as pb;
 use crate::proto::svidbroker::v1::admin_server::Admin;
 use crate::proto::svidbroker::v1::task_broker_server::TaskBroker;

@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::humantime_serde_compat;
-
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(120);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(10);
@@ -20,15 +18,15 @@ pub const CLOSED_TASK_RETENTION: Duration = Duration::from_secs(3600);
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub default_token_ttl: Duration,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub max_token_ttl: Duration,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub min_token_ttl: Duration,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub default_task_ttl: Duration,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub max_task_ttl: Duration,
     pub max_delegation_depth: u32,
     pub max_open_tasks: usize,

@@ -65,7 +65,7 @@ pub struct TaskClaims {
 /// token (no `task_id`, or not exactly one audience).
 pub fn read(parsed: &ParsedJwt) -> Option<TaskClaims> {
     if !parsed.claims.contains_key("task_id") {
-        return read_spire_minted(parsed);
+        return read_upstream_minted(parsed);
     }
     let task_id = parsed.claims.get("task_id")?.as_str()?.to_string();
     let jti = parsed.claims.get("jti")?.as_str()?.to_string();
@@ -89,8 +89,8 @@ pub fn read(parsed: &ParsedJwt) -> Option<TaskClaims> {
 /// A task token minted by SPIRE (`[authority] kind = "spire"`): no task claims, two audiences,
 /// the relying party and `urn:svid-broker:task:<task_id>:<jti>`. Scopes are known only to the
 /// broker (IntrospectToken).
-fn read_spire_minted(parsed: &ParsedJwt) -> Option<TaskClaims> {
-    use crate::authority::spire::parse_task_audience;
+fn read_upstream_minted(parsed: &ParsedJwt) -> Option<TaskClaims> {
+    use crate::svid::task_audience::parse as parse_task_audience;
     let [a, b] = parsed.audiences()[..] else {
         return None;
     };
@@ -124,7 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn spire_minted_tokens_name_their_task_in_a_second_audience() {
+    fn upstream_minted_tokens_name_their_task_in_a_second_audience() {
         let key = crate::svid::keys::EcKey::generate().unwrap();
         let parsed = |mut claims: Value| {
             claims["sub"] = json!("spiffe://example.org/a");

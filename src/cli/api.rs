@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use futures::StreamExt;
 
 use crate::client::{connect, socket_path, workload_client};
 use crate::proto::workload as pb;
+use crate::svid::{der, pem};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SocketArgs {
@@ -178,41 +177,15 @@ fn print_svid(svid: &pb::X509svid) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Bytes that are not a sequence of DER certificates.
-pub fn split_der(mut der: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
-    while !der.is_empty() {
-        let (rest, _) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| anyhow::anyhow!("bad certificate bytes: {e}"))?;
-        let used = der.len() - rest.len();
-        out.push(der[..used].to_vec());
-        der = rest;
-    }
-    Ok(out)
-}
-
-/// PEM text of one DER block.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+fn split_der(der: &[u8]) -> anyhow::Result<Vec<&[u8]>> {
+    der::split_certificates(der).map_err(|e| anyhow::anyhow!("bad certificate bytes: {e}"))
 }
 
 fn write_svid(dir: &Path, svid: &pb::X509svid) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let chain: String = split_der(&svid.x509_svid)?
-        .iter()
-        .map(|c| pem("CERTIFICATE", c))
-        .collect();
-    let bundle: String = split_der(&svid.bundle)?
-        .iter()
-        .map(|c| pem("CERTIFICATE", c))
-        .collect();
-    let key = zeroize::Zeroizing::new(pem("PRIVATE KEY", &svid.x509_svid_key));
+    let chain = pem::certificates(split_der(&svid.x509_svid)?);
+    let bundle = pem::certificates(split_der(&svid.bundle)?);
+    let key = pem::private_key(&svid.x509_svid_key);
     write_file(&dir.join("svid.pem"), chain.as_bytes(), 0o644)?;
     write_file(&dir.join("svid_key.pem"), key.as_bytes(), 0o600)?;
     write_file(&dir.join("bundle.pem"), bundle.as_bytes(), 0o644)?;
@@ -280,8 +253,8 @@ async fn fetch_bundles(socket: &SocketArgs) -> anyhow::Result<()> {
     let mut out = serde_json::Map::new();
     for (td, der) in &x509.bundles {
         let pems: Vec<String> = split_der(der)?
-            .iter()
-            .map(|c| pem("CERTIFICATE", c))
+            .into_iter()
+            .map(|c| pem::encode(pem::CERTIFICATE, c))
             .collect();
         out.entry(td.clone())
             .or_insert_with(|| serde_json::json!({}))["x509_authorities"] = serde_json::json!(pems);

@@ -9,8 +9,9 @@ use serde_json::{json, Map, Value};
 use spiffe::SpiffeId;
 
 use super::fixtures::{self, AUDIENCE, JWT_KID, LONG_TTL, OIDC_AUDIENCE, OIDC_ISSUER};
-use crate::cli::api::pem;
+use crate::svid::der::split_certificates;
 use crate::svid::jwt;
+use crate::svid::pem::{self, CERTIFICATE, PRIVATE_KEY};
 use crate::svid::unix_seconds;
 
 /// `(target, file name, contents)` of every generated seed.
@@ -37,19 +38,19 @@ pub fn generated() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 
     let resp = fixtures::svid_response("spiffe://example.org/agent/a");
     let svid = &resp.svids[0];
-    let chain = crate::authority::spire::bundles::split_der(&svid.x509_svid);
+    let chain = split_certificates(&svid.x509_svid).expect("fixture chain splits");
     let ca = fixtures::ca();
     add("x509", "gen-response.pb", resp.encode_to_vec());
-    add("x509", "gen-leaf.der", chain[0].clone());
+    add("x509", "gen-leaf.der", chain[0].to_vec());
     add("x509", "gen-bundle.der", svid.bundle.clone());
-    let mut peer = chain[0].clone();
+    let mut peer = chain[0].to_vec();
     peer.extend_from_slice(&ca.cert_der);
     add("x509", "gen-peer-chain.der", peer);
-    let mut leaf_pem = pem("CERTIFICATE", &chain[0]);
-    leaf_pem.push_str(&pem("PRIVATE KEY", &svid.x509_svid_key));
+    let mut leaf_pem = pem::encode(CERTIFICATE, chain[0]);
+    leaf_pem.push_str(&pem::encode(PRIVATE_KEY, &svid.x509_svid_key));
     add("x509", "gen-svid.pem", leaf_pem.into_bytes());
-    let mut ca_pem = pem("CERTIFICATE", &ca.cert_der);
-    ca_pem.push_str(&pem("PRIVATE KEY", fixtures::ca_key().pkcs8().der()));
+    let mut ca_pem = pem::encode(CERTIFICATE, &ca.cert_der);
+    ca_pem.push_str(&pem::encode(PRIVATE_KEY, fixtures::ca_key().pkcs8().der()));
     add("x509", "gen-operator-ca.pem", ca_pem.into_bytes());
     out
 }

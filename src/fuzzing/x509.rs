@@ -3,7 +3,7 @@
 //!
 //! The input is read three ways: as PEM (the operator CA path: certificates and key, each
 //! certificate as an SVID leaf, as a peer's leaf and as a bundle member), as concatenated DER
-//! (both bundle splitters, a trust bundle, a peer's chain presented to our verifier), and as a
+//! (the certificate splitter, a trust bundle, a peer's chain presented to our verifier), and as a
 //! `FetchX509SVID` response (protobuf).
 
 use std::time::Duration;
@@ -13,9 +13,9 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 
 use super::fixtures::{self, TRUST_DOMAIN};
-use crate::authority::spire::bundles;
 use crate::proto::workload as pb;
 use crate::svid::bundle::TrustBundle as SvidBundle;
+use crate::svid::der::split_certificates;
 use crate::svid::x509::{check_leaf, CaCert};
 use crate::tls::{self, Authorize, PeerError, TrustBundle, X509Context, X509Source};
 
@@ -72,23 +72,36 @@ fn one_cert(der: &[u8]) {
 
 /// Concatenated DER, as SPIRE and the Workload API send bundles and chains.
 fn der(data: &[u8]) {
-    let lenient = bundles::split_der(data);
-    assert!(lenient.iter().all(|c| !c.is_empty()));
-    assert!(lenient.iter().map(Vec::len).sum::<usize>() <= data.len());
-    assert!(
-        data.starts_with(&lenient.concat()),
-        "split_der reordered bytes"
-    );
+    let certs = match split_certificates(data) {
+        Ok(certs) => {
+            // Strict: every byte is a certificate, in the order given.
+            assert_eq!(certs.concat(), data, "the split lost or reordered bytes");
+            certs
+        }
+        Err(e) => {
+            assert!(e.offset < data.len(), "error past the end: {e}");
+            let before = split_certificates(&data[..e.offset])
+                .expect("the bytes before the reported offset split cleanly");
+            assert_eq!(before.concat(), &data[..e.offset]);
+            before
+        }
+    };
+    assert!(certs.iter().all(|c| !c.is_empty()), "an empty certificate");
     if let Ok(strict) = TrustBundle::from_concatenated_der(fixtures::trust_domain(), data) {
-        // The strict reader took every byte as certificates: the lenient one agrees.
-        assert_eq!(lenient.concat(), data, "strict and lenient splits differ");
-        assert_eq!(strict.len(), lenient.len());
+        // The bundle reader accepts only what splits whole, one anchor per certificate.
+        assert_eq!(
+            certs.concat(),
+            data,
+            "a bundle from bytes that do not split"
+        );
+        assert_eq!(strict.len(), certs.len());
     }
     // The first certificate as a peer's leaf, the rest as its intermediates.
-    if let Some((leaf, rest)) = lenient.split_first() {
+    if let Some((leaf, rest)) = certs.split_first() {
         one_cert(leaf);
         if !rest.is_empty() {
-            let _ = verify_peer(leaf, rest);
+            let rest: Vec<Vec<u8>> = rest.iter().map(|c| c.to_vec()).collect();
+            let _ = verify_peer(leaf, &rest);
         }
     }
 }
@@ -101,8 +114,8 @@ fn response(data: &[u8]) {
     if let Ok(ctx) = X509Context::from_response(&resp) {
         let svid = &resp.svids[0];
         assert_eq!(ctx.spiffe_id().to_string(), svid.spiffe_id);
-        let leaf = bundles::split_der(&svid.x509_svid);
-        let facts = check_leaf(&leaf[0]).expect("accepted SVID breaks the leaf rules");
+        let chain = split_certificates(&svid.x509_svid).expect("accepted SVID chain splits");
+        let facts = check_leaf(chain[0]).expect("accepted SVID breaks the leaf rules");
         assert_eq!(&facts.spiffe_id, ctx.spiffe_id());
         assert!(ctx.bundle(ctx.spiffe_id().trust_domain_name()).is_some());
     }

@@ -16,9 +16,9 @@ use spiffe::SpiffeId;
 
 use super::errors::OAuthError;
 use super::form::Form;
-use crate::identity::IdentityManager;
+use crate::authority::Issuer;
+use crate::caller::Caller;
 use crate::registry::Registry;
-use crate::server::caller::Caller;
 use crate::svid::{jwt, unix_seconds};
 
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -92,7 +92,7 @@ pub struct Client {
 pub struct ClientAuth {
     issuer: String,
     token_endpoint: String,
-    identities: Arc<IdentityManager>,
+    identities: Arc<dyn Issuer>,
     registry: Arc<Registry>,
     replay: Mutex<ReplayCache>,
 }
@@ -101,7 +101,7 @@ impl ClientAuth {
     pub fn new(
         issuer: &str,
         token_endpoint: &str,
-        identities: Arc<IdentityManager>,
+        identities: Arc<dyn Issuer>,
         registry: Arc<Registry>,
     ) -> Self {
         Self {
@@ -181,7 +181,7 @@ impl ClientAuth {
                 ))
             })?
             .to_string();
-        let bundle = self.identities.authority().current_bundle();
+        let bundle = self.identities.current_bundle();
         let verified = jwt::verify(token, &aud, now, |td| {
             (td == &bundle.trust_domain).then_some(bundle.as_ref())
         })

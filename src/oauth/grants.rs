@@ -86,7 +86,7 @@ pub async fn token(st: &State, form: &Form, rec: &mut Record) -> Result<Value, O
         Err(s) => {
             if one_shot {
                 // The task was opened for this token alone: nothing will use it now.
-                let who = crate::broker::core::Who::Workload(client.caller.clone());
+                let who = crate::broker::Who::Workload(client.caller.clone());
                 let _ = st
                     .broker
                     .close(&who, &task_id, "its OAuth grant was refused")

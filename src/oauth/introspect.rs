@@ -7,7 +7,7 @@ use super::errors::{from_status, Denied, OAuthError};
 use super::form::Form;
 use super::record::Record;
 use super::State;
-use crate::broker::core::Who;
+use crate::broker::Who;
 use crate::broker::{limits, token};
 use crate::svid::jwt;
 
@@ -84,7 +84,7 @@ pub async fn revoke(st: &State, form: &Form, rec: &mut Record) -> Result<Value, 
         }
     }
     // Signed by this trust domain (any audience, even expired): only then trust its task id.
-    let bundle = st.identities.authority().current_bundle();
+    let bundle = st.identities.current_bundle();
     let Ok(parsed) = jwt::parse(token_text) else {
         return Ok(json!({}));
     };

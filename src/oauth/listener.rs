@@ -297,7 +297,7 @@ fn too_large() -> OAuthError {
 }
 
 fn metadata_response(st: &State) -> Resp {
-    let bundle = st.identities.authority().current_bundle();
+    let bundle = st.identities.current_bundle();
     let doc = metadata::document(&st.endpoints, &jwks::algorithms(&bundle));
     let mut r = json(
         StatusCode::OK,
@@ -312,7 +312,7 @@ fn metadata_response(st: &State) -> Resp {
 }
 
 fn jwks_response(st: &State, req: &Request<Incoming>) -> Resp {
-    let bundle = st.identities.authority().current_bundle();
+    let bundle = st.identities.current_bundle();
     let etag = jwks::etag(&bundle);
     let max_age = jwks::max_age(st.jwt_key_ttl, bundle.refresh_hint);
     let cache = format!("public, max-age={}", max_age.as_secs());

@@ -10,7 +10,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::config::TlsMode;
-use crate::identity::IdentityManager;
+use crate::authority::Issuer;
 use crate::registry::{Identity, Registry};
 
 /// The rustls configuration for `mode`, or `None` for plain HTTP.
@@ -19,7 +19,7 @@ use crate::registry::{Identity, Registry};
 /// Unreadable or mismatched certificate and key, or an unregistered SPIFFE ID.
 pub fn server_config(
     mode: &TlsMode,
-    identities: &Arc<IdentityManager>,
+    identities: &Arc<dyn Issuer>,
     registry: &Registry,
 ) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     let builder = || {
@@ -81,7 +81,7 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 
 /// Presents the broker's current X.509-SVID for one identity.
 struct SvidResolver {
-    identities: Arc<IdentityManager>,
+    identities: Arc<dyn Issuer>,
     identity: Identity,
     /// (serial, key): rebuilt only when the SVID changed.
     last: Mutex<Option<(String, Arc<CertifiedKey>)>>,

@@ -2,67 +2,19 @@
 //! each call confirm cheaply (a pidfd poll and two stats) that the same program still runs
 //! as the same user; anything else re-attests.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use tonic::{Request, Status};
 
 use crate::attest::peer::{PinnedProcess, ProcessFingerprint};
-use crate::attest::{AttestError, Attestation, Attestors, Selector};
+use crate::attest::{AttestError, Attestation, Attestors};
 use crate::audit::{AuditEvent, AuditLog};
-use crate::registry::{Identity, Registry};
+use crate::authority::Issuer;
+use crate::registry::Registry;
 use crate::telemetry::Metrics;
 
-/// The message SPIFFE clients match on.
-pub const NO_IDENTITY: &str = "no identity issued";
-
-/// Who called, as far as we have established.
-#[derive(Debug)]
-pub struct Caller {
-    pub pid: i32,
-    pub selectors: BTreeSet<Selector>,
-    /// In registry order: the first is the default identity.
-    pub identities: Vec<Identity>,
-    /// With a SPIRE authority: the agent subscription for these selectors, held as long as
-    /// this caller is, so its SVIDs stay current.
-    pub upstream: Option<Arc<crate::authority::spire::Subscription>>,
-}
-
-impl Caller {
-    /// The caller's identities, or `PermissionDenied` "no identity issued".
-    ///
-    /// # Errors
-    /// The caller matched no entry.
-    pub fn require_identities(&self) -> Result<&[Identity], Status> {
-        if self.identities.is_empty() {
-            Err(Status::permission_denied(NO_IDENTITY))
-        } else {
-            Ok(&self.identities)
-        }
-    }
-
-    /// The caller's identities now. Embedded: as attested. SPIRE: as the agent last sent them
-    /// for the caller's selectors, so entries added or removed in SPIRE reach open streams.
-    ///
-    /// # Errors
-    /// `PermissionDenied` "no identity issued" when there are none; `Unavailable` when SPIRE's
-    /// SVIDs expired while the agent is unreachable.
-    pub fn current_identities(&self) -> Result<Vec<Identity>, Status> {
-        let identities = match &self.upstream {
-            Some(sub) => sub.identities()?,
-            None => self.identities.clone(),
-        };
-        if identities.is_empty() {
-            return Err(Status::permission_denied(NO_IDENTITY));
-        }
-        Ok(identities)
-    }
-
-    pub fn selector_strings(&self) -> Vec<String> {
-        self.selectors.iter().map(ToString::to_string).collect()
-    }
-}
+pub use crate::caller::{Caller, NO_IDENTITY};
 
 /// Per-connection state, in the request extensions.
 pub struct CallerHandle {
@@ -88,31 +40,27 @@ pub struct CallerResolver {
     attestors: Attestors,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// Identities from a SPIRE agent instead of the registry.
-    spire: Option<Arc<crate::authority::SpireAuthority>>,
-    audit: std::sync::OnceLock<AuditLog>,
+    /// Asked first which identities a caller holds; the registry decides when it defers.
+    issuer: Arc<dyn Issuer>,
+    audit: Option<AuditLog>,
 }
 
 impl CallerResolver {
-    pub fn new(attestors: Attestors, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
+    /// Records every attestation in `audit` when there is one.
+    pub fn new(
+        attestors: Attestors,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        issuer: Arc<dyn Issuer>,
+        audit: Option<AuditLog>,
+    ) -> Self {
         Self {
             attestors,
             registry,
             metrics,
-            spire: None,
-            audit: std::sync::OnceLock::new(),
+            issuer,
+            audit,
         }
-    }
-
-    /// Asks the SPIRE agent, by the caller's selectors, which identities a caller holds.
-    pub fn with_spire(mut self, spire: Arc<crate::authority::SpireAuthority>) -> Self {
-        self.spire = Some(spire);
-        self
-    }
-
-    /// Records every attestation in `log` from now on.
-    pub fn set_audit(&self, log: AuditLog) {
-        let _ = self.audit.set(log);
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -169,19 +117,17 @@ impl CallerResolver {
             ));
         }
         self.metrics.observe_attestation(attestation.elapsed);
-        let caller = Arc::new(match &self.spire {
+        let upstream = self.issuer.identities_for(&attestation.selectors).await?;
+        let caller = Arc::new(match upstream {
             None => self.caller_from(attestation),
-            Some(spire) => {
-                let (identities, upstream) = spire.identities_for(&attestation.selectors).await?;
-                Caller {
-                    pid: attestation.pid,
-                    selectors: attestation.selectors,
-                    identities,
-                    upstream: Some(upstream),
-                }
-            }
+            Some((identities, live)) => Caller {
+                pid: attestation.pid,
+                selectors: attestation.selectors,
+                identities,
+                upstream: Some(live),
+            },
         });
-        if let Some(log) = self.audit.get() {
+        if let Some(log) = &self.audit {
             // Once per connection, so waiting for the disk costs nothing on later calls. A
             // caller with no identity is recorded once per uid and window, then counted.
             let event = AuditEvent::Attestation {

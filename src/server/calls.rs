@@ -208,8 +208,8 @@ fn to_invalid_argument(mut resp: http::Response<Body>) -> http::Response<Body> {
             "request message too large for this RPC ({}); see the field limits in the API \
              reference (e.g. at most {} audiences of {} bytes)",
             message.trim_start_matches("Error, "),
-            crate::workload_api::MAX_AUDIENCES,
-            crate::workload_api::MAX_AUDIENCE_BYTES
+            super::limits::MAX_AUDIENCES,
+            super::limits::MAX_AUDIENCE_BYTES
         ),
         tonic::Code::Internal if message.starts_with(UNDECODABLE) => {
             format!("request is not a valid message for this RPC: {message}")

@@ -273,6 +273,20 @@ impl Drop for Reservation {
     }
 }
 
+impl crate::telemetry::ConnectionStats for Gate {
+    fn open_connections(&self) -> usize {
+        Gate::open_connections(self)
+    }
+
+    fn max_connections(&self) -> usize {
+        Gate::max_connections(self)
+    }
+
+    fn refusals(&self) -> Vec<(&'static str, u64)> {
+        Gate::refusals(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,14 +14,19 @@ use serde::Deserialize;
 /// `SETTINGS_MAX_HEADER_LIST_SIZE`. gRPC request headers are a few hundred bytes.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
+/// Most audiences in one Workload API FetchJWTSVID request.
+pub const MAX_AUDIENCES: usize = 64;
+/// Longest single audience, in bytes.
+pub const MAX_AUDIENCE_BYTES: usize = 2048;
+/// Longest SPIFFE ID accepted in a request (the SPIFFE ID spec's URI limit).
+pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+
 /// Largest Workload API request message. The largest legal request is a FetchJWTSVID with
-/// [`MAX_AUDIENCES`](crate::workload_api::MAX_AUDIENCES) audiences of
-/// [`MAX_AUDIENCE_BYTES`](crate::workload_api::MAX_AUDIENCE_BYTES) and a SPIFFE ID: each
+/// [`MAX_AUDIENCES`](MAX_AUDIENCES) audiences of
+/// [`MAX_AUDIENCE_BYTES`](MAX_AUDIENCE_BYTES) and a SPIFFE ID: each
 /// field costs its bytes plus at most 4 bytes of tag and length, so 133,380 bytes.
-pub const MAX_WORKLOAD_REQUEST_BYTES: usize = crate::workload_api::MAX_AUDIENCES
-    * (crate::workload_api::MAX_AUDIENCE_BYTES + 4)
-    + crate::workload_api::MAX_SPIFFE_ID_BYTES
-    + 4;
+pub const MAX_WORKLOAD_REQUEST_BYTES: usize =
+    MAX_AUDIENCES * (MAX_AUDIENCE_BYTES + 4) + MAX_SPIFFE_ID_BYTES + 4;
 
 /// Largest TaskBroker or Admin request message. OpenTask is the largest: purpose (1 KiB),
 /// 16 audiences of 2 KiB, 32 scopes of 128 bytes, a parent and a subject token of 8 KiB each,
@@ -90,19 +95,19 @@ pub struct ConnectionLimits {
     /// read.
     pub max_pending_request_bytes_per_uid: usize,
     /// A connection must complete the HTTP/2 preface within this.
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// A request message must arrive in full within this of the call starting.
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// A connection with no open call and nothing received for this long is closed.
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// HTTP/2 PING to a connection with open streams after this much silence...
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
     /// ...and closed if the PING is not answered within this.
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
 }
 
@@ -273,11 +278,8 @@ mod tests {
         use crate::proto::workload::JwtsvidRequest;
         use prost::Message;
         let largest = JwtsvidRequest {
-            audience: vec![
-                "a".repeat(crate::workload_api::MAX_AUDIENCE_BYTES);
-                crate::workload_api::MAX_AUDIENCES
-            ],
-            spiffe_id: "s".repeat(crate::workload_api::MAX_SPIFFE_ID_BYTES),
+            audience: vec!["a".repeat(MAX_AUDIENCE_BYTES); MAX_AUDIENCES],
+            spiffe_id: "s".repeat(MAX_SPIFFE_ID_BYTES),
         };
         assert!(largest.encoded_len() <= MAX_WORKLOAD_REQUEST_BYTES);
         assert!(largest.encoded_len() + 1024 > MAX_WORKLOAD_REQUEST_BYTES);

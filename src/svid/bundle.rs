@@ -261,3 +261,11 @@ mod tests {
         assert_eq!(parse_jwks(&big), Err(JwksError::TooLarge));
     }
 }
+
+/// Bundles of the other trust domains an upstream holds (federation), keyed by trust domain ID, as
+/// the agent sent them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Federated {
+    pub x509: std::collections::HashMap<String, Vec<u8>>,
+    pub jwt: std::collections::HashMap<String, Vec<u8>>,
+}

@@ -257,16 +257,15 @@ impl std::fmt::Debug for X509Source {
     }
 }
 
-/// Splits concatenated DER certificates; `None` when empty or not all certificates.
-fn split_der(mut der: &[u8]) -> Option<Vec<CertificateDer<'static>>> {
-    let mut out = Vec::new();
-    while !der.is_empty() {
-        let (rest, _) = X509Certificate::from_der(der).ok()?;
-        let len = der.len() - rest.len();
-        out.push(CertificateDer::from(der[..len].to_vec()));
-        der = rest;
-    }
-    (!out.is_empty()).then_some(out)
+/// The certificates of concatenated DER; `None` when empty or not all certificates.
+fn split_der(der: &[u8]) -> Option<Vec<CertificateDer<'static>>> {
+    let certs = crate::svid::der::split_certificates(der).ok()?;
+    (!certs.is_empty()).then(|| {
+        certs
+            .into_iter()
+            .map(|c| CertificateDer::from(c.to_vec()))
+            .collect()
+    })
 }
 
 /// A certificate's serial number, hex.

@@ -15,21 +15,23 @@ use super::*;
 use crate::attest::peer::PinnedProcess;
 use crate::attest::unix::{UnixAttestor, UnixAttestorConfig};
 use crate::attest::{Attestors, WorkloadAttestor};
-use crate::authority::EmbeddedAuthority;
+use crate::authority::{EmbeddedAuthority, EmbeddedIssuer};
 use crate::config::AuthorityConfig;
 use crate::registry::{EntryConfig, Registry};
 use crate::server::caller::CallerHandle;
+use crate::svid::der::split_certificates;
 
-fn api(ca_ttl: u64, x509_ttl: u64) -> (WorkloadApi, Arc<IdentityManager>, watch::Sender<bool>) {
+fn api(ca_ttl: u64, x509_ttl: u64) -> (WorkloadApi, Arc<EmbeddedIssuer>, watch::Sender<bool>) {
     let td = TrustDomain::new("example.org").unwrap();
     let cfg = AuthorityConfig {
         ca_ttl: Duration::from_secs(ca_ttl),
         jwt_key_ttl: Duration::from_secs(100_000),
         ..Default::default()
     };
-    let identities = IdentityManager::new(Arc::new(
-        EmbeddedAuthority::new(td.clone(), cfg, None).unwrap(),
-    ));
+    let identities = EmbeddedIssuer::new(
+        Arc::new(EmbeddedAuthority::new(td.clone(), cfg, None).unwrap()),
+        crate::clock::system(),
+    );
     let uid = unsafe { libc::geteuid() };
     let registry = Registry::new(
         &td,
@@ -49,9 +51,11 @@ fn api(ca_ttl: u64, x509_ttl: u64) -> (WorkloadApi, Arc<IdentityManager>, watch:
         Attestors::new(vec![unix]),
         Arc::new(registry),
         metrics.clone(),
+        identities.clone(),
+        None,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let api = WorkloadApi::new(resolver, identities.clone(), metrics, stop_rx, None);
+    let api = WorkloadApi::new(resolver, identities.clone(), None, metrics, stop_rx, None);
     (api, identities, stop_tx)
 }
 
@@ -89,14 +93,14 @@ async fn streams_get_renewals_in_time_and_new_cas_before_their_svids() {
     let mut last_svid_at = start;
     let mut serials = Vec::new();
     let mut new_ca_svids = 0;
-    let first_ca = identities.authority().current_bundle().x509_authorities[0].clone();
+    let first_ca = identities.current_bundle().x509_authorities[0].clone();
     while start.elapsed() < Duration::from_secs(380) {
         tokio::select! {
             Some(b) = bundles.next() => {
                 let b = b.unwrap();
                 let der = &b.bundles["spiffe://example.org"];
-                for ca in crate::cli::api::split_der(der).unwrap() {
-                    cas_seen.insert(ca);
+                for ca in split_certificates(der).unwrap() {
+                    cas_seen.insert(ca.to_vec());
                 }
             }
             Some(s) = svids.next() => {
@@ -104,13 +108,13 @@ async fn streams_get_renewals_in_time_and_new_cas_before_their_svids() {
                 let now = Instant::now();
                 assert!(now - last_svid_at < Duration::from_secs(60), "an SVID lived past its TTL before renewal");
                 last_svid_at = now;
-                let leaf = crate::cli::api::split_der(&s.svids[0].x509_svid).unwrap().remove(0);
+                let leaf = split_certificates(&s.svids[0].x509_svid).unwrap()[0].to_vec();
                 serials.push(leaf.clone());
                 if !signed_by(&leaf, &first_ca) {
                     new_ca_svids += 1;
                     let issuer = cas_seen.iter().find(|ca| signed_by(&leaf, ca));
                     assert!(issuer.is_some(), "an SVID signed by a CA no bundle had announced");
-                    assert!(crate::cli::api::split_der(&s.svids[0].bundle).unwrap().iter().any(|ca| signed_by(&leaf, ca)));
+                    assert!(split_certificates(&s.svids[0].bundle).unwrap().iter().any(|ca| signed_by(&leaf, ca)));
                 }
             }
         }

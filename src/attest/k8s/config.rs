@@ -68,13 +68,13 @@ pub struct K8sAttestorConfig {
     pub client_key_path: Option<PathBuf>,
     pub kubelet_tls_name: Option<String>,
     pub skip_kubelet_verification: bool,
-    #[serde(with = "duration_str")]
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    #[serde(with = "duration_str")]
+    #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    #[serde(with = "duration_str")]
+    #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
-    #[serde(with = "duration_str")]
+    #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
     pub max_response_bytes: u64,
     pub disable_container_selectors: bool,
@@ -194,22 +194,6 @@ fn check_duration(
     Ok(())
 }
 
-/// Durations written as `"90s"`, `"500ms"`, `"5m"`.
-mod duration_str {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration like \"90s\" or \"500ms\": {e}"
-            ))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,7 +234,7 @@ mod tests {
         assert_eq!(cfg.max_wait, Duration::from_secs(120));
         assert_eq!(cfg.cache_ttl, Duration::ZERO);
         let err = parse(r#"max_wait = "soon""#).unwrap_err().to_string();
-        assert!(err.contains("not a duration"), "{err}");
+        assert!(err.contains("\"soon\", expected a duration"), "{err}");
         assert!(parse("max_wait = 5").is_err());
     }
 

@@ -9,14 +9,9 @@ use super::backoff::Backoff;
 use super::{lock, SpireAuthority};
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
 use crate::svid::bundle::{parse_jwt_bundle, TrustBundle};
+use crate::svid::der::split_certificates;
 
-/// Bundles of the other trust domains the agent holds (federation), keyed by trust domain ID, as
-/// the agent sent them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Federated {
-    pub x509: HashMap<String, Vec<u8>>,
-    pub jwt: HashMap<String, Vec<u8>>,
-}
+pub use crate::svid::bundle::Federated;
 
 /// The last maps the agent sent, keyed by trust domain ID (`spiffe://example.org`).
 #[derive(Debug, Default)]
@@ -124,7 +119,9 @@ impl SpireAuthority {
                 "the SPIRE agent has no bundle for our trust_domain: set trust_domain to SPIRE's"
             );
         }
-        let x509 = find(&parts.x509).map(|d| split_der(&d)).unwrap_or_default();
+        let x509 = find(&parts.x509)
+            .map(|d| ca_certificates(&d))
+            .unwrap_or_default();
         let jwks = find(&parts.jwt);
         let jwt = match &jwks {
             Some(doc) => parse_jwt_bundle(doc).unwrap_or_else(|e| {
@@ -186,20 +183,19 @@ fn refresh_hint(jwks: &[u8]) -> Option<std::time::Duration> {
     (secs > 0).then(|| std::time::Duration::from_secs(secs))
 }
 
-/// Concatenated DER certificates → one DER per certificate; stops at the first unreadable one.
-pub fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
-    use x509_parser::prelude::*;
-    let mut out = Vec::new();
-    while !der.is_empty() {
-        let Ok((rest, _)) = X509Certificate::from_der(der) else {
-            tracing::warn!("SPIRE sent an unreadable CA certificate; ignoring the rest");
-            break;
-        };
-        let used = der.len() - rest.len();
-        out.push(der[..used].to_vec());
-        der = rest;
-    }
-    out
+/// The CA certificates of SPIRE's concatenated DER. Unreadable bytes are logged and the
+/// certificates before them kept, as the agent's bundle is all the trust this daemon has:
+/// dropping every CA for one bad one would fail every workload's handshakes at once.
+fn ca_certificates(der: &[u8]) -> Vec<Vec<u8>> {
+    let certs = split_certificates(der).or_else(|e| {
+        tracing::warn!(error = %e, "SPIRE sent an unreadable CA certificate; ignoring the rest");
+        split_certificates(&der[..e.offset])
+    });
+    certs
+        .unwrap_or_default()
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 #[cfg(test)]
@@ -266,7 +262,16 @@ mod tests {
         let b =
             CaCert::self_signed(&td, Duration::from_secs(60), EcKey::generate().unwrap()).unwrap();
         let joined = [a.cert_der.clone(), b.cert_der.clone()].concat();
-        assert_eq!(split_der(&joined), vec![a.cert_der, b.cert_der]);
-        assert!(split_der(b"garbage").is_empty());
+        assert_eq!(
+            ca_certificates(&joined),
+            vec![a.cert_der.clone(), b.cert_der.clone()]
+        );
+        assert!(ca_certificates(b"garbage").is_empty());
+        let torn = [&joined[..], b"\x30\x03"].concat();
+        assert_eq!(
+            ca_certificates(&torn),
+            vec![a.cert_der, b.cert_der],
+            "the certificates before unreadable bytes are kept"
+        );
     }
 }

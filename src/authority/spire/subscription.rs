@@ -219,7 +219,7 @@ pub(super) fn to_identities(list: &[SpireSvid]) -> Result<Vec<Identity>, Status>
                 .not_after
                 .duration_since(now)
                 .unwrap_or(Duration::ZERO),
-            jwt_ttl: crate::config::DEFAULT_JWT_TTL,
+            jwt_ttl: crate::registry::DEFAULT_JWT_TTL,
             hint: s.hint.clone(),
         })
         .collect();

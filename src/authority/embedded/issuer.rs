@@ -1,22 +1,23 @@
-//! The SVIDs the broker hands out, cached per SPIFFE ID and renewed at half-life with jitter,
-//! plus the loop that drives key rotation. Streams wait on [`IdentityManager::changes`].
-//!
-//! With `[authority] kind = "spire"` the SPIRE agent issues and renews every SVID: this manager
-//! then only passes through to the [`SpireAuthority`] (see `authority/spire.rs`).
+//! The embedded [`Issuer`]: SVIDs from our own [`EmbeddedAuthority`], cached per SPIFFE ID
+//! and renewed at half-life with jitter, plus the loop that drives key rotation. Streams wait
+//! on [`Issuer::changes`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use spiffe::SpiffeId;
+use serde_json::{Map, Value};
+use spiffe::{SpiffeId, TrustDomain};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::audit::{AuditEvent, AuditLog};
-use crate::authority::schedule::svid_refresh_in;
-use crate::authority::{Authority, AuthorityError, EmbeddedAuthority, SpireAuthority};
+use super::schedule::svid_refresh_in;
+use super::{AuthorityError, EmbeddedAuthority};
+use crate::authority::{Issuer, SignedToken};
+use crate::caller::{Caller, IssueError};
+use crate::clock::Clock;
 use crate::registry::Identity;
-use crate::server::caller::Caller;
+use crate::svid::bundle::TrustBundle;
 use crate::svid::jwt::svid_claims;
 use crate::svid::random_hex;
 use crate::svid::x509::X509Svid;
@@ -40,152 +41,59 @@ struct CachedJwt {
     refresh_at: Instant,
 }
 
-pub struct IdentityManager {
-    authority: Authority,
+pub struct EmbeddedIssuer {
+    authority: Arc<EmbeddedAuthority>,
+    clock: Arc<dyn Clock>,
     x509: Mutex<HashMap<SpiffeId, CachedX509>>,
     jwt: Mutex<HashMap<(SpiffeId, Vec<String>), CachedJwt>>,
     /// Bumped whenever any X.509-SVID is renewed.
     generation: watch::Sender<u64>,
     wake: Notify,
-    audit: std::sync::OnceLock<AuditLog>,
 }
 
-impl IdentityManager {
-    pub fn new(authority: Arc<EmbeddedAuthority>) -> Arc<Self> {
-        Self::with_authority(Authority::Embedded(authority))
+impl std::fmt::Debug for EmbeddedIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EmbeddedIssuer({})", self.authority.trust_domain())
     }
+}
 
-    /// Every SVID from a SPIRE agent.
-    pub fn with_spire(spire: Arc<SpireAuthority>) -> Arc<Self> {
-        Self::with_authority(Authority::Spire(spire))
+/// An authority failure as the caller sees it: what we were doing, then why.
+fn issue_error(what: &str, e: AuthorityError) -> IssueError {
+    match e {
+        AuthorityError::Upstream(e) => IssueError::Unavailable(format!("{what}: SPIRE: {e}")),
+        e => IssueError::Failed(format!("{what}: {e}")),
     }
+}
 
-    fn with_authority(authority: Authority) -> Arc<Self> {
+impl EmbeddedIssuer {
+    pub fn new(authority: Arc<EmbeddedAuthority>, clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(Self {
             authority,
+            clock,
             x509: Mutex::new(HashMap::new()),
             jwt: Mutex::new(HashMap::new()),
             generation: watch::channel(0).0,
             wake: Notify::new(),
-            audit: std::sync::OnceLock::new(),
         })
     }
 
-    pub fn authority(&self) -> &Authority {
+    pub fn authority(&self) -> &Arc<EmbeddedAuthority> {
         &self.authority
-    }
-
-    /// Records every SVID handed to a caller in `log` from now on ([`Self::record_issued`]);
-    /// task tokens are recorded by the broker.
-    pub fn set_audit(&self, log: AuditLog) {
-        let _ = self.audit.set(log);
-    }
-
-    /// Records SVIDs handed to a caller and returns once the records are on disk: an SVID
-    /// leaves only with its record. Without an audit log, nothing to do.
-    ///
-    /// # Errors
-    /// `Unavailable` "audit log unavailable: …" when the log refuses the records; the SVIDs
-    /// must not be handed out.
-    pub async fn record_issued(&self, events: Vec<AuditEvent>) -> Result<(), tonic::Status> {
-        let Some(log) = self.audit.get() else {
-            return Ok(());
-        };
-        if events.is_empty() {
-            return Ok(());
-        }
-        log.append_all(events)
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("audit log unavailable: {e}")))
-    }
-
-    /// Fires when SVIDs were renewed.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        match &self.authority {
-            Authority::Embedded(_) => self.generation.subscribe(),
-            Authority::Spire(s) => s.changes(),
-        }
-    }
-
-    /// A JWT-SVID for `caller` as `identity`: signed here (embedded), or minted by the SPIRE
-    /// agent for the caller's selectors.
-    ///
-    /// # Errors
-    /// As a gRPC status for the caller.
-    pub async fn jwt_svid_for(
-        &self,
-        caller: &Caller,
-        identity: &Identity,
-        audiences: &[String],
-    ) -> Result<Arc<str>, tonic::Status> {
-        match &self.authority {
-            Authority::Embedded(_) => self
-                .jwt_svid(identity, audiences)
-                .map_err(|e| e.into_status("cannot sign JWT-SVID")),
-            Authority::Spire(s) => {
-                s.jwt_svid(&caller.selectors, &identity.spiffe_id, audiences)
-                    .await
-            }
-        }
-    }
-
-    /// A task token for `caller` with `claims` (as built by `broker::token::claims`).
-    ///
-    /// Embedded: the claims signed with our JWT key. SPIRE: a JWT-SVID the agent mints for
-    /// the caller's selectors, subject `claims.sub`, audiences `[claims.aud, task audience]`
-    /// where the task audience `urn:svid-broker:task:<task_id>:<jti>` makes every mint a
-    /// distinct token the task table can track; SPIRE sets `exp` and carries no other claim.
-    ///
-    /// # Errors
-    /// As a gRPC status for the caller.
-    pub async fn sign_task_token(
-        &self,
-        caller: &Caller,
-        claims: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<String, tonic::Status> {
-        match &self.authority {
-            Authority::Embedded(a) => a
-                .sign_jwt(claims)
-                .map_err(|e| e.into_status("cannot sign token")),
-            Authority::Spire(s) => {
-                let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-                let audience = claims
-                    .get("aud")
-                    .and_then(|a| a.as_array())
-                    .and_then(|a| a.first())
-                    .and_then(|a| a.as_str())
-                    .unwrap_or_default();
-                let sub = crate::spiffe_id::parse(text("sub"))
-                    .map_err(|e| tonic::Status::internal(format!("task token subject: {e}")))?;
-                let audiences = vec![
-                    audience.to_string(),
-                    crate::authority::spire::task_audience(text("task_id"), text("jti")),
-                ];
-                s.fetch_jwt(&caller.selectors, &sub, &audiences)
-                    .await
-                    .map(|(token, _)| token)
-            }
-        }
     }
 
     /// The current X.509-SVID for `identity`, minted on first use.
     ///
     /// # Errors
     /// Minting failed.
-    pub fn x509_svid(&self, identity: &Identity) -> Result<Arc<X509Svid>, AuthorityError> {
-        let authority = match &self.authority {
-            Authority::Embedded(a) => a,
-            Authority::Spire(s) => {
-                return s
-                    .x509_svid(&identity.spiffe_id)
-                    .map_err(AuthorityError::Upstream)
-            }
-        };
+    pub fn cached_x509_svid(&self, identity: &Identity) -> Result<Arc<X509Svid>, AuthorityError> {
         if let Some(c) = self.x509_cache().get_mut(&identity.spiffe_id) {
             c.wanted = true;
             return Ok(c.svid.clone());
         }
-        let svid = Arc::new(authority.mint_x509_svid(&identity.spiffe_id, identity.x509_ttl)?);
+        let svid = Arc::new(
+            self.authority
+                .mint_x509_svid(&identity.spiffe_id, identity.x509_ttl)?,
+        );
         let mut cache = self.x509_cache();
         if cache.len() >= MAX_CACHED_X509_SVIDS {
             cache.retain(|_, c| c.wanted);
@@ -208,7 +116,7 @@ impl IdentityManager {
     ///
     /// # Errors
     /// Signing failed.
-    pub fn jwt_svid(
+    pub fn cached_jwt_svid(
         &self,
         identity: &Identity,
         audiences: &[String],
@@ -224,7 +132,7 @@ impl IdentityManager {
             }
         }
         let jti = random_hex(16);
-        let issued = SystemTime::now();
+        let issued = self.clock.now();
         let claims = svid_claims(&identity.spiffe_id, &key.1, issued, identity.jwt_ttl, &jti);
         let token: Arc<str> = self.authority.sign_jwt(&claims)?.into();
         let mut cache = self.jwt_cache();
@@ -244,32 +152,10 @@ impl IdentityManager {
         Ok(token)
     }
 
-    /// Renews due SVIDs and rotates keys until `shutdown` fires.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        if let Authority::Spire(s) = &self.authority {
-            // The agent renews; we follow its streams until shutdown.
-            s.start().await;
-            let _ = shutdown.wait_for(|stop| *stop).await;
-            s.stop();
-            return;
-        }
-        loop {
-            let next = self.next_deadline();
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = self.wake.notified() => continue,
-                _ = shutdown.changed() => return,
-            }
-            self.tick(Instant::now());
-        }
-    }
-
     /// One pass: rotate keys, then renew the SVIDs that are due (all of them when a new CA
     /// took over signing).
     pub fn tick(&self, now: Instant) {
-        let Authority::Embedded(authority) = &self.authority else {
-            return;
-        };
+        let authority = &self.authority;
         let rotation = match authority.rotate(now) {
             Ok(r) => r,
             Err(e) => {
@@ -312,10 +198,7 @@ impl IdentityManager {
 
     fn next_deadline(&self) -> Instant {
         let svids = self.x509_cache().values().map(|c| c.refresh_at).min();
-        let keys = match &self.authority {
-            Authority::Embedded(a) => a.next_rotation(),
-            Authority::Spire(_) => Instant::now() + Duration::from_secs(24 * 3600),
-        };
+        let keys = self.authority.next_rotation();
         svids.map_or(keys, |s| s.min(keys))
     }
 
@@ -328,6 +211,70 @@ impl IdentityManager {
     }
 }
 
+#[async_trait::async_trait]
+impl Issuer for EmbeddedIssuer {
+    fn trust_domain(&self) -> &TrustDomain {
+        self.authority.trust_domain()
+    }
+
+    fn bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
+        self.authority.bundle()
+    }
+
+    fn current_bundle(&self) -> Arc<TrustBundle> {
+        self.authority.current_bundle()
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn x509_svid(&self, identity: &Identity) -> Result<Arc<X509Svid>, IssueError> {
+        self.cached_x509_svid(identity)
+            .map_err(|e| issue_error("cannot mint X.509-SVID", e))
+    }
+
+    async fn jwt_svid(
+        &self,
+        _caller: &Caller,
+        identity: &Identity,
+        audiences: &[String],
+    ) -> Result<Arc<str>, IssueError> {
+        self.cached_jwt_svid(identity, audiences)
+            .map_err(|e| issue_error("cannot sign JWT-SVID", e))
+    }
+
+    async fn task_token(
+        &self,
+        _caller: &Caller,
+        claims: &Map<String, Value>,
+    ) -> Result<SignedToken, IssueError> {
+        let token = self
+            .authority
+            .sign_jwt(claims)
+            .map_err(|e| issue_error("cannot sign token", e))?;
+        // Our own tokens carry exactly the `exp` the broker chose.
+        let expires_at = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        Ok(SignedToken { token, expires_at })
+    }
+
+    async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let next = self.next_deadline();
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = self.wake.notified() => continue,
+                _ = shutdown.changed() => return,
+            }
+            self.tick(Instant::now());
+        }
+    }
+
+    fn ca_not_after(&self) -> Option<std::time::SystemTime> {
+        Some(self.authority.active_ca_not_after())
+    }
+}
+
 fn jitter() -> f64 {
     use rand::Rng;
     rand::thread_rng().gen_range(-1.0..=1.0)
@@ -336,17 +283,20 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AuthorityConfig;
+    use crate::authority::settings::AuthorityConfig;
     use spiffe::TrustDomain;
 
-    fn manager(ca_ttl: u64) -> Arc<IdentityManager> {
+    fn manager(ca_ttl: u64) -> Arc<EmbeddedIssuer> {
         let cfg = AuthorityConfig {
             ca_ttl: Duration::from_secs(ca_ttl),
             jwt_key_ttl: Duration::from_secs(ca_ttl),
             ..Default::default()
         };
         let td = TrustDomain::new("example.org").unwrap();
-        IdentityManager::new(Arc::new(EmbeddedAuthority::new(td, cfg, None).unwrap()))
+        EmbeddedIssuer::new(
+            Arc::new(EmbeddedAuthority::new(td, cfg, None).unwrap()),
+            crate::clock::system(),
+        )
     }
 
     fn identity(ttl: u64) -> Identity {
@@ -362,7 +312,7 @@ mod tests {
     async fn svids_renew_before_they_expire() {
         let m = manager(100_000);
         let id = identity(100);
-        let first = m.x509_svid(&id).unwrap();
+        let first = m.cached_x509_svid(&id).unwrap();
         let mut changes = m.changes();
         let (_stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(m.clone().run(stop_rx));
@@ -373,7 +323,7 @@ mod tests {
             elapsed >= Duration::from_secs(45) && elapsed <= Duration::from_secs(55),
             "{elapsed:?}"
         );
-        let second = m.x509_svid(&id).unwrap();
+        let second = m.cached_x509_svid(&id).unwrap();
         assert_ne!(first.serial, second.serial);
         task.abort();
     }
@@ -382,10 +332,13 @@ mod tests {
     async fn jwt_svids_are_reused_until_half_life() {
         let m = manager(100_000);
         let id = identity(100);
-        let a = m.jwt_svid(&id, &["x".into(), "y".into()]).unwrap();
-        let b = m.jwt_svid(&id, &["y".into(), "x".into()]).unwrap();
+        let a = m.cached_jwt_svid(&id, &["x".into(), "y".into()]).unwrap();
+        let b = m.cached_jwt_svid(&id, &["y".into(), "x".into()]).unwrap();
         assert_eq!(a, b);
         tokio::time::advance(Duration::from_secs(51)).await;
-        assert_ne!(a, m.jwt_svid(&id, &["x".into(), "y".into()]).unwrap());
+        assert_ne!(
+            a,
+            m.cached_jwt_svid(&id, &["x".into(), "y".into()]).unwrap()
+        );
     }
 }

@@ -1,0 +1,141 @@
+//! CloseTask and Admin.RevokeTask: a task and its subtree close together, revoking their
+//! tokens.
+
+use tonic::Status;
+
+use super::limits;
+use super::who::Who;
+use super::Broker;
+use crate::audit::AuditEvent;
+use crate::proto::svidbroker::v1 as pb;
+
+impl Broker {
+    /// CloseTask / Admin.RevokeTask: closes the task and its descendants, revoking their
+    /// tokens.
+    ///
+    /// # Errors
+    /// Not the owner (workloads), or no such task.
+    pub async fn close(
+        &self,
+        who: &Who,
+        task_id: &str,
+        reason: &str,
+    ) -> Result<pb::CloseTaskResponse, Status> {
+        limits::task_id(task_id)?;
+        if reason.len() > limits::MAX_REASON_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "reason longer than {} bytes",
+                limits::MAX_REASON_BYTES
+            )));
+        }
+        {
+            let table = self.lock();
+            let task = table.get(task_id);
+            let allowed = match (who, task) {
+                (Who::Admin, Some(_)) => true,
+                (Who::Workload(_), Some(t)) => who.holds(&t.owner),
+                _ => false,
+            };
+            if !allowed {
+                return Err(Status::permission_denied(format!(
+                    "task {task_id} not found or not yours"
+                )));
+            }
+        }
+        let by = who.label();
+        self.audit(AuditEvent::TaskClose {
+            task_id: task_id.to_string(),
+            by: by.clone(),
+            reason: if reason.is_empty() {
+                "closed".into()
+            } else {
+                reason.to_string()
+            },
+        })
+        .await?;
+        let (closed, revoked) = {
+            let mut table = self.lock();
+            let closed = table.close(task_id);
+            let revoked = table.live_tokens_of(&closed, self.clock.unix_seconds());
+            (closed, revoked)
+        };
+        for child in closed.iter().filter(|c| c.as_str() != task_id) {
+            self.audit(AuditEvent::Revocation {
+                task_id: child.clone(),
+                reason: "an ancestor task was closed".into(),
+                cause_task_id: Some(task_id.to_string()),
+            })
+            .await?;
+        }
+        Ok(pb::CloseTaskResponse {
+            closed_task_ids: closed,
+            revoked_tokens: revoked,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::super::testkit::{caller, kinds, kit, mint_request, open_task, AGENT, OTHER, TOOL};
+    use super::Who;
+
+    #[tokio::test]
+    async fn only_the_owner_or_an_admin_closes_a_task() {
+        let k = kit();
+        let task = open_task(&k).await;
+        let err = k
+            .broker
+            .close(&Who::Workload(caller(OTHER)), &task.task_id, "")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let resp = k
+            .broker
+            .close(&Who::Workload(caller(AGENT)), &task.task_id, "")
+            .await
+            .unwrap();
+        assert_eq!(resp.closed_task_ids, vec![task.task_id.clone()]);
+        assert_eq!(kinds(&k.sink.records()).last().unwrap(), "task_close");
+    }
+
+    #[tokio::test]
+    async fn a_closed_task_mints_nothing_more() {
+        let k = kit();
+        let task = open_task(&k).await;
+        let a = caller(AGENT);
+        k.broker
+            .mint(&a, mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap();
+        let resp = k
+            .broker
+            .close(&Who::Workload(a.clone()), &task.task_id, "done")
+            .await
+            .unwrap();
+        assert_eq!(resp.revoked_tokens, 1);
+        let err = k
+            .broker
+            .mint(&a, mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("closed"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_over_long_reason_is_refused_before_anything_is_recorded() {
+        let k = kit();
+        let task = open_task(&k).await;
+        let before = k.sink.records().len();
+        let reason = "x".repeat(super::limits::MAX_REASON_BYTES + 1);
+        let err = k
+            .broker
+            .close(&Who::Admin, &task.task_id, &reason)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(k.sink.records().len(), before);
+    }
+}

@@ -1,0 +1,359 @@
+//! MintTaskToken: one audience of the grant, scopes ⊆ grant, bounded lifetime; the record
+//! is on disk before the token leaves.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tonic::Status;
+
+use super::events::decision_event;
+use super::grant;
+use super::limits;
+use super::table::{Task, TaskState, TokenState};
+use super::token::{self, TaskTokenSpec};
+use super::who::Who;
+use super::Broker;
+use crate::audit::AuditEvent;
+use crate::caller::Caller;
+use crate::policy::{Action, PolicyRequest, Principal};
+use crate::proto::svidbroker::v1 as pb;
+use crate::svid::{random_hex, unix_seconds};
+
+impl Broker {
+    /// MintTaskToken: one audience of the grant, scopes ⊆ grant, bounded lifetime.
+    ///
+    /// # Errors
+    /// Not the owner, a closed or expired task, anything beyond the grant, or a policy deny.
+    pub async fn mint(
+        &self,
+        caller: &Arc<Caller>,
+        req: pb::MintTaskTokenRequest,
+    ) -> Result<pb::MintTaskTokenResponse, Status> {
+        limits::task_id(&req.task_id)?;
+        limits::audience(&req.audience)?;
+        limits::scopes(&req.scopes)?;
+        limits::max_uses(req.max_uses)?;
+        let policy = self.policy_or_deny()?;
+        let now = self.clock.now();
+        let now_secs = unix_seconds(now);
+        let task = {
+            let table = self.lock();
+            let task = table
+                .get(&req.task_id)
+                .filter(|t| Who::Workload(caller.clone()).holds(&t.owner));
+            let task = task.ok_or_else(|| {
+                Status::permission_denied(format!("task {} not found or not yours", req.task_id))
+            })?;
+            match task.state(now_secs) {
+                TaskState::Open => task.clone(),
+                s => {
+                    return Err(Status::failed_precondition(format!(
+                        "task {} is {}",
+                        req.task_id,
+                        s.as_str()
+                    )))
+                }
+            }
+        };
+        let granted = task.grants.get(&req.audience).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "audience {} is not in task {}'s grant",
+                req.audience, task.id
+            ))
+        })?;
+        let scopes: Vec<String> = if req.scopes.is_empty() {
+            granted.iter().cloned().collect()
+        } else {
+            if let Some(extra) = req.scopes.iter().find(|s| !granted.contains(*s)) {
+                return Err(Status::permission_denied(format!(
+                    "scope {extra} is not granted for {} in task {}",
+                    req.audience, task.id
+                )));
+            }
+            req.scopes
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        let ttl = self.token_ttl(req.ttl_seconds, task.expires_at - now_secs)?;
+        let rate = self.lock().rate(&task.owner, now_secs);
+        let owner_str = task.owner.to_string();
+        let td = task.owner.trust_domain_name().to_string();
+        let selectors = caller.selector_strings();
+        let obo_text = task.obo.as_ref().map(Value::to_string).unwrap_or_default();
+        let d = policy.decide(&PolicyRequest {
+            principal: Principal {
+                spiffe_id: &owner_str,
+                trust_domain: &td,
+                selectors: &selectors,
+            },
+            action: Action::MintTaskToken,
+            audience: &req.audience,
+            purpose: &task.purpose,
+            scopes: &scopes,
+            ttl_seconds: ttl.as_secs(),
+            delegation_depth: task.depth,
+            issuance_rate: rate,
+            on_behalf_of: &obo_text,
+        });
+        let decision = decision_event(
+            &owner_str,
+            Action::MintTaskToken,
+            &req.audience,
+            &scopes,
+            ttl.as_secs(),
+            task.depth,
+            &d,
+            Some(&task.id),
+        );
+        if !d.allowed {
+            self.audit(decision).await?;
+            return Err(Status::permission_denied(format!(
+                "token for {} {}",
+                req.audience,
+                grant::why(&d)
+            )));
+        }
+        let act = self.act_of(&task);
+        let jti = random_hex(16);
+        let claims = token::claims(
+            &TaskTokenSpec {
+                sub: &task.owner,
+                audience: &req.audience,
+                scopes: &scopes,
+                ttl,
+                jti: &jti,
+                task_id: &task.id,
+                act: act.as_ref(),
+                obo: task.obo.as_ref(),
+            },
+            now,
+        );
+        let signed = self.issuer.task_token(caller, &claims).await?;
+        // An upstream issuer may cut the lifetime we asked for (SPIRE sets its own `exp`): the
+        // token dies at the earlier of the two.
+        let ours = now_secs + ttl.as_secs() as i64;
+        let expires_at = if signed.expires_at > 0 {
+            signed.expires_at.min(ours)
+        } else {
+            ours
+        };
+        let token = signed.token;
+        // On disk before the token leaves: a crash after this line loses a token nobody saw,
+        // never a token without its record.
+        let issued = AuditEvent::TokenIssued {
+            task_id: task.id.clone(),
+            jti: jti.clone(),
+            spiffe_id: owner_str,
+            audience: req.audience.clone(),
+            scopes: scopes.clone(),
+            expires_at: expires_at as u64,
+            max_uses: (req.max_uses > 0).then_some(req.max_uses),
+        };
+        self.audit_all(vec![decision, issued]).await?;
+        {
+            let mut table = self.lock();
+            table.record_issue(&task.owner, now_secs);
+            table.add_token(
+                jti.clone(),
+                TokenState {
+                    task_id: task.id.clone(),
+                    exp: expires_at,
+                    max_uses: req.max_uses,
+                    uses: 0,
+                },
+            );
+        }
+        self.metrics.task_token_issued();
+        Ok(pb::MintTaskTokenResponse {
+            token,
+            jti,
+            expires_at,
+            audience: req.audience,
+            scopes,
+        })
+    }
+
+    fn token_ttl(&self, requested: u32, task_left: i64) -> Result<Duration, Status> {
+        let c = &self.config;
+        let ttl = if requested == 0 {
+            c.default_token_ttl
+        } else {
+            Duration::from_secs(u64::from(requested))
+        };
+        if ttl > c.max_token_ttl {
+            return Err(Status::invalid_argument(format!(
+                "ttl {}s is above broker.max_token_ttl {}s",
+                ttl.as_secs(),
+                c.max_token_ttl.as_secs()
+            )));
+        }
+        if ttl < c.min_token_ttl {
+            return Err(Status::invalid_argument(format!(
+                "ttl {}s is below broker.min_token_ttl {}s",
+                ttl.as_secs(),
+                c.min_token_ttl.as_secs()
+            )));
+        }
+        let left = Duration::from_secs(task_left.max(0) as u64);
+        if left < c.min_token_ttl {
+            return Err(Status::failed_precondition(format!(
+                "the task ends in {}s, too soon for a token (minimum {}s)",
+                left.as_secs(),
+                c.min_token_ttl.as_secs()
+            )));
+        }
+        Ok(ttl.min(left))
+    }
+
+    /// The `act` chain of tokens minted in `task`.
+    fn act_of(&self, task: &Task) -> Option<Value> {
+        let table = self.lock();
+        let mut owners = Vec::new();
+        let mut next = task.parent.clone();
+        while let Some(id) = next {
+            let Some(p) = table.get(&id) else { break };
+            owners.push(p.owner.clone());
+            next = p.parent.clone();
+        }
+        owners.iter().rev().fold(None, |inner, owner| {
+            Some(token::act_chain(owner, inner.as_ref()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::Code;
+
+    use super::super::testkit::{caller, kinds, kit, mint_request, open_task, AGENT, OTHER, TOOL};
+    use crate::caller::IssueError;
+
+    #[tokio::test]
+    async fn a_token_leaves_only_after_its_record() {
+        let k = kit();
+        let task = open_task(&k).await;
+        let resp = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&task.task_id, TOOL, &["read"]))
+            .await
+            .unwrap();
+        assert_eq!(resp.audience, TOOL);
+        assert_eq!(resp.scopes, vec!["read".to_string()]);
+        let records = k.sink.records();
+        let last = kinds(&records);
+        assert_eq!(last[last.len() - 2..], ["decision", "token_issued"]);
+        let issued = format!("{:?}", records.last().unwrap());
+        assert!(issued.contains(&resp.jti), "{issued}");
+        assert!(
+            !issued.contains(&resp.token),
+            "a token must never be in the audit log"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_token_when_the_audit_log_refuses_its_record() {
+        let k = kit();
+        let task = open_task(&k).await;
+        k.sink.fail_from_now(true);
+        let err = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("nothing issued"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn more_than_the_grant_is_refused() {
+        let k = kit();
+        let task = open_task(&k).await;
+        let a = caller(AGENT);
+        let other_audience = k
+            .broker
+            .mint(&a, mint_request(&task.task_id, "https://elsewhere", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(other_audience.code(), Code::PermissionDenied);
+        let extra_scope = k
+            .broker
+            .mint(&a, mint_request(&task.task_id, TOOL, &["admin"]))
+            .await
+            .unwrap_err();
+        assert_eq!(extra_scope.code(), Code::PermissionDenied);
+        assert!(
+            extra_scope.message().contains("scope admin"),
+            "{extra_scope:?}"
+        );
+        let not_owner = k
+            .broker
+            .mint(&caller(OTHER), mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(not_owner.code(), Code::PermissionDenied);
+        assert_eq!(k.issuer.signed(), 0, "nothing was signed");
+    }
+
+    #[tokio::test]
+    async fn an_expired_task_mints_nothing() {
+        let k = kit();
+        let task = open_task(&k).await;
+        k.clock.advance(Duration::from_secs(601));
+        let err = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("expired"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn tokens_end_with_their_task_and_at_the_issuers_earlier_expiry() {
+        let k = kit();
+        let task = open_task(&k).await;
+        k.clock.advance(Duration::from_secs(590));
+        let resp = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap();
+        // 10 s left in the task: the token is cut to end with it.
+        assert_eq!(resp.expires_at, task.expires_at);
+        let k = kit();
+        let task = open_task(&k).await;
+        k.issuer.shift_expiry(-30);
+        let now0 = crate::clock::Clock::unix_seconds(&k.clock);
+        let resp = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap();
+        let asked = now0 + k.broker.config.default_token_ttl.as_secs() as i64;
+        assert_eq!(resp.expires_at, asked - 30);
+    }
+
+    #[tokio::test]
+    async fn an_issuer_failure_is_the_callers_error_and_writes_no_token_record() {
+        let k = kit();
+        let task = open_task(&k).await;
+        k.issuer
+            .fail_next(IssueError::Unavailable("upstream down".into()));
+        let before = k.sink.records().len();
+        let err = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert_eq!(err.message(), "upstream down");
+        assert!(!kinds(&k.sink.records()[before..]).contains(&"token_issued".to_string()));
+    }
+}

@@ -1,0 +1,388 @@
+//! OpenTask: the grant is request ∩ policy ∩ parent, and a delegation token must be
+//! addressed to the caller.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use spiffe::SpiffeId;
+use tonic::Status;
+
+use super::events::{decision_event, task_open_event};
+use super::grant::{self, GrantContext, ParentLimit};
+use super::limits;
+use super::table::{TableError, Task, TaskState};
+use super::token;
+use super::who::choose_identity;
+use super::Broker;
+use crate::audit::AuditEvent;
+use crate::caller::Caller;
+use crate::policy::{Action, PolicyRequest, Principal};
+use crate::proto::svidbroker::v1 as pb;
+use crate::svid::{jwt, random_hex, unix_seconds};
+
+impl Broker {
+    /// OpenTask: the grant is request ∩ policy ∩ parent.
+    ///
+    /// # Errors
+    /// Bad input, no identity, an invalid delegation or subject token, or nothing granted.
+    pub async fn open_task(
+        &self,
+        caller: &Arc<Caller>,
+        req: pb::OpenTaskRequest,
+    ) -> Result<pb::OpenTaskResponse, Status> {
+        limits::purpose(&req.purpose)?;
+        limits::audiences(&req.audiences)?;
+        limits::scopes(&req.scopes)?;
+        limits::token("parent_token", &req.parent_token)?;
+        limits::token("subject_token", &req.subject_token)?;
+        // One policy version for every decision of this request (Delegate and each pair).
+        let policy = self.policy_or_deny()?.pin();
+        let owner = choose_identity(caller, &req.spiffe_id)?;
+        let now = self.clock.now();
+        let now_secs = unix_seconds(now);
+
+        // Delegation: the parent token must be addressed to this caller's identity.
+        let parent = if req.parent_token.is_empty() {
+            None
+        } else {
+            Some(self.check_parent(&req.parent_token, &owner, now)?)
+        };
+        if let Some((task_id, jti, uses)) = parent.as_ref().and_then(|p| p.used.clone()) {
+            self.audit(AuditEvent::TokenUsed {
+                task_id,
+                jti,
+                by: owner.to_string(),
+                uses,
+            })
+            .await?;
+        }
+        let obo = if req.subject_token.is_empty() {
+            parent.as_ref().and_then(|p| p.task.obo.clone())
+        } else {
+            Some(self.oidc.verify(&req.subject_token, now)?)
+        };
+        let depth = parent.as_ref().map_or(0, |p| p.task.depth + 1);
+        if depth > self.config.max_delegation_depth {
+            return Err(Status::permission_denied(format!(
+                "delegation depth {depth} exceeds broker.max_delegation_depth {}",
+                self.config.max_delegation_depth
+            )));
+        }
+
+        let mut narrowed = Vec::new();
+        let requested_ttl = if req.ttl_seconds == 0 {
+            self.config.default_task_ttl
+        } else {
+            Duration::from_secs(u64::from(req.ttl_seconds))
+        };
+        let mut ttl = requested_ttl.min(self.config.max_task_ttl);
+        if ttl < requested_ttl {
+            narrowed.push(format!(
+                "ttl capped at {}s by broker.max_task_ttl",
+                ttl.as_secs()
+            ));
+        }
+        if let Some(p) = &parent {
+            let left = Duration::from_secs((p.task.expires_at - now_secs).max(0) as u64);
+            if left < ttl {
+                ttl = left;
+                narrowed.push(format!(
+                    "ttl capped at {}s: the parent task ends then",
+                    ttl.as_secs()
+                ));
+            }
+        }
+        if ttl < self.config.min_token_ttl {
+            return Err(Status::failed_precondition(format!(
+                "task would live {}s, less than broker.min_token_ttl",
+                ttl.as_secs()
+            )));
+        }
+
+        let selectors = caller.selector_strings();
+        let owner_str = owner.to_string();
+        let td = owner.trust_domain_name().to_string();
+        let principal = Principal {
+            spiffe_id: &owner_str,
+            trust_domain: &td,
+            selectors: &selectors,
+        };
+        let obo_text = obo.as_ref().map(Value::to_string).unwrap_or_default();
+        let rate = self.lock().rate(&owner, now_secs);
+
+        if let Some(p) = &parent {
+            let d = policy.decide(&PolicyRequest {
+                principal: Principal { ..principal },
+                action: Action::Delegate,
+                audience: &p.task.owner.to_string(),
+                purpose: &req.purpose,
+                scopes: &p.token_scopes.iter().cloned().collect::<Vec<_>>(),
+                ttl_seconds: ttl.as_secs(),
+                delegation_depth: depth,
+                issuance_rate: rate,
+                on_behalf_of: &obo_text,
+            });
+            self.audit(decision_event(
+                &owner_str,
+                Action::Delegate,
+                &p.task.owner.to_string(),
+                &[],
+                ttl.as_secs(),
+                depth,
+                &d,
+                Some(&p.task.id),
+            ))
+            .await?;
+            if !d.allowed {
+                return Err(Status::permission_denied(format!(
+                    "delegation from {} {}",
+                    p.task.owner,
+                    grant::why(&d)
+                )));
+            }
+        }
+
+        let ctx = GrantContext {
+            principal,
+            purpose: &req.purpose,
+            ttl_seconds: ttl.as_secs(),
+            delegation_depth: depth,
+            issuance_rate: rate,
+            on_behalf_of: &obo_text,
+        };
+        let limit = parent.as_ref().map(|p| ParentLimit {
+            grants: &p.task.grants,
+            token_scopes: &p.token_scopes,
+        });
+        let outcome = grant::compute(&policy, &ctx, &req.audiences, &req.scopes, limit.as_ref());
+        narrowed.extend(outcome.narrowed);
+        let task_id = format!("task_{}", random_hex(16));
+        let mut records = outcome.decisions;
+        for d in &mut records {
+            if let AuditEvent::Decision { task_id: t, .. } = d {
+                *t = Some(task_id.clone());
+            }
+        }
+        if outcome.grants.is_empty() {
+            self.audit_all(records).await?;
+            return Err(Status::permission_denied(format!(
+                "nothing granted: {}",
+                narrowed.join("; ")
+            )));
+        }
+        let task = Task {
+            id: task_id.clone(),
+            owner: owner.clone(),
+            purpose: req.purpose.clone(),
+            grants: outcome.grants,
+            created_at: now_secs,
+            expires_at: now_secs + ttl.as_secs() as i64,
+            parent: parent.as_ref().map(|p| p.task.id.clone()),
+            depth,
+            children: Vec::new(),
+            closed: false,
+            tokens_issued: 0,
+            obo,
+        };
+        records.push(task_open_event(&task));
+        self.audit_all(records).await?;
+        let closed_meanwhile = {
+            let mut table = self.lock();
+            table
+                .insert(task.clone(), self.config.max_open_tasks, now_secs)
+                .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
+            table.get(&task_id).is_some_and(|t| t.closed)
+        };
+        if closed_meanwhile {
+            // The parent was closed after its token was checked: the child went in closed
+            // with it (as a replay of the log would have it), and nothing is handed out.
+            let parent_id = task.parent.clone().unwrap_or_default();
+            self.audit(AuditEvent::Revocation {
+                task_id: task_id.clone(),
+                reason: "its parent task was closed while it was being opened".into(),
+                cause_task_id: task.parent.clone(),
+            })
+            .await?;
+            return Err(Status::permission_denied(format!(
+                "parent_token rejected: its task {parent_id} was closed while this task was being opened"
+            )));
+        }
+        Ok(pb::OpenTaskResponse {
+            task_id,
+            spiffe_id: owner_str,
+            grants: task
+                .grants
+                .iter()
+                .map(|(a, s)| pb::AudienceGrant {
+                    audience: a.clone(),
+                    scopes: s.iter().cloned().collect(),
+                })
+                .collect(),
+            expires_at: task.expires_at,
+            narrowed,
+            delegation_depth: depth,
+            parent_task_id: task.parent.unwrap_or_default(),
+        })
+    }
+
+    fn check_parent(
+        &self,
+        token: &str,
+        owner: &SpiffeId,
+        now: SystemTime,
+    ) -> Result<ParentInfo, Status> {
+        let denied =
+            |why: String| Status::permission_denied(format!("parent_token rejected: {why}"));
+        let bundle = self.issuer.current_bundle();
+        let parsed = jwt::parse(token).map_err(|e| denied(e.to_string()))?;
+        let owner_str = owner.to_string();
+        if !parsed.audiences().contains(&owner_str.as_str()) {
+            return Err(denied(format!(
+                "it is addressed to {}, not to {owner_str}",
+                parsed.audiences().join(", ")
+            )));
+        }
+        let verified = jwt::verify(token, &owner_str, now, |td| {
+            (td == &bundle.trust_domain).then_some(bundle.as_ref())
+        })
+        .map_err(|e| denied(e.to_string()))?;
+        let claims =
+            token::read(&verified.parsed).ok_or_else(|| denied("not a task token".into()))?;
+        let mut table = self.lock();
+        let task = table
+            .get(&claims.task_id)
+            .ok_or_else(|| denied("its task is unknown".into()))?;
+        if task.state(unix_seconds(now)) != TaskState::Open {
+            return Err(denied(format!(
+                "its task is {}",
+                task.state(unix_seconds(now)).as_str()
+            )));
+        }
+        if task.owner != verified.spiffe_id {
+            return Err(denied("its subject does not own its task".into()));
+        }
+        let token_state = table
+            .token(&claims.jti)
+            .ok_or_else(|| denied("unknown token".into()))?;
+        if token_state.task_id != claims.task_id || !task.grants.contains_key(&claims.audience) {
+            return Err(denied("it was not minted in its task".into()));
+        }
+        if token_state.max_uses > 0 && token_state.uses >= token_state.max_uses {
+            return Err(denied("it is used up".into()));
+        }
+        // A SPIRE-minted token carries no scopes: the task's grant for its audience bounds them.
+        let token_scopes = if claims.scopes.is_empty() {
+            task.grants
+                .get(&claims.audience)
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            claims.scopes.into_iter().collect()
+        };
+        let counted = token_state.max_uses > 0;
+        let task = task.clone();
+        // Opening a child spends a use of an N-use delegation token, under the same lock
+        // as the check, so two children cannot share a single-use token.
+        let used = if counted {
+            table
+                .use_token(&claims.jti)
+                .map(|uses| (claims.task_id.clone(), claims.jti.clone(), uses))
+        } else {
+            None
+        };
+        Ok(ParentInfo {
+            task,
+            token_scopes,
+            used,
+        })
+    }
+}
+
+pub(super) struct ParentInfo {
+    task: Task,
+    token_scopes: BTreeSet<String>,
+    /// (task, jti, uses) when opening this child spent a use of the delegation token.
+    used: Option<(String, String, u32)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::super::testkit::{
+        caller, kinds, kit, mint_request, open_request, AGENT, OTHER, TOOL,
+    };
+
+    #[tokio::test]
+    async fn a_task_is_recorded_before_it_is_answered() {
+        let k = kit();
+        let resp = k
+            .broker
+            .open_task(&caller(AGENT), open_request(&[TOOL], &["read"], 120))
+            .await
+            .unwrap();
+        assert_eq!(resp.spiffe_id, AGENT);
+        let now = crate::clock::Clock::unix_seconds(&k.clock);
+        assert_eq!(
+            resp.expires_at,
+            now + 120,
+            "the task's end is read from the clock"
+        );
+        assert_eq!(kinds(&k.sink.records()).last().unwrap(), "task_open");
+    }
+
+    #[tokio::test]
+    async fn no_task_when_the_audit_log_refuses_it() {
+        let k = kit();
+        k.sink.fail_from_now(true);
+        let err = k
+            .broker
+            .open_task(&caller(AGENT), open_request(&[TOOL], &[], 120))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(
+            k.broker.list(true).is_empty(),
+            "nothing in the table either"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_cannot_speak_for_an_identity_it_does_not_hold() {
+        let k = kit();
+        let mut req = open_request(&[TOOL], &[], 120);
+        req.spiffe_id = OTHER.into();
+        let err = k.broker.open_task(&caller(AGENT), req).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().starts_with("no identity issued"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_delegation_token_addressed_to_someone_else_is_refused() {
+        let k = kit();
+        let parent = k
+            .broker
+            .open_task(&caller(AGENT), open_request(&[OTHER], &[], 300))
+            .await
+            .unwrap();
+        let token = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&parent.task_id, OTHER, &[]))
+            .await
+            .unwrap();
+        // Addressed to agent/b: agent/a presenting it gets nothing.
+        let mut req = open_request(&[TOOL], &[], 60);
+        req.parent_token = token.token.clone();
+        let err = k.broker.open_task(&caller(AGENT), req).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("parent_token rejected"), "{err:?}");
+        // agent/b opens a child task with it, and the child's grant cannot exceed the parent's.
+        let mut req = open_request(&[OTHER], &[], 60);
+        req.parent_token = token.token;
+        let child = k.broker.open_task(&caller(OTHER), req).await.unwrap();
+        assert_eq!(child.parent_task_id, parent.task_id);
+        assert_eq!(child.delegation_depth, 1);
+    }
+}

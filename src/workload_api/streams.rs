@@ -1,0 +1,189 @@
+//! The Workload API's streams (a message at once, then on every bundle or SVID change, each
+//! recorded before it is sent) and the records of what they hand out.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::WorkloadApi;
+use crate::audit::{AuditEvent, AuditLog, SvidKind};
+use crate::authority::Issuer;
+use crate::caller::Caller;
+use crate::svid::bundle::TrustBundle;
+use crate::svid::jwt;
+
+pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A stream message, the state it shows (to skip repeats), and the audit records of what it
+/// hands out.
+pub(super) type Made<T, K = Vec<String>> = (T, K, Vec<AuditEvent>);
+
+/// Writes the records of SVIDs handed to a caller and returns once they are on disk: an SVID
+/// leaves only with its record. Without an audit log, nothing to do.
+///
+/// # Errors
+/// `Unavailable` "audit log unavailable: …" when the log refuses them; the SVIDs must not be
+/// handed out.
+pub(super) async fn record_issued(
+    audit: Option<&AuditLog>,
+    events: Vec<AuditEvent>,
+) -> Result<(), Status> {
+    let Some(log) = audit else {
+        return Ok(());
+    };
+    if events.is_empty() {
+        return Ok(());
+    }
+    log.append_all(events)
+        .await
+        .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))
+}
+
+impl WorkloadApi {
+    /// A stream that sends `make()` at once, then again whenever the bundle or the SVIDs
+    /// change and `make` yields a different state (compared by `key`), until shutdown. The
+    /// audit records `make` returns with a message are on disk before the message is sent;
+    /// when the log refuses them the stream ends with that status instead.
+    ///
+    /// The first message is built here, after subscribing to changes (so none is missed in
+    /// between) and only once: a failure is the call's status, not a broken stream.
+    ///
+    /// # Errors
+    /// The first `make()` failed, or its records could not be written.
+    pub(super) async fn watch_stream<T, K>(
+        &self,
+        make: impl Fn() -> Result<Made<T, K>, Status> + Send + Sync + 'static,
+    ) -> Result<BoxStream<T>, Status>
+    where
+        T: Send + 'static,
+        K: PartialEq + Send + 'static,
+    {
+        let bundle_rx = self.issuer.bundle();
+        let svid_rx = self.issuer.changes();
+        let shutdown = self.shutdown.clone();
+        let (first, key, records) = make()?;
+        record_issued(self.audit.as_ref(), records).await?;
+        let state = (bundle_rx, svid_rx, shutdown, Some(key), false, Some(first));
+        let make = Arc::new(make);
+        let audit = self.audit.clone();
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            move |(mut b, mut s, mut stop, last, done, pending)| {
+                let produced = {
+                    let make = make.clone();
+                    let audit = audit.clone();
+                    async move {
+                        if let Some(msg) = pending {
+                            return Some((Ok(msg), (b, s, stop, last, false, None)));
+                        }
+                        if done {
+                            return None;
+                        }
+                        let mut last = last;
+                        loop {
+                            if last.is_some() {
+                                tokio::select! {
+                                    r = b.changed() => if r.is_err() { return None },
+                                    r = s.changed() => if r.is_err() { return None },
+                                    _ = stop.changed() => return None,
+                                }
+                            }
+                            match make() {
+                                Ok((msg, key, records)) => {
+                                    if last.as_ref() == Some(&key) {
+                                        continue;
+                                    }
+                                    if let Err(status) =
+                                        record_issued(audit.as_ref(), records).await
+                                    {
+                                        return Some((Err(status), (b, s, stop, last, true, None)));
+                                    }
+                                    last = Some(key);
+                                    return Some((Ok(msg), (b, s, stop, last, false, None)));
+                                }
+                                Err(status) => {
+                                    return Some((Err(status), (b, s, stop, last, true, None)))
+                                }
+                            }
+                        }
+                    }
+                };
+                produced
+            },
+        )))
+    }
+}
+
+fn bundle_key(b: &TrustBundle) -> String {
+    b.trust_domain.id_string()
+}
+
+/// The audit record of handing `token` to `caller`: named by its `jti` (SPIRE-minted tokens
+/// may have none), never by the token.
+pub(super) fn jwt_issued_record(
+    caller: &Caller,
+    identity: &crate::registry::Identity,
+    token: &str,
+) -> AuditEvent {
+    let parsed = jwt::parse(token).ok();
+    let claim = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|p| p.claims.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    AuditEvent::SvidIssued {
+        spiffe_id: identity.spiffe_id.to_string(),
+        svid: SvidKind::Jwt,
+        serial: None,
+        jti: claim("jti"),
+        audiences: parsed.as_ref().map_or_else(Vec::new, |p| {
+            p.audiences().into_iter().map(str::to_string).collect()
+        }),
+        expires_at: parsed
+            .as_ref()
+            .and_then(|p| p.numeric("exp"))
+            .map_or(0, |e| e.max(0) as u64),
+        pid: Some(caller.pid),
+    }
+}
+
+/// Our bundle, plus (under SPIRE) the federated bundles the agent holds.
+impl WorkloadApi {
+    /// A bundle stream for an attested caller that holds an identity: `message` turns the
+    /// current bundle into the response, sent at once and on every bundle change.
+    pub(super) async fn bundle_stream<R, T>(
+        &self,
+        request: &Request<R>,
+        message: impl Fn(&dyn Issuer, &TrustBundle) -> T + Send + Sync + 'static,
+    ) -> Result<Response<BoxStream<T>>, Status>
+    where
+        T: Send + 'static,
+    {
+        let caller = self.resolver.resolve(request).await?;
+        caller.require_identities()?;
+        let issuer = self.issuer.clone();
+        let stream = self
+            .watch_stream(move || {
+                let b = issuer.current_bundle();
+                Ok((message(issuer.as_ref(), &b), b.sequence, Vec::new()))
+            })
+            .await?;
+        Ok(Response::new(stream))
+    }
+}
+
+pub(super) fn with_federated(
+    issuer: &dyn Issuer,
+    pick: impl Fn(&crate::svid::bundle::Federated) -> &HashMap<String, Vec<u8>>,
+    b: &TrustBundle,
+    ours: Vec<u8>,
+) -> HashMap<String, Vec<u8>> {
+    let mut map = pick(&issuer.federated()).clone();
+    map.insert(bundle_key(b), ours);
+    map
+}
