@@ -122,7 +122,7 @@ impl App {
         let oauth = match &config.oauth {
             Some(o) => Some(
                 crate::oauth::OAuthListener::bind(
-                    &config,
+                    &config.authority,
                     o,
                     broker.clone(),
                     issuer.clone(),

@@ -22,9 +22,9 @@ use std::time::Duration;
 
 pub use config::OAuthConfig;
 
+use crate::authority::settings::{AuthorityConfig, AuthorityKind};
 use crate::authority::Issuer;
 use crate::broker::Broker;
-use crate::config::{AuthorityKind, Config};
 use crate::registry::Registry;
 use client_auth::ClientAuth;
 use listener::{Bound, Bounds, SocketFile};
@@ -56,13 +56,13 @@ impl OAuthListener {
     /// # Errors
     /// The SPIRE authority (see below), an address in use, or unreadable TLS files.
     pub async fn bind(
-        config: &Config,
+        authority: &AuthorityConfig,
         oauth: &OAuthConfig,
         broker: Arc<Broker>,
         identities: Arc<dyn Issuer>,
         registry: Arc<Registry>,
     ) -> anyhow::Result<Self> {
-        if config.authority.kind == AuthorityKind::Spire {
+        if authority.kind == AuthorityKind::Spire {
             // Config::parse refuses this already; kept for configs built in code.
             anyhow::bail!(config::SPIRE_REFUSAL);
         }
@@ -97,7 +97,7 @@ impl OAuthListener {
             prefix: oauth.path_prefix().to_string(),
             endpoints,
             grant_ttl: oauth.grant_ttl,
-            jwt_key_ttl: config.authority.jwt_key_ttl,
+            jwt_key_ttl: authority.jwt_key_ttl,
         });
         Ok(Self {
             bound,

@@ -39,7 +39,7 @@ pub async fn introspect(st: &State, form: &Form, rec: &mut Record) -> Result<Val
             let mut v = r
                 .claims
                 .as_ref()
-                .map(crate::cli::api::struct_to_json)
+                .map(struct_to_json)
                 .unwrap_or_else(|| json!({}));
             v["active"] = json!(true);
             // RFC 7662 names: the client the token was issued to is its subject.
@@ -115,5 +115,29 @@ pub async fn revoke(st: &State, form: &Form, rec: &mut Record) -> Result<Value, 
             )))
         }
         Err(s) => Err(from_status(&s, Denied::Grant)),
+    }
+}
+
+/// `google.protobuf.Struct` → JSON (the broker answers introspection with a Struct).
+fn struct_to_json(s: &prost_types::Struct) -> Value {
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        Some(Kind::NullValue(_)) | None => Value::Null,
+        Some(Kind::BoolValue(b)) => json!(b),
+        // Claims such as exp and iat are whole seconds: keep them integers.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9e15 => json!(*n as i64),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_to_json).collect()),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
     }
 }

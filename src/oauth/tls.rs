@@ -23,7 +23,7 @@ pub fn server_config(
     registry: &Registry,
 ) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     let builder = || {
-        rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map(|b| b.with_no_client_auth())
     };
@@ -57,6 +57,11 @@ pub fn server_config(
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
+}
+
+/// ring, as everywhere in the daemon.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
@@ -102,7 +107,7 @@ impl SvidResolver {
             .map(|c| CertificateDer::from(c.clone()))
             .collect();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key.der().to_vec()));
-        let certified = Arc::new(CertifiedKey::from_der(chain, key, &crate::tls::provider()).ok()?);
+        let certified = Arc::new(CertifiedKey::from_der(chain, key, &provider()).ok()?);
         *last = Some((svid.serial.clone(), certified.clone()));
         Some(certified)
     }
