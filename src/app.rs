@@ -12,13 +12,12 @@ use tonic::transport::Server;
 use crate::attest::unix::UnixAttestor;
 use crate::attest::{Attestors, WorkloadAttestor};
 use crate::audit::{AuditLog, AuditMonitor, AuditOptions};
-use crate::authority::EmbeddedAuthority;
-use crate::authority::{EmbeddedIssuer, Issuer, SpireAuthority};
+use crate::authority::Issuer;
 use crate::broker::oidc::OidcIssuers;
 use crate::broker::service::{AdminService, TaskBrokerService};
 use crate::broker::{replay, Broker, BrokerParts};
 use crate::clock::Clock;
-use crate::config::{AuthorityKind, Config};
+use crate::config::Config;
 use crate::policy::{Action, PolicyEngine, PolicyRequest, Principal};
 use crate::proto::svidbroker::v1::admin_server::AdminServer;
 use crate::proto::svidbroker::v1::task_broker_server::TaskBrokerServer;
@@ -35,10 +34,6 @@ use crate::server::limits::{
 use crate::server::{listener, socket};
 use crate::telemetry::Metrics;
 use crate::workload_api::{AudienceGate, WorkloadApi};
-
-/// Largest gRPC message decoded from the upstream SPIRE agent (a trusted peer; requests
-/// from local callers have the tighter bounds of [`crate::server::limits`]).
-pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 pub use crate::policy::DEVELOPMENT_POLICY;
 
@@ -489,25 +484,15 @@ async fn open_audit(
     })
 }
 
-/// The issuer `[authority] kind` names. SPIRE: connects to the agent and waits up to
-/// `startup_wait` for the trust bundle (serving degraded after that).
+/// The issuer `[authority] kind` names.
 async fn build_issuer(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Issuer>> {
-    if config.authority.kind == AuthorityKind::Spire {
-        let spire_cfg =
-            config.authority.spire.clone().ok_or_else(|| {
-                anyhow::anyhow!("authority.kind = \"spire\" needs [authority.spire]")
-            })?;
-        let spire = SpireAuthority::new(config.trust_domain.clone(), spire_cfg)
-            .map_err(|e| anyhow::anyhow!("[authority.spire]: {e}"))?;
-        spire.start().await;
-        return Ok(spire);
-    }
-    let authority = Arc::new(EmbeddedAuthority::new(
-        config.trust_domain.clone(),
-        config.authority.clone(),
+    crate::authority::build(
+        &config.trust_domain,
+        &config.authority,
         config.data_dir.as_deref(),
-    )?);
-    Ok(EmbeddedIssuer::new(authority, clock.clone()))
+        clock.clone(),
+    )
+    .await
 }
 
 /// Mirrors an issuer's health signal into gRPC health: overall (`""`) and `name` are
@@ -578,8 +563,9 @@ impl AudienceGate for PolicyGate {
 pub fn build_attestors(config: &Config) -> anyhow::Result<Attestors> {
     let unix: Arc<dyn WorkloadAttestor> = Arc::new(UnixAttestor::new(
         config.attestor.unix.clone(),
-        // Under SPIRE the entries are not known here: offer unix:sha256 in case one uses it.
-        config.registry.wants_sha256() || config.authority.kind == AuthorityKind::Spire,
+        // When the issuer keeps the entries, they are not known here: offer unix:sha256 in
+        // case one uses it.
+        config.registry.wants_sha256() || !config.authority.entries_are_local(),
     ));
     let mut attestors = vec![unix];
     if let Some(k8s) = &config.attestor.k8s {

@@ -34,6 +34,38 @@ use crate::registry::Identity;
 use crate::svid::bundle::{Federated, TrustBundle};
 use crate::svid::x509::X509Svid;
 
+/// The issuer `settings` name. SPIRE: connects to the agent and waits up to `startup_wait`
+/// for the trust bundle (serving degraded after that).
+///
+/// # Errors
+/// Key material that cannot be loaded or made, or `[authority.spire]` missing or invalid.
+pub async fn build(
+    trust_domain: &TrustDomain,
+    settings: &settings::AuthorityConfig,
+    data_dir: Option<&std::path::Path>,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> anyhow::Result<Arc<dyn Issuer>> {
+    match settings.kind {
+        settings::AuthorityKind::Spire => {
+            let spire_cfg = settings.spire.clone().ok_or_else(|| {
+                anyhow::anyhow!("authority.kind = \"spire\" needs [authority.spire]")
+            })?;
+            let spire = SpireAuthority::new(trust_domain.clone(), spire_cfg)
+                .map_err(|e| anyhow::anyhow!("[authority.spire]: {e}"))?;
+            spire.start().await;
+            Ok(spire)
+        }
+        settings::AuthorityKind::Embedded => {
+            let authority = Arc::new(EmbeddedAuthority::new(
+                trust_domain.clone(),
+                settings.clone(),
+                data_dir,
+            )?);
+            Ok(EmbeddedIssuer::new(authority, clock))
+        }
+    }
+}
+
 /// A signed task token and when it really expires (an upstream may cut the lifetime we
 /// asked for).
 #[derive(Clone)]

@@ -64,3 +64,11 @@ impl Default for AuthorityConfig {
         }
     }
 }
+
+impl AuthorityConfig {
+    /// Whether registration entries are ours (the config's `[[entry]]`) rather than kept by
+    /// an upstream issuer.
+    pub fn entries_are_local(&self) -> bool {
+        self.kind == AuthorityKind::Embedded
+    }
+}

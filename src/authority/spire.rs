@@ -18,15 +18,18 @@ pub mod bundles;
 pub mod issuer;
 pub mod own;
 pub use issuer::HEALTH_SERVICE;
+pub mod settings;
 pub mod subscription;
+mod wire;
+
+pub use settings::SpireAuthorityConfig;
+pub use wire::{spiffe_id_string, stream_error, to_spire_selectors, upstream_status};
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use spiffe::{SpiffeId, TrustDomain};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -38,7 +41,6 @@ use crate::attest::Selector;
 use crate::caller::NO_IDENTITY;
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
 use crate::proto::spire::api::agent::delegatedidentity::v1::delegated_identity_client::DelegatedIdentityClient;
-use crate::proto::spire::api::types as spire_types;
 use crate::registry::Identity;
 use crate::svid::bundle::TrustBundle;
 use crate::svid::unix_seconds;
@@ -63,51 +65,6 @@ pub const MAX_CACHED_JWT_SVIDS: usize = 10_000;
 /// Largest gRPC message decoded from the agent (a trusted peer; requests from local callers
 /// have the tighter bounds of the connection layer).
 pub const MAX_AGENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
-fn default_startup_wait() -> Duration {
-    Duration::from_secs(10)
-}
-
-/// `[authority.spire]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpireAuthorityConfig {
-    /// The agent's Workload API, `unix:///run/spire/agent/public/api.sock`: the broker's own
-    /// SVID.
-    pub workload_socket: String,
-    /// The agent's admin socket, `unix:///run/spire/agent/admin/admin.sock`: the Delegated
-    /// Identity API. svid-broker's SPIFFE ID must be in the agent's `authorized_delegates`.
-    pub admin_socket: String,
-    /// How long `run` waits at start for the first trust bundle before serving degraded.
-    #[serde(default = "default_startup_wait", with = "humantime_serde")]
-    pub startup_wait: Duration,
-}
-
-impl SpireAuthorityConfig {
-    /// # Errors
-    /// A socket that is not `unix:///absolute/path`.
-    pub fn validate(&self) -> Result<(), String> {
-        socket_path("authority.spire.workload_socket", &self.workload_socket)?;
-        socket_path("authority.spire.admin_socket", &self.admin_socket)?;
-        if self.startup_wait > Duration::from_secs(600) {
-            return Err("authority.spire.startup_wait is above 10m".into());
-        }
-        Ok(())
-    }
-
-    fn admin_path(&self) -> PathBuf {
-        socket_path("", &self.admin_socket).unwrap_or_default()
-    }
-}
-
-fn socket_path(name: &str, s: &str) -> Result<PathBuf, String> {
-    match s.strip_prefix("unix://") {
-        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
-        _ => Err(format!(
-            "{name} = {s:?}: expected a Unix socket address, unix:///absolute/path"
-        )),
-    }
-}
 
 /// Which of the long-lived agent streams are up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -466,49 +423,6 @@ impl SpireAuthority {
     }
 }
 
-/// A SPIRE agent error as our caller should see it: "no identity" stays `PermissionDenied`,
-/// everything else means the agent could not serve us (retryable).
-pub fn upstream_status(s: &Status) -> Status {
-    match s.code() {
-        tonic::Code::PermissionDenied if s.message().contains(NO_IDENTITY) => {
-            Status::permission_denied(NO_IDENTITY)
-        }
-        tonic::Code::PermissionDenied => Status::unavailable(format!(
-            "the SPIRE agent refused svid-broker ({}): is svid-broker's SPIFFE ID in the agent's authorized_delegates?",
-            s.message()
-        )),
-        _ => Status::unavailable(format!("SPIRE agent unavailable: {}", s.message())),
-    }
-}
-
-/// Why a stream to the agent ended, for logs and for callers that find nothing cached. On a
-/// stream, PermissionDenied (SPIRE says "no identity issued") means svid-broker itself is not
-/// an authorized delegate.
-pub fn stream_error(s: &Status) -> String {
-    match s.code() {
-        tonic::Code::PermissionDenied => format!(
-            "the SPIRE agent refused svid-broker ({}): register svid-broker in SPIRE and list its SPIFFE ID in the agent's authorized_delegates",
-            s.message()
-        ),
-        _ => format!("{:?}: {}", s.code(), s.message()),
-    }
-}
-
-pub fn to_spire_selectors(selectors: &BTreeSet<Selector>) -> Vec<spire_types::Selector> {
-    selectors
-        .iter()
-        .map(|s| spire_types::Selector {
-            r#type: s.kind().to_string(),
-            value: s.value().to_string(),
-        })
-        .collect()
-}
-
-/// `spiffe://<trust_domain><path>`.
-pub fn spiffe_id_string(id: &spire_types::Spiffeid) -> String {
-    format!("spiffe://{}{}", id.trust_domain, id.path)
-}
-
 /// Drops subscriptions no caller held for [`IDLE_SUBSCRIPTION`], and SVIDs that expired.
 async fn janitor(me: std::sync::Weak<SpireAuthority>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -537,7 +451,7 @@ mod tests {
         let ok = SpireAuthorityConfig {
             workload_socket: "unix:///run/spire/api.sock".into(),
             admin_socket: "unix:///run/spire/admin.sock".into(),
-            startup_wait: default_startup_wait(),
+            startup_wait: settings::default_startup_wait(),
         };
         assert!(ok.validate().is_ok());
         let bad = SpireAuthorityConfig {

@@ -6,7 +6,6 @@
 //! subject) run on fuzzed claims, and the verdict is compared with the rules written out here.
 
 use serde_json::{Map, Value};
-use spiffe::SpiffeId;
 
 use super::fixtures::{self, AUDIENCE, JWT_KID, OIDC_AUDIENCE, OIDC_ISSUER, TRUST_DOMAIN};
 use crate::svid::jwt::{self, LEEWAY};
@@ -80,7 +79,7 @@ fn signed_claims(claims: &Map<String, Value>) {
     let audience = audiences.first().copied().unwrap_or(AUDIENCE);
     let sub = claims.get("sub").and_then(Value::as_str);
     let ours = sub
-        .and_then(|s| SpiffeId::new(s).ok())
+        .and_then(|s| crate::spiffe_id::parse(s).ok())
         .is_some_and(|id| id.trust_domain_name() == TRUST_DOMAIN);
     let want = times_ok && ours && audiences.contains(&audience);
     let bundle = fixtures::jwt_bundle();
