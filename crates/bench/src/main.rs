@@ -1,11 +1,11 @@
-//! `svid-broker-bench`: benchmark svid-broker over its Unix socket. See `svid_broker::bench`.
+//! `svid-broker-bench`: benchmark svid-broker over its Unix socket. See the `svid_broker_bench` library.
 
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = svid_broker::bench::BenchArgs::parse();
-    match svid_broker::bench::run(args).await {
+    let args = svid_broker_bench::BenchArgs::parse();
+    match svid_broker_bench::run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("svid-broker-bench: {e:#}");
