@@ -6,7 +6,10 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     let args = svid_broker_bench::BenchArgs::parse();
     match svid_broker_bench::run(args).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(report) => {
+            println!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("svid-broker-bench: {e:#}");
             std::process::ExitCode::FAILURE
