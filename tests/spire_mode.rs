@@ -168,7 +168,12 @@ selectors = ["unix:path:{}"]
         bins.spire_agent.display()
     );
     let daemon = start_daemon(&config);
-    spire_cli_round(&bins.spire_agent, &daemon.socket_path().display().to_string(), CLI_ID).await;
+    spire_cli_round(
+        &bins.spire_agent,
+        &daemon.socket_path().display().to_string(),
+        CLI_ID,
+    )
+    .await;
 }
 
 async fn health(socket: &Path, service: &str) -> i32 {

@@ -65,14 +65,9 @@ pub struct Daemon {
 /// # Errors
 /// The binary is not there.
 pub fn default_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locate this binary")?;
-    let daemon = me.with_file_name("svid-broker");
-    anyhow::ensure!(
-        daemon.is_file(),
-        "no svid-broker next to {} (build it with `cargo build --release --bin svid-broker`, or pass --daemon PATH or --socket PATH)",
-        me.display()
-    );
-    Ok(daemon)
+    launcher::default_binary().context(
+        "build it with `cargo build --release -p svid-broker`, or pass --daemon PATH or --socket PATH",
+    )
 }
 
 impl Daemon {
@@ -120,7 +115,7 @@ impl Daemon {
         let metrics_addr = free_loopback_addr()?;
         let mut d = config(opts, metrics_addr, broker_sections).prepare();
         let socket = d.socket_path().to_path_buf();
-        d.spawn();
+        d.try_spawn()?;
         let started_at = d.started_at().unwrap_or_else(Instant::now);
         let pid = d.pid() as i32;
 

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use svid_broker_test_support::spire::{Spire, SpireBins};
 use svid_broker_test_support::spire::SpireConfig;
+pub use svid_broker_test_support::spire::{Spire, SpireBins};
 
 use super::calls::{Client, Workload};
 

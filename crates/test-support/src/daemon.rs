@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 pub use crate::euid;
 
 pub const TRUST_DOMAIN: &str = "example.org";
@@ -256,7 +258,9 @@ impl DaemonConfig {
 
     /// Adds a `key = value` line to `[broker]` (and writes the table even with no line).
     pub fn broker(mut self, line: &str) -> Self {
-        self.broker.get_or_insert_with(Vec::new).push(line.to_string());
+        self.broker
+            .get_or_insert_with(Vec::new)
+            .push(line.to_string());
         self
     }
 
@@ -403,9 +407,7 @@ impl DaemonConfig {
         }
         if !self.extra_toml.is_empty() {
             t += "\n";
-            t += &self
-                .extra_toml
-                .replace("@DIR@", &dir.display().to_string());
+            t += &self.extra_toml.replace("@DIR@", &dir.display().to_string());
         }
         t
     }
@@ -416,6 +418,15 @@ impl DaemonConfig {
     /// # Panics
     /// The log cannot be opened or the binary cannot be started.
     pub fn spawn(&self, config: &Path, log: &Path) -> Child {
+        self.try_spawn(config, log)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`DaemonConfig::spawn`], returning failures.
+    ///
+    /// # Errors
+    /// The log cannot be opened or the binary cannot be started.
+    pub fn try_spawn(&self, config: &Path, log: &Path) -> anyhow::Result<Child> {
         let out = if self.append_log {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -424,8 +435,8 @@ impl DaemonConfig {
         } else {
             std::fs::File::create(log)
         }
-        .unwrap_or_else(|e| panic!("open daemon log {}: {e}", log.display()));
-        let err = out.try_clone().expect("clone log fd");
+        .with_context(|| format!("open daemon log {}", log.display()))?;
+        let err = out.try_clone()?;
         let binary = self.binary_path();
         let mut cmd = Command::new(&binary);
         cmd.args(["run", "--config"])
@@ -439,7 +450,7 @@ impl DaemonConfig {
             cmd.env("NO_COLOR", "1");
         }
         cmd.spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()))
+            .with_context(|| format!("start {}", binary.display()))
     }
 
     /// Creates the temp dir, writes the config and files, and returns the daemon not yet
@@ -539,10 +550,18 @@ impl Daemon {
     /// # Panics
     /// It is already running.
     pub fn spawn(&mut self) -> &mut Child {
+        self.try_spawn().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`Daemon::spawn`], returning failures.
+    ///
+    /// # Errors
+    /// The log cannot be opened or the binary cannot be started.
+    pub fn try_spawn(&mut self) -> anyhow::Result<&mut Child> {
         assert!(self.child.is_none(), "daemon already running");
         self.started_at = Some(Instant::now());
-        let child = self.config.spawn(&self.config_path, &self.log_path);
-        self.child.insert(child)
+        let child = self.config.try_spawn(&self.config_path, &self.log_path)?;
+        Ok(self.child.insert(child))
     }
 
     /// Starts the daemon (again, after [`Daemon::stop`] or [`Daemon::kill`]) on the same

@@ -685,9 +685,7 @@ plugins {{
                 .map(|d| format!("\"{d}\""))
                 .collect();
             format!(
-                "    admin_socket_path = \"{r}/agent/admin/admin.sock\"\n",
-            ) + &format!(
-                "    authorized_delegates = [{}]\n",
+                "    admin_socket_path = \"{r}/agent/admin/admin.sock\"\n    authorized_delegates = [{}]\n",
                 delegates.join(", ")
             )
         } else {
