@@ -22,6 +22,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+// Each test file uses its own part of this module.
+#[allow(unused_imports)]
 pub use svid_broker_test_support::daemon::{
     euid, strip_ansi, Daemon, DaemonConfig, Entry, START_TIMEOUT, STOP_TIMEOUT, TRUST_DOMAIN,
 };
