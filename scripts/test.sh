@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs the test peers, runs the whole Rust test suite (library, binaries,
-# integration tests with the real daemon and independent clients), then validates the deploy
+# The test command: installs the test peers, runs the whole Rust test suite of the workspace (the
+# daemon's library, binaries and integration tests with the real daemon and independent clients,
+# the benchmark crate and its smoke test, the test launchers), then validates the deploy
 # manifests. Exits non-zero on any failure.
 #
 #   scripts/test.sh                      everything
@@ -38,11 +39,11 @@ step "installing test peers (scripts/install-peers.sh)"
 timed "install peers" bash scripts/install-peers.sh
 timed "install oauth peers" bash scripts/install-oauth-peers.sh
 
-step "building (cargo test --all-targets --no-run)"
-timed "build" cargo test --all-targets --no-run
+step "building (cargo test --workspace --all-targets --no-run)"
+timed "build" cargo test --workspace --all-targets --no-run
 
-step "cargo test --all-targets --no-fail-fast ${cargo_args[*]}"
-timed "cargo test" cargo test --all-targets --no-fail-fast "${cargo_args[@]}"
+step "cargo test --workspace --all-targets --no-fail-fast ${cargo_args[*]}"
+timed "cargo test" cargo test --workspace --all-targets --no-fail-fast "${cargo_args[@]}"
 
 step "security report rows recorded by the hostile tests (scripts/security-report.sh --check)"
 timed "security report" bash scripts/security-report.sh --check

@@ -4,7 +4,6 @@ pub mod app;
 pub mod attest;
 pub mod audit;
 pub mod authority;
-pub mod bench;
 pub mod broker;
 pub mod caller;
 pub mod cli;

@@ -1,36 +1,45 @@
 //! The benchmark runs end to end in its short mode against the daemon built with the tests,
 //! and its report names every row and measurement. No timing is asserted: benchmarks are
 //! benchmarks, not timed tests.
+//!
+//! The bench is its own crate (`crates/bench`); it runs here in this process through its
+//! library, with the command line `svid-broker-bench` parses, so that cargo builds both the
+//! daemon (`CARGO_BIN_EXE_svid-broker`) and the bench code of this very tree before the test.
 
-use std::process::Command;
+use clap::Parser;
+use svid_broker_bench::BenchArgs;
 
-#[test]
-fn quick_bench_writes_a_complete_report() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_bench_writes_a_complete_report() {
     let out = tempfile::tempdir().expect("temp dir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_svid-broker-bench"));
-    cmd.arg("--quick")
-        .arg("--daemon")
-        .arg(env!("CARGO_BIN_EXE_svid-broker"))
-        .arg("--out")
-        .arg(out.path());
+    let out_dir = out.path().display().to_string();
+    let spire_bin = svid_broker_test_support::spire::peers_bin_dir()
+        .display()
+        .to_string();
+    let mut argv = vec![
+        "svid-broker-bench",
+        "--quick",
+        "--daemon",
+        env!("CARGO_BIN_EXE_svid-broker"),
+        "--out",
+        &out_dir,
+        "--spire-bin",
+        &spire_bin,
+    ];
     // The SPIRE comparison runs when the Go peers are installed; SVID_BROKER_SKIP_GO=1 skips
     // it like the other SPIRE tests. Its row is reported either way.
-    if std::env::var("SVID_BROKER_SKIP_GO").is_ok_and(|v| v == "1") {
-        cmd.arg("--no-spire");
+    if svid_broker_test_support::spire::skip_go() {
+        argv.push("--no-spire");
     }
-    let run = cmd.output().expect("run svid-broker-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "svid-broker-bench --quick failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        run.status
-    );
+    let args = BenchArgs::try_parse_from(&argv).expect("the bench's command line");
+    let printed = svid_broker_bench::run(args)
+        .await
+        .unwrap_or_else(|e| panic!("svid-broker-bench --quick failed: {e:#}"));
 
     let report = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert_eq!(
         report.trim(),
-        stdout.trim(),
+        printed.trim(),
         "the printed table is the report"
     );
     let chart = std::fs::read(out.path().join("chart.png")).expect("chart.png");
@@ -39,9 +48,9 @@ fn quick_bench_writes_a_complete_report() {
         "chart.png is a PNG"
     );
 
-    let spire_ran = report.contains(svid_broker::bench::SPIRE_ROW);
-    for name in svid_broker::bench::ROW_NAMES {
-        if *name == svid_broker::bench::SPIRE_ROW && !spire_ran {
+    let spire_ran = report.contains(svid_broker_bench::SPIRE_ROW);
+    for name in svid_broker_bench::ROW_NAMES {
+        if *name == svid_broker_bench::SPIRE_ROW && !spire_ran {
             assert!(
                 report.contains("SPIRE"),
                 "the report says why SPIRE did not run:\n{report}"
@@ -54,7 +63,7 @@ fn quick_bench_writes_a_complete_report() {
             "row {name:?} at 1 and 64 clients missing from the report:\n{report}"
         );
     }
-    for name in svid_broker::bench::FACT_NAMES {
+    for name in svid_broker_bench::FACT_NAMES {
         assert!(
             report.contains(&format!("| {name} |")),
             "measurement {name:?} missing from the report:\n{report}"

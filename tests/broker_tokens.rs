@@ -130,8 +130,8 @@ async fn task_tokens_verify_independently() {
 
     // 1. PyJWT and jwcrypto with only the JWKS.
     let python = venv_python();
-    let jwks_file = b.dir.path().join("jwks.json");
-    let token_file = b.dir.path().join("token.jwt");
+    let jwks_file = b.dir.join("jwks.json");
+    let token_file = b.dir.join("token.jwt");
     std::fs::write(&jwks_file, &jwks).unwrap();
     std::fs::write(&token_file, &token).unwrap();
     let out = std::process::Command::new(&python)

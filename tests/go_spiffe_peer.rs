@@ -2,13 +2,11 @@
 //! real daemon in its embedded mode: the X.509 context, a JWT-SVID, its validation through the
 //! Workload API and offline with the fetched JWT bundle, and a task token validated offline.
 
-mod support;
-
 #[path = "support/daemon.rs"]
 mod daemon;
 
 use daemon::{Daemon, DaemonConfig};
-use support::spire::{peer_bins, spire_available};
+use svid_broker_test_support::spire::{peer_bins, spire_available};
 
 const ID: &str = "spiffe://example.org/test/go-peer";
 const AUDIENCE: &str = "spiffe://example.org/relying-party";

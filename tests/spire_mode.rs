@@ -6,10 +6,8 @@
 //! Workloads: `spire-agent api …` (the CLI, registered in SPIRE by our `unix:path` selector), this
 //! test process (registered the same way; it opens tasks), and `spiffeclient` (not registered).
 
-mod support;
-
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -21,7 +19,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use support::spire::{expect_success, peer_bins, retry, spire_available, Spire, SpireConfig};
+use svid_broker_test_support::daemon::{Daemon, DaemonConfig, Ready};
+use svid_broker_test_support::spire::{
+    expect_success, peer_bins, retry, spire_available, Spire, SpireConfig,
+};
 
 const AUDIENCE: &str = "spiffe://example.org/relying-party";
 const BROKER_ID: &str = "spiffe://example.org/svid-broker";
@@ -32,96 +33,31 @@ fn broker_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_svid-broker"))
 }
 
-/// The running daemon; killed on drop, its log printed when the test panics.
-struct Daemon {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// Writes `config` (socket lines are added; `@DIR@` is the daemon's temp dir, which also
-    /// holds the development policy as `policy.cedar`) and starts `svid-broker run --config`.
-    async fn start(config: &str) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("sb-")
-            .tempdir()
-            .expect("temp dir");
-        let d = dir.path().display();
-        let text = format!(
-            "socket_path = \"{d}/api.sock\"\nadmin_socket_path = \"{d}/admin.sock\"\n{}",
-            config.replace("@DIR@", &d.to_string())
-        );
-        std::fs::write(dir.path().join("config.toml"), text).unwrap();
-        std::fs::write(
-            dir.path().join("policy.cedar"),
-            svid_broker::app::DEVELOPMENT_POLICY,
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
-        let child = std::process::Command::new(broker_exe())
-            .args(["run", "--config"])
-            .arg(dir.path().join("config.toml"))
-            .env("RUST_LOG", "svid_broker=debug,info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn svid-broker");
-        let mut daemon = Daemon {
-            child: Some(child),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::UnixStream::connect(daemon.socket())
-            .await
-            .is_err()
-        {
-            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("svid-broker exited ({status}):\n{}", daemon.log());
-            }
-            assert!(Instant::now() < deadline, "svid-broker did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        daemon
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("api.sock")
-    }
-
-    fn admin_socket(&self) -> PathBuf {
-        self.dir.path().join("admin.sock")
-    }
-
-    fn socket_str(&self) -> String {
-        self.socket().display().to_string()
-    }
-
-    fn endpoint(&self) -> String {
-        format!("unix://{}", self.socket().display())
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- svid-broker log (tail) ---\n{}", self.log());
-        }
-    }
+/// Starts the daemon on `config` (socket lines are added; `@DIR@` is the daemon's temp dir,
+/// which also holds the development policy as `policy.cedar`); killed on drop, its log printed
+/// when the test panics.
+fn start_daemon(config: &str) -> Daemon {
+    let (trust_domain, rest) = config
+        .split_once('\n')
+        .and_then(|(first, rest)| {
+            let td = first.strip_prefix("trust_domain = \"")?.strip_suffix('"')?;
+            Some((td, rest))
+        })
+        .expect("the config starts with trust_domain");
+    let config = DaemonConfig::new()
+        .binary(broker_exe())
+        .trust_domain(trust_domain)
+        .admin_socket(true)
+        .extra_toml(rest)
+        .file("policy.cedar", svid_broker::app::DEVELOPMENT_POLICY)
+        .rust_log("svid_broker=debug,info")
+        .no_color(false)
+        .dir_prefix("sb-")
+        .log_name("broker.log")
+        .ready(Ready::default())
+        .start_timeout(Duration::from_secs(60))
+        .kill_on_drop(true);
+    tokio::task::block_in_place(|| config.start())
 }
 
 async fn run(program: &Path, args: &[&str]) -> Output {
@@ -231,8 +167,13 @@ selectors = ["unix:path:{}"]
 "#,
         bins.spire_agent.display()
     );
-    let daemon = Daemon::start(&config).await;
-    spire_cli_round(&bins.spire_agent, &daemon.socket_str(), CLI_ID).await;
+    let daemon = start_daemon(&config);
+    spire_cli_round(
+        &bins.spire_agent,
+        &daemon.socket_path().display().to_string(),
+        CLI_ID,
+    )
+    .await;
 }
 
 async fn health(socket: &Path, service: &str) -> i32 {
@@ -306,8 +247,8 @@ path = "@DIR@/audit.jsonl"
         spire.workload_endpoint(),
         spire.admin_endpoint(),
     );
-    let daemon = Daemon::start(&config).await;
-    let socket = daemon.socket_str();
+    let daemon = start_daemon(&config);
+    let socket = daemon.socket_path().display().to_string();
 
     // 1. SPIRE's CLI through our socket gets SPIRE's SVID and JWT-SVID.
     let token = spire_cli_round(&bins.spire_agent, &socket, CLI_ID).await;
@@ -374,7 +315,7 @@ path = "@DIR@/audit.jsonl"
     assert_eq!(svid.spiffe_id().to_string(), AGENT_ID);
 
     // 3. A task token minted in spire mode verifies with SPIRE's bundle alone (go-spiffe).
-    let channel = connect(daemon.socket()).await.unwrap();
+    let channel = connect(daemon.socket_path().to_path_buf()).await.unwrap();
     let mut broker = TaskBrokerClient::new(with_header(channel));
     let task = broker
         .open_task(pb::OpenTaskRequest {
@@ -425,7 +366,7 @@ path = "@DIR@/audit.jsonl"
         .into_inner();
     assert_ne!(again.token, minted.token);
     // Tracked by the task table: active until the task closes.
-    let admin = connect(daemon.admin_socket()).await.unwrap();
+    let admin = connect(daemon.admin_socket_path()).await.unwrap();
     let mut admin = TaskBrokerClient::new(with_header(admin));
     let intro = |t: String| pb::IntrospectTokenRequest { token: t };
     let r = admin
@@ -449,7 +390,7 @@ path = "@DIR@/audit.jsonl"
 
     // 4. Outage: an open X.509 stream and cached SVIDs survive the agent; rotation resumes.
     wait_health(
-        &daemon.socket(),
+        daemon.socket_path(),
         ServingStatus::Serving,
         Duration::from_secs(10),
     )
@@ -459,7 +400,7 @@ path = "@DIR@/audit.jsonl"
     let mut seen = vec![leaf_of(&first)];
     spire.stop_agent();
     wait_health(
-        &daemon.socket(),
+        daemon.socket_path(),
         ServingStatus::NotServing,
         Duration::from_secs(15),
     )
@@ -479,7 +420,7 @@ path = "@DIR@/audit.jsonl"
 
     spire.start_agent().await;
     wait_health(
-        &daemon.socket(),
+        daemon.socket_path(),
         ServingStatus::Serving,
         Duration::from_secs(60),
     )
@@ -517,7 +458,7 @@ path = "@DIR@/audit.jsonl"
         AGENT_ID
     );
     assert_eq!(
-        health(&daemon.socket(), "svid-broker.spire").await,
+        health(daemon.socket_path(), "svid-broker.spire").await,
         ServingStatus::Serving as i32
     );
     let after = run(&bins.spire_agent, &fetch).await;

@@ -4,11 +4,9 @@
 //! Delegated Identity API through `delegatedclient` (denied, then allowed as an authorized
 //! delegate), and an agent outage and restart.
 
-mod support;
-
 use std::time::Duration;
 
-use support::spire::{expect_success, retry, spire_available, Spire, SpireConfig};
+use svid_broker_test_support::spire::{expect_success, retry, spire_available, Spire, SpireConfig};
 
 const AUDIENCE: &str = "spiffe://example.org/relying-party";
 

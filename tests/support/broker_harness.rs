@@ -9,21 +9,21 @@
 //! agent. This test binary itself is registered as [`RUNNER`] (and [`RUNNER2`], a second
 //! identity of the same process) by `unix:path:<test binary>`, for in-process gRPC clients.
 //!
-//! The daemon gets SIGTERM when the value drops; [`Broker::restart`] keeps the data dir and
-//! audit log; [`Broker::kill9`] kills it hard. Use `#[tokio::test(flavor = "multi_thread")]`:
-//! dropping blocks until the daemon has exited.
+//! The daemon (started by `svid_broker_test_support::daemon`) gets SIGTERM when the value
+//! drops; [`Broker::restart`] keeps the data dir and audit log; [`Broker::kill9`] kills it hard.
+//! Use `#[tokio::test(flavor = "multi_thread")]`: dropping blocks until the daemon has exited.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output};
+use std::time::Duration;
 
 use svid_broker::client::{connect, with_header, HeaderChannel};
 use svid_broker::proto::svidbroker::v1::admin_client::AdminClient;
 use svid_broker::proto::svidbroker::v1::task_broker_client::TaskBrokerClient;
+use svid_broker_test_support::daemon::{Daemon, DaemonConfig, Entry, Ready};
 use tonic::transport::Channel;
 
 pub const TD: &str = "example.org";
@@ -83,7 +83,7 @@ impl Options {
 }
 
 pub struct Broker {
-    pub dir: tempfile::TempDir,
+    pub dir: PathBuf,
     pub socket: PathBuf,
     pub admin_socket: PathBuf,
     pub audit: PathBuf,
@@ -91,7 +91,7 @@ pub struct Broker {
     pub policy: PathBuf,
     pub log: PathBuf,
     agents: BTreeMap<String, PathBuf>,
-    child: Option<Child>,
+    daemon: Daemon,
 }
 
 /// A path's canonical form (what `/proc/<pid>/exe` shows).
@@ -102,9 +102,8 @@ fn canon(p: &Path) -> PathBuf {
 impl Broker {
     /// Writes the config and starts the daemon; panics (with its log) if it does not come up.
     pub fn start(opts: Options) -> Self {
-        let b = Self::prepare(opts);
-        let mut b = b;
-        b.spawn_and_wait();
+        let mut b = Self::prepare(opts);
+        b.start_again();
         b
     }
 
@@ -126,105 +125,70 @@ impl Broker {
             agents.insert(file.to_string(), to);
         }
         let me = canon(&std::env::current_exe().unwrap());
-        let q = |p: &Path| format!("{:?}", p.display().to_string());
-        let mut t = format!(
-            "trust_domain = \"{TD}\"\nsocket_path = {}\nadmin_socket_path = {}\ndata_dir = {}\nshutdown_grace = \"2s\"\n\n",
-            q(&d.join("api.sock")),
-            q(&d.join("admin.sock")),
-            q(&d.join("data")),
-        );
-        for (id, path) in [(RUNNER, &me), (RUNNER2, &me)] {
-            t.push_str(&format!(
-                "[[entry]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:path:{}\"]\n\n",
-                path.display()
-            ));
+        let mut config = DaemonConfig::new()
+            .binary(bin())
+            .trust_domain(TD)
+            .admin_socket(true)
+            .data_dir(true)
+            .shutdown_grace("2s")
+            .policy(&opts.policy)
+            .audit("audit.log")
+            .broker_table()
+            .extra_toml(&opts.extra_toml)
+            .rust_log("info")
+            .no_color(false)
+            .append_log(true)
+            .ready(Ready {
+                log_contains: None,
+                admin_socket: true,
+            })
+            .start_timeout(START_TIMEOUT)
+            .stop_timeout(STOP_TIMEOUT);
+        for id in [RUNNER, RUNNER2] {
+            let sel = format!("unix:path:{}", me.display());
+            config = config.entry(Entry::new(id, &[&sel]));
         }
         for (file, id) in AGENTS {
-            t.push_str(&format!(
-                "[[entry]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:path:{}\"]\n\n",
-                agents[*file].display()
-            ));
+            let sel = format!("unix:path:{}", agents[*file].display());
+            config = config.entry(Entry::new(id, &[&sel]));
         }
-        t.push_str(&format!(
-            "[policy]\nfile = {}\n\n[audit]\npath = {}\n\n[broker]\n",
-            q(&d.join("policy.cedar")),
-            q(&d.join("audit.log"))
-        ));
         for line in &opts.broker {
-            t.push_str(line);
-            t.push('\n');
+            config = config.broker(line);
         }
-        t.push('\n');
-        t.push_str(&opts.extra_toml);
-        std::fs::write(d.join("config.toml"), t).unwrap();
-        std::fs::write(d.join("policy.cedar"), &opts.policy).unwrap();
+        let daemon = Daemon::prepare_in(dir, d.join("api.sock"), config);
         Self {
+            dir: d.clone(),
             socket: d.join("api.sock"),
             admin_socket: d.join("admin.sock"),
             audit: d.join("audit.log"),
-            config: d.join("config.toml"),
+            config: daemon.config_path().to_path_buf(),
             policy: d.join("policy.cedar"),
-            log: d.join("daemon.log"),
-            dir,
+            log: daemon.log_path().to_path_buf(),
             agents,
-            child: None,
+            daemon,
         }
     }
 
     /// Starts the daemon and returns without waiting (for start-failure tests).
     pub fn spawn(&mut self) -> &mut Child {
-        assert!(self.child.is_none(), "daemon already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn svid-broker");
-        self.child = Some(child);
-        self.child.as_mut().unwrap()
+        self.daemon.spawn()
     }
 
     fn spawn_and_wait(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
-        self.spawn();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!(
-                    "svid-broker exited during start ({status}):\n{}",
-                    self.log_text()
-                );
-            }
-            if UnixStream::connect(&self.socket).is_ok() && self.admin_socket.exists() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("svid-broker did not start in time:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.daemon.start_again();
     }
 
     /// Waits for a start that must fail; returns its exit code and log.
     pub fn expect_start_failure(&mut self) -> (Option<i32>, String) {
         let before = self.log_text().len();
         self.spawn();
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
+            if let Some(status) = self.daemon.try_wait() {
                 return (status.code(), self.log_text()[before..].to_string());
             }
-            if Instant::now() > deadline {
+            if std::time::Instant::now() > deadline {
                 self.kill9();
                 panic!(
                     "svid-broker was expected to refuse to start:\n{}",
@@ -236,37 +200,26 @@ impl Broker {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("daemon running").id() as i32
+        assert!(self.daemon.running(), "daemon running");
+        self.daemon.pid() as i32
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.log_raw()
     }
 
-    /// SIGTERM and wait (SIGKILL after a bound).
+    /// SIGTERM and wait; panics if it needed SIGKILL after the stop timeout.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+        if let Some(stopped) = self.daemon.stop() {
+            if stopped.killed {
                 panic!("svid-broker ignored SIGTERM:\n{}", self.log_text());
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// SIGKILL now.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill();
     }
 
     /// Graceful stop, then start on the same data dir and audit log.
@@ -281,8 +234,7 @@ impl Broker {
     }
 
     pub fn sighup(&self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid(), libc::SIGHUP) };
+        self.daemon.signal(libc::SIGHUP);
     }
 
     /// The binary copy that acts as `file` (e.g. "agent-a").
@@ -355,7 +307,7 @@ impl Broker {
 
     /// Replaces the policy file atomically (write then rename).
     pub fn write_policy(&self, text: &str) {
-        let tmp = self.dir.path().join("policy.cedar.tmp");
+        let tmp = self.dir.join("policy.cedar.tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &self.policy).unwrap();
     }
@@ -363,15 +315,11 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // The daemon's own drop prints its log when the test panics.
         if std::thread::panicking() {
-            eprintln!("--- svid-broker log ---\n{}", self.log_text());
-        }
-        if self.child.is_some() {
-            if std::thread::panicking() {
-                self.kill9();
-            } else {
-                self.stop();
-            }
+            self.kill9();
+        } else {
+            self.stop();
         }
     }
 }

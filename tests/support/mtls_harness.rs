@@ -1,5 +1,6 @@
-//! The real daemon plus two pipeline-stage processes with different identities, for
-//! `tests/mtls_pipeline.rs`. Everything lives in a temp dir; processes get SIGTERM on drop.
+//! The real daemon (started by `svid_broker_test_support::daemon`) plus two pipeline-stage
+//! processes with different identities, for `tests/mtls_pipeline.rs`. Everything lives in a
+//! temp dir; processes get SIGTERM on drop.
 //!
 //! As root, stage A runs as uid 65534 and stage B as uid 65533 (matched by `unix:uid`);
 //! otherwise the stage binary is copied to two paths (matched by `unix:path`).
@@ -15,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use svid_broker_test_support::daemon::{Daemon, DaemonConfig, Entry, Ready};
+
 pub const ID_A: &str = "spiffe://example.org/stage/a";
 pub const ID_B: &str = "spiffe://example.org/stage/b";
 pub const ID_C: &str = "spiffe://example.org/stage/c";
@@ -22,6 +25,7 @@ pub const ID_C: &str = "spiffe://example.org/stage/c";
 const DAEMON: &str = env!("CARGO_BIN_EXE_svid-broker");
 const STAGE: &str = env!("CARGO_BIN_EXE_svid-broker-stage");
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -69,25 +73,21 @@ impl Launcher {
 
 /// The daemon with two registered stages.
 pub struct Pipeline {
-    daemon: Child,
-    config: PathBuf,
-    socket: PathBuf,
-    log: PathBuf,
+    daemon: Daemon,
     a: Launcher,
     b: Launcher,
-    _dir: tempfile::TempDir,
 }
 
 impl Pipeline {
     pub fn start(mode: Mode) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let tmp = tempfile::tempdir().expect("temp dir");
         // Reachable by the unprivileged stage uids.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod temp dir");
-        let socket = dir.path().join("api.sock");
+        let dir = tmp.path().to_path_buf();
         let (a, b, selector_a, selector_b) = match mode {
             Mode::Uids => {
-                let program = copy_stage(dir.path(), "stage");
+                let program = copy_stage(&dir, "stage");
                 let a = Launcher {
                     program: program.clone(),
                     uid: Some(65534),
@@ -104,8 +104,8 @@ impl Pipeline {
                 )
             }
             Mode::Paths => {
-                let pa = copy_stage(dir.path(), "stage-a");
-                let pb = copy_stage(dir.path(), "stage-b");
+                let pa = copy_stage(&dir, "stage-a");
+                let pb = copy_stage(&dir, "stage-b");
                 let sa = format!("unix:path:{}", pa.display());
                 let sb = format!("unix:path:{}", pb.display());
                 (
@@ -122,64 +122,28 @@ impl Pipeline {
                 )
             }
         };
-        let config_text = format!(
-            r#"trust_domain = "example.org"
-socket_path = "{socket}"
-
-[[entry]]
-spiffe_id = "{ID_A}"
-selectors = ["{selector_a}"]
-x509_ttl = "10s"
-
-[[entry]]
-spiffe_id = "{ID_B}"
-selectors = ["{selector_b}"]
-x509_ttl = "10s"
-"#,
-            socket = socket.display()
-        );
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, config_text).expect("write config");
-        let log = dir.path().join("daemon.log");
-        let daemon = spawn_daemon(&config, &log);
-        let mut pipeline = Self {
-            daemon,
-            config,
-            socket,
-            log,
-            a,
-            b,
-            _dir: dir,
-        };
-        pipeline.wait_ready();
-        pipeline
+        let config = DaemonConfig::new()
+            .binary(DAEMON)
+            .entry(Entry::new(ID_A, &[&selector_a]).x509_ttl("10s"))
+            .entry(Entry::new(ID_B, &[&selector_b]).x509_ttl("10s"))
+            .rust_log("info")
+            .no_color(false)
+            .append_log(true)
+            .ready(Ready::default())
+            .start_timeout(START_TIMEOUT)
+            .stop_timeout(STOP_TIMEOUT);
+        let daemon = Daemon::start_in(tmp, dir.join("api.sock"), &config);
+        Self { daemon, a, b }
     }
 
     /// Stops the daemon with SIGTERM and starts it again on the same socket (with a new CA:
     /// the authority is memory-only).
     pub fn restart_daemon(&mut self) {
-        terminate(&mut self.daemon);
-        self.daemon = spawn_daemon(&self.config, &self.log);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Ok(Some(status)) = self.daemon.try_wait() {
-                panic!("svid-broker exited with {status}:\n{}", self.daemon_log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "svid-broker not ready:\n{}",
-                self.daemon_log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        self.daemon.restart();
     }
 
     pub fn daemon_log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.log_raw()
     }
 
     fn launcher(&self, stage: Stage) -> &Launcher {
@@ -193,7 +157,7 @@ x509_ttl = "10s"
     pub fn serve(&self, stage: Stage, peer_id: &str) -> Server {
         let child = self
             .launcher(stage)
-            .command(&self.socket)
+            .command(self.daemon.socket_path())
             .args(["serve", "--listen", "127.0.0.1:0", "--peer-id", peer_id])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -205,20 +169,11 @@ x509_ttl = "10s"
     /// `call` as `stage` to `addr`, expecting the server to be `peer_id`.
     pub fn call(&self, stage: Stage, addr: SocketAddr, peer_id: &str) -> Output {
         self.launcher(stage)
-            .command(&self.socket)
+            .command(self.daemon.socket_path())
             .args(["call", "--connect", &addr.to_string(), "--peer-id", peer_id])
             .args(["--message", "hello"])
             .output()
             .expect("run stage call")
-    }
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        terminate(&mut self.daemon);
-        if thread::panicking() {
-            eprintln!("--- svid-broker log ---\n{}", self.daemon_log());
-        }
     }
 }
 
@@ -302,23 +257,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         terminate(&mut self.child);
     }
-}
-
-fn spawn_daemon(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("daemon log");
-    Command::new(DAEMON)
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone().expect("log fd"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn svid-broker")
 }
 
 /// Copies the stage binary into `dir`, executable by everyone.

@@ -66,7 +66,7 @@ pub fn raise_nofile_limit() {
 pub fn socket_server_pid(path: &std::path::Path) -> std::io::Result<i32> {
     use std::os::fd::AsRawFd;
     let stream = std::os::unix::net::UnixStream::connect(path)?;
-    crate::attest::peer::peer_pid(stream.as_raw_fd())
+    svid_broker::attest::peer::peer_pid(stream.as_raw_fd())
 }
 
 #[cfg(test)]

@@ -147,12 +147,12 @@ fn selected(only: &[String], w: Workload) -> bool {
     only.is_empty() || only.iter().any(|o| name.contains(&o.to_lowercase()))
 }
 
-/// Runs the whole benchmark and writes the report.
+/// Runs the whole benchmark, writes the report and returns it (Markdown).
 ///
 /// # Errors
 /// The daemon cannot be started or reached, or the report cannot be written. Failing rows
 /// are reported as such, not as errors.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let settings = Settings::from_args(&args);
     procfs::raise_nofile_limit();
     let extra_config = match &args.extra_config {
@@ -247,7 +247,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         facts.spire_note = Some("SPIRE comparison skipped (--no-spire)".into());
     } else {
         match spire::find_binaries(args.spire_bin.as_deref()) {
-            Ok(bins) => match spire::Spire::start(&bins).await {
+            Ok(bins) => match spire::start(&bins).await {
                 Ok(spire) => {
                     for &clients in &settings.clients {
                         let row = load::run_row(
@@ -263,7 +263,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     }
                     facts.spire_note = Some(format!(
                         "SPIRE {} (server + agent on this machine; CPU column is both)",
-                        spire.version
+                        spire.version().await
                     ));
                 }
                 Err(e) => facts.spire_note = Some(format!("SPIRE did not start: {e:#}")),
@@ -284,11 +284,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&md_path, &markdown).with_context(|| format!("write {}", md_path.display()))?;
     let png_path = args.out.join("chart.png");
     chart::draw(&report, &png_path).with_context(|| format!("draw {}", png_path.display()))?;
-    println!("{markdown}");
     eprintln!(
         "bench: wrote {} and {}",
         md_path.display(),
         png_path.display()
     );
-    Ok(())
+    Ok(markdown)
 }

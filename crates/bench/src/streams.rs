@@ -15,9 +15,9 @@ use tonic::Status;
 use super::calls::connect;
 use super::daemon::Daemon;
 use super::procfs;
-use crate::client::with_header;
-use crate::proto::workload as pb;
-use crate::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use svid_broker::client::with_header;
+use svid_broker::proto::workload as pb;
+use svid_broker::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
 /// How long opening all streams may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -159,7 +159,7 @@ pub async fn run(
 }
 
 async fn one_stream(
-    mut client: SpiffeWorkloadApiClient<crate::client::HeaderChannel>,
+    mut client: SpiffeWorkloadApiClient<svid_broker::client::HeaderChannel>,
     events: mpsc::UnboundedSender<Event>,
     mut stop: watch::Receiver<bool>,
 ) {

@@ -1,31 +1,30 @@
-//! A real SPIRE server and agent for integration tests, on temp dirs and loopback.
+//! A real SPIRE server and agent on a temp dir and loopback.
 //!
 //! The binaries come from `scripts/install-go-peers.sh` (SPIRE pinned in `tests/peers/go/spire`),
-//! found in `$SVID_BROKER_PEERS_DIR/bin`, else `<crate>/target/peers/bin`. When they are missing the
-//! helper panics and says how to build them — a missing peer is a failure, never a silent pass.
-//! `SVID_BROKER_SKIP_GO=1` is the one documented opt-out: [`spire_available`] then returns `false`
-//! after printing why, and the test returns early.
+//! found in `$SVID_BROKER_PEERS_DIR/bin`, else `<workspace>/target/peers/bin`. For tests, a
+//! missing peer is a failure, never a silent pass: [`peer_bins`] panics saying how to build
+//! them. `SVID_BROKER_SKIP_GO=1` is the one documented opt-out: [`spire_available`] then returns
+//! `false` after printing why, and the test returns early.
 //!
 //! ```ignore
-//! mod support;
-//! use support::spire::{spire_available, Spire, SpireConfig};
+//! use svid_broker_test_support::spire::{spire_available, Spire, SpireConfig};
 //!
 //! #[tokio::test]
 //! async fn under_spire() {
 //!     if !spire_available() { return; }
 //!     let spire = Spire::start(SpireConfig::default()).await;
-//!     let uid = unsafe { libc::geteuid() };
+//!     let uid = svid_broker_test_support::euid();
 //!     spire.create_entry("spiffe://example.org/w", &spire.node_id(), &[&format!("unix:uid:{uid}")]).await;
 //!     // point a client at spire.workload_endpoint() …
 //! }
 //! ```
 //!
-//! Everything the helper starts is killed when the [`Spire`] value drops; the temp dir goes with it
-//! unless `SVID_BROKER_KEEP_SPIRE=1`. When the test is panicking, the tails of the server and agent
-//! logs are printed. Waits use real time (not tokio's clock), so do not use this from a
+//! [`Spire::start`] and the other plain methods panic on failure (for tests); the `try_`
+//! forms return errors instead (for the benchmark, which reports that SPIRE did not run and goes
+//! on). Everything started is killed when the [`Spire`] value drops; the temp dir goes with it
+//! unless `SVID_BROKER_KEEP_SPIRE=1`. When the thread is panicking, the tails of the server and
+//! agent logs are printed. Waits use real time (not tokio's clock), so do not use this from a
 //! `start_paused` test.
-
-#![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -33,11 +32,29 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long to wait for SPIRE to come up or for an entry to reach the agent.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+use anyhow::Context;
+
 const POLL: Duration = Duration::from_millis(150);
 
-/// Paths of the Go-side peer binaries.
+/// `spire-server` and `spire-agent`.
+#[derive(Debug, Clone)]
+pub struct SpireBins {
+    pub server: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl SpireBins {
+    /// The two binaries in `dir`, if both are there.
+    pub fn in_dir(dir: &Path) -> Option<Self> {
+        let bins = Self {
+            server: dir.join("spire-server"),
+            agent: dir.join("spire-agent"),
+        };
+        (bins.server.is_file() && bins.agent.is_file()).then_some(bins)
+    }
+}
+
+/// Paths of all the Go-side peer binaries the tests use.
 #[derive(Debug, Clone)]
 pub struct PeerBins {
     pub spire_server: PathBuf,
@@ -48,12 +65,21 @@ pub struct PeerBins {
     pub delegatedclient: PathBuf,
 }
 
+impl PeerBins {
+    pub fn spire(&self) -> SpireBins {
+        SpireBins {
+            server: self.spire_server.clone(),
+            agent: self.spire_agent.clone(),
+        }
+    }
+}
+
 /// The directory the peers are installed in: `$SVID_BROKER_PEERS_DIR/bin`, else
-/// `<crate>/target/peers/bin`.
+/// `<workspace>/target/peers/bin`.
 pub fn peers_bin_dir() -> PathBuf {
     match std::env::var_os("SVID_BROKER_PEERS_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("bin"),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/peers/bin"),
+        _ => crate::workspace_root().join("target/peers/bin"),
     }
 }
 
@@ -126,12 +152,21 @@ pub struct SpireConfig {
     pub sync_interval: String,
     /// Server key manager: `false` = "memory", `true` = "disk" (keys survive a server restart).
     pub disk_key_manager: bool,
+    /// Agent key manager: `true` = "disk" under the agent's data dir (its SVID survives an
+    /// agent restart), `false` = "memory".
+    pub agent_disk_key_manager: bool,
+    /// Serve the agent's admin socket (Delegated Identity API).
+    pub admin_socket: bool,
     /// Unix workload attestor `discover_workload_path`: emit `unix:path` selectors.
     pub discover_workload_path: bool,
     /// Unix workload attestor `workload_size_limit`: -1 = no `unix:sha256` selector, 0 = hash
-    /// any size, N = hash binaries up to N bytes.
-    pub workload_size_limit: i64,
+    /// any size, N = hash binaries up to N bytes; `None` leaves it out.
+    pub workload_size_limit: Option<i64>,
     pub log_level: String,
+    /// How long to wait for the server and the agent to pass their healthchecks.
+    pub ready_timeout: Duration,
+    /// Name of the temp dir (a prefix); keep it short, socket paths must stay under 108 bytes.
+    pub dir_prefix: String,
 }
 
 impl Default for SpireConfig {
@@ -145,9 +180,13 @@ impl Default for SpireConfig {
             ca_ttl: "24h".into(),
             sync_interval: "1s".into(),
             disk_key_manager: false,
+            agent_disk_key_manager: true,
+            admin_socket: true,
             discover_workload_path: true,
-            workload_size_limit: -1,
+            workload_size_limit: Some(-1),
             log_level: "DEBUG".into(),
+            ready_timeout: Duration::from_secs(30),
+            dir_prefix: "spire-".into(),
         }
     }
 }
@@ -155,55 +194,69 @@ impl Default for SpireConfig {
 /// A running SPIRE server and agent. Drop kills both.
 pub struct Spire {
     cfg: SpireConfig,
-    bins: PeerBins,
+    bins: SpireBins,
+    /// All the Go peers, when started by [`Spire::start`].
+    peers: Option<PeerBins>,
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     server_port: u16,
     join_token: String,
     server: Option<Child>,
     agent: Option<Child>,
-    agent_attested: bool,
 }
 
 impl Spire {
+    /// [`Spire::try_start`] with the peers of [`peer_bins`].
+    ///
+    /// # Panics
+    /// When the binaries are missing or SPIRE does not come up (the logs are in the message).
+    pub async fn start(cfg: SpireConfig) -> Spire {
+        let peers = peer_bins();
+        match Self::try_start(cfg, &peers.spire()).await {
+            Ok(mut spire) => {
+                spire.peers = Some(peers);
+                spire
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
     /// Starts a server on 127.0.0.1:<free port> with a sqlite datastore, generates a join token
     /// for [`node_id`](Self::node_id), fetches the trust bundle with `spire-server bundle show`,
     /// starts an agent bootstrapped from it, and returns once both pass their healthchecks.
     ///
-    /// # Panics
-    /// When the binaries are missing or SPIRE does not come up (the logs are printed).
-    pub async fn start(cfg: SpireConfig) -> Spire {
-        let bins = peer_bins();
-        // Unix socket paths must stay under 108 bytes: keep the temp dir short.
+    /// # Errors
+    /// A binary fails or SPIRE does not come up in time (the log tails are in the error).
+    pub async fn try_start(cfg: SpireConfig, bins: &SpireBins) -> anyhow::Result<Spire> {
         let dir = tempfile::Builder::new()
-            .prefix("spire-")
+            .prefix(&cfg.dir_prefix)
             .tempdir()
-            .expect("create temp dir for SPIRE");
+            .context("create temp dir for SPIRE")?;
         let root = dir.path().to_path_buf();
         for sub in ["server/data", "agent/data", "agent/public", "agent/admin"] {
-            std::fs::create_dir_all(root.join(sub)).expect("create SPIRE dirs");
+            std::fs::create_dir_all(root.join(sub)).context("create SPIRE dirs")?;
         }
         let mut spire = Spire {
             cfg,
-            bins,
+            bins: bins.clone(),
+            peers: None,
             dir: Some(dir),
             root,
-            server_port: free_port(),
+            server_port: free_port()?,
             join_token: String::new(),
             server: None,
             agent: None,
-            agent_attested: false,
         };
-        assert!(
+        anyhow::ensure!(
             spire.workload_socket().as_os_str().len() < 100,
             "temp dir path too long for a unix socket: {}",
             spire.workload_socket().display()
         );
-        spire.write_server_config();
-        spire.start_server().await;
+        spire.write_server_config()?;
+        spire.try_start_server().await?;
 
         let out = spire
-            .server_cli(&[
+            .try_server_cli(&[
                 "token",
                 "generate",
                 "-spiffeID",
@@ -211,29 +264,54 @@ impl Spire {
                 "-ttl",
                 "600",
             ])
-            .await;
+            .await?;
         spire.join_token = out
             .lines()
             .find_map(|l| l.strip_prefix("Token:"))
             .map(|t| t.trim().to_string())
-            .unwrap_or_else(|| panic!("no token in `spire-server token generate` output: {out}"));
+            .with_context(|| format!("no token in `spire-server token generate` output: {out}"))?;
 
         let bundle = spire
-            .server_cli(&["bundle", "show", "-format", "pem"])
-            .await;
+            .try_server_cli(&["bundle", "show", "-format", "pem"])
+            .await?;
         std::fs::write(spire.root.join("agent/bootstrap.pem"), bundle)
-            .expect("write bootstrap bundle");
-        spire.write_agent_config();
-        spire.start_agent().await;
-        spire
+            .context("write bootstrap bundle")?;
+        spire.write_agent_config()?;
+        spire.try_start_agent().await?;
+        Ok(spire)
     }
 
     pub fn config(&self) -> &SpireConfig {
         &self.cfg
     }
 
+    /// All the Go peers.
+    ///
+    /// # Panics
+    /// Not started by [`Spire::start`].
     pub fn bins(&self) -> &PeerBins {
+        self.peers
+            .as_ref()
+            .expect("the Go peers are known when started by Spire::start")
+    }
+
+    /// The server and agent binaries this SPIRE runs.
+    pub fn spire_bins(&self) -> &SpireBins {
         &self.bins
+    }
+
+    /// `spire-server --version`.
+    pub async fn version(&self) -> String {
+        match run(&self.bins.server, &["--version"]).await {
+            Ok(o) if o.status.success() => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+            .trim()
+            .to_string(),
+            _ => "(version unknown)".to_string(),
+        }
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -289,6 +367,15 @@ impl Spire {
         &self.root
     }
 
+    /// The server's and the agent's PIDs.
+    pub fn pids(&self) -> Vec<i32> {
+        [&self.server, &self.agent]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| i32::try_from(c.id()).ok())
+            .collect()
+    }
+
     /// The trust bundle as PEM, from `spire-server bundle show`.
     pub async fn bundle_pem(&self) -> String {
         self.server_cli(&["bundle", "show", "-format", "pem"]).await
@@ -315,6 +402,22 @@ impl Spire {
         selectors: &[&str],
         extra: &[&str],
     ) -> String {
+        self.try_create_entry_with(spiffe_id, parent_id, selectors, extra)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`create_entry_with`](Self::create_entry_with), returning failures.
+    ///
+    /// # Errors
+    /// `spire-server entry create` fails or prints no entry ID.
+    pub async fn try_create_entry_with(
+        &self,
+        spiffe_id: &str,
+        parent_id: &str,
+        selectors: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
         let mut args = vec![
             "entry",
             "create",
@@ -327,12 +430,12 @@ impl Spire {
             args.extend(["-selector", s]);
         }
         args.extend_from_slice(extra);
-        let out = self.server_cli(&args).await;
+        let out = self.try_server_cli(&args).await?;
         out.lines()
             .find_map(|l| l.strip_prefix("Entry ID"))
             .and_then(|rest| rest.split_once(':'))
             .map(|(_, id)| id.trim().to_string())
-            .unwrap_or_else(|| panic!("no entry ID in `spire-server entry create` output: {out}"))
+            .with_context(|| format!("no entry ID in `spire-server entry create` output: {out}"))
     }
 
     /// Deletes an entry by ID (`spire-server entry delete`).
@@ -349,23 +452,47 @@ impl Spire {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// [`server_cli`](Self::server_cli), returning failures.
+    ///
+    /// # Errors
+    /// It cannot run or exits non-zero.
+    pub async fn try_server_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.try_server_cli_output(args).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            failure("spire-server", args, &out)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs `spire-server <args> -socketPath <server socket>` and returns the raw output.
     pub async fn server_cli_output(&self, args: &[&str]) -> Output {
+        self.try_server_cli_output(args)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    async fn try_server_cli_output(&self, args: &[&str]) -> anyhow::Result<Output> {
         let socket = self.server_socket();
         let mut full: Vec<&str> = args.to_vec();
-        full.extend(["-socketPath", socket.to_str().expect("utf-8 temp path")]);
-        run(&self.bins.spire_server, &full).await
+        full.extend(["-socketPath", socket.to_str().context("utf-8 temp path")?]);
+        run(&self.bins.server, &full).await
     }
 
     /// Runs `spire-agent <args>` as is (add `-socketPath` yourself, e.g. for `api fetch x509`
     /// against another socket) and returns the raw output.
     pub async fn agent_cli_output(&self, args: &[&str]) -> Output {
-        run(&self.bins.spire_agent, args).await
+        run(&self.bins.agent, args)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Runs `spiffeclient <args>` (our go-spiffe client) and returns the raw output.
     pub async fn spiffeclient_output(&self, args: &[&str]) -> Output {
-        run(&self.bins.spiffeclient, args).await
+        run(&self.bins().spiffeclient, args)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Runs `delegatedclient -socket <admin endpoint> <args>` (the reference Delegated Identity API
@@ -376,7 +503,9 @@ impl Spire {
         let endpoint = self.admin_endpoint();
         let mut full = vec!["-socket", endpoint.as_str()];
         full.extend_from_slice(args);
-        run(&self.bins.delegatedclient, &full).await
+        run(&self.bins().delegatedclient, &full)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Repeats `spire-agent api fetch x509 -socketPath <socket>` until it succeeds (an entry takes
@@ -404,20 +533,26 @@ impl Spire {
     /// # Panics
     /// When the agent is already running or does not become healthy.
     pub async fn start_agent(&mut self) {
-        assert!(self.agent.is_none(), "SPIRE agent already running");
+        if let Err(e) = self.try_start_agent().await {
+            panic!("{e:#}");
+        }
+    }
+
+    async fn try_start_agent(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.agent.is_none(), "SPIRE agent already running");
         let config = self.root.join("agent/agent.conf");
         let log = self.root.join("agent/agent.log");
-        let mut args = vec!["run", "-config", config.to_str().expect("utf-8")];
+        let mut args = vec!["run", "-config", config.to_str().context("utf-8")?];
         // The join token is single-use: pass it only on first start, before the agent has an SVID.
         let first_start = !self.root.join("agent/data/agent_svid.der").exists();
         if first_start {
             args.extend(["-joinToken", &self.join_token]);
         }
-        self.agent = Some(spawn_logged(&self.bins.spire_agent, &args, &log));
+        self.agent = Some(spawn_logged(&self.bins.agent, &args, &log)?);
         let socket = self.workload_socket();
-        let socket = socket.to_str().expect("utf-8").to_string();
+        let socket = socket.to_str().context("utf-8")?.to_string();
         self.wait_healthy("agent", &["healthcheck", "-socketPath", &socket], true)
-            .await;
+            .await
     }
 
     pub fn agent_running(&self) -> bool {
@@ -446,24 +581,25 @@ impl Spire {
         s
     }
 
-    async fn start_server(&mut self) {
+    async fn try_start_server(&mut self) -> anyhow::Result<()> {
         let config = self.root.join("server/server.conf");
         let log = self.root.join("server/server.log");
-        let args = ["run", "-config", config.to_str().expect("utf-8")];
-        self.server = Some(spawn_logged(&self.bins.spire_server, &args, &log));
+        let args = ["run", "-config", config.to_str().context("utf-8")?];
+        self.server = Some(spawn_logged(&self.bins.server, &args, &log)?);
         let socket = self.server_socket();
-        let socket = socket.to_str().expect("utf-8").to_string();
+        let socket = socket.to_str().context("utf-8")?.to_string();
         self.wait_healthy("server", &["healthcheck", "-socketPath", &socket], false)
-            .await;
+            .await
     }
 
-    async fn wait_healthy(&mut self, what: &str, args: &[&str], agent: bool) {
+    async fn wait_healthy(&mut self, what: &str, args: &[&str], agent: bool) -> anyhow::Result<()> {
         let bin = if agent {
-            self.bins.spire_agent.clone()
+            self.bins.agent.clone()
         } else {
-            self.bins.spire_server.clone()
+            self.bins.server.clone()
         };
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let timeout = self.cfg.ready_timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let child = if agent {
                 self.agent.as_mut()
@@ -471,18 +607,18 @@ impl Spire {
                 self.server.as_mut()
             };
             if let Some(status) = child.and_then(|c| c.try_wait().ok().flatten()) {
-                panic!(
+                anyhow::bail!(
                     "SPIRE {what} exited during startup ({status})\n{}",
                     self.log_tails(40)
                 );
             }
-            let out = run(&bin, args).await;
+            let out = run(&bin, args).await?;
             if out.status.success() {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
-                panic!(
-                    "SPIRE {what} not healthy after {READY_TIMEOUT:?}: {}\n{}",
+                anyhow::bail!(
+                    "SPIRE {what} not healthy after {timeout:?}: {}\n{}",
                     String::from_utf8_lossy(&out.stderr).trim(),
                     self.log_tails(40)
                 );
@@ -491,7 +627,7 @@ impl Spire {
         }
     }
 
-    fn write_server_config(&self) {
+    fn write_server_config(&self) -> anyhow::Result<()> {
         let c = &self.cfg;
         let r = self.root.display();
         let key_manager = if c.disk_key_manager {
@@ -536,17 +672,34 @@ plugins {{
             jwt = c.jwt_svid_ttl,
             sync = c.sync_interval,
         );
-        std::fs::write(self.root.join("server/server.conf"), conf).expect("write server.conf");
+        std::fs::write(self.root.join("server/server.conf"), conf).context("write server.conf")
     }
 
-    fn write_agent_config(&self) {
+    fn write_agent_config(&self) -> anyhow::Result<()> {
         let c = &self.cfg;
         let r = self.root.display();
-        let delegates: Vec<String> = c
-            .authorized_delegates
-            .iter()
-            .map(|d| format!("\"{d}\""))
-            .collect();
+        let admin = if c.admin_socket {
+            let delegates: Vec<String> = c
+                .authorized_delegates
+                .iter()
+                .map(|d| format!("\"{d}\""))
+                .collect();
+            format!(
+                "    admin_socket_path = \"{r}/agent/admin/admin.sock\"\n    authorized_delegates = [{}]\n",
+                delegates.join(", ")
+            )
+        } else {
+            String::new()
+        };
+        let key_manager = if c.agent_disk_key_manager {
+            format!("KeyManager \"disk\" {{\n        plugin_data {{\n            directory = \"{r}/agent/data\"\n        }}\n    }}")
+        } else {
+            "KeyManager \"memory\" {\n        plugin_data {}\n    }".to_string()
+        };
+        let size_limit = c
+            .workload_size_limit
+            .map(|n| format!("\n            workload_size_limit = {n}"))
+            .unwrap_or_default();
         let conf = format!(
             r#"agent {{
     data_dir = "{r}/agent/data"
@@ -554,10 +707,8 @@ plugins {{
     server_address = "127.0.0.1"
     server_port = "{port}"
     socket_path = "{r}/agent/public/api.sock"
-    admin_socket_path = "{r}/agent/admin/admin.sock"
-    trust_bundle_path = "{r}/agent/bootstrap.pem"
+{admin}    trust_bundle_path = "{r}/agent/bootstrap.pem"
     trust_domain = "{td}"
-    authorized_delegates = [{delegates}]
     experimental {{
         sync_interval = "{sync}"
     }}
@@ -567,15 +718,10 @@ plugins {{
     NodeAttestor "join_token" {{
         plugin_data {{}}
     }}
-    KeyManager "disk" {{
-        plugin_data {{
-            directory = "{r}/agent/data"
-        }}
-    }}
+    {key_manager}
     WorkloadAttestor "unix" {{
         plugin_data {{
-            discover_workload_path = {discover}
-            workload_size_limit = {size_limit}
+            discover_workload_path = {discover}{size_limit}
         }}
     }}
 }}
@@ -583,12 +729,10 @@ plugins {{
             log = c.log_level,
             port = self.server_port,
             td = c.trust_domain,
-            delegates = delegates.join(", "),
             sync = c.sync_interval,
             discover = c.discover_workload_path,
-            size_limit = c.workload_size_limit,
         );
-        std::fs::write(self.root.join("agent/agent.conf"), conf).expect("write agent.conf");
+        std::fs::write(self.root.join("agent/agent.conf"), conf).context("write agent.conf")
     }
 }
 
@@ -631,45 +775,48 @@ where
 
 /// Panics with the command, status, stdout and stderr unless `out` succeeded.
 pub fn expect_success(program: &str, args: &[&str], out: &Output) {
-    assert!(
-        out.status.success(),
+    assert!(out.status.success(), "{}", failure(program, args, out));
+}
+
+fn failure(program: &str, args: &[&str], out: &Output) -> String {
+    format!(
         "`{program} {}` failed ({}):\nstdout: {}\nstderr: {}",
         args.join(" "),
         out.status,
         String::from_utf8_lossy(&out.stdout).trim(),
         String::from_utf8_lossy(&out.stderr).trim()
-    );
+    )
 }
 
-async fn run(program: &Path, args: &[&str]) -> Output {
+async fn run(program: &Path, args: &[&str]) -> anyhow::Result<Output> {
     tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
         .await
-        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
+        .with_context(|| format!("run {}", program.display()))
 }
 
-fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Child {
+fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .expect("open SPIRE log file");
-    let err = file.try_clone().expect("clone log file handle");
+        .context("open SPIRE log file")?;
+    let err = file.try_clone().context("clone log file handle")?;
     std::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()))
+        .with_context(|| format!("spawn {}", program.display()))
 }
 
-fn free_port() -> u16 {
+fn free_port() -> anyhow::Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("find a free loopback port")
+        .context("find a free loopback port")
 }

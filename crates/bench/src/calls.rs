@@ -11,11 +11,11 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::daemon::{BENCH_SPIFFE_ID, TASK_AUDIENCE, TASK_SCOPE};
-use crate::client::{with_header, HeaderChannel};
-use crate::proto::svidbroker::v1 as broker;
-use crate::proto::svidbroker::v1::task_broker_client::TaskBrokerClient;
-use crate::proto::workload as pb;
-use crate::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use svid_broker::client::{with_header, HeaderChannel};
+use svid_broker::proto::svidbroker::v1 as broker;
+use svid_broker::proto::svidbroker::v1::task_broker_client::TaskBrokerClient;
+use svid_broker::proto::workload as pb;
+use svid_broker::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
 /// The audience of same-audience JWT-SVIDs.
 pub const SAME_AUDIENCE: &str = "spiffe://bench.test/same";

@@ -1,11 +1,11 @@
-//! The daemon under test: started from a generated config in a temp dir, or an already running
-//! one found by its socket.
+//! The daemon under test: started by the shared launcher (`svid_broker_test_support::daemon`)
+//! from a generated config in a temp dir, or an already running one found by its socket.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use svid_broker_test_support::daemon::{self as launcher, DaemonConfig, Entry, Ready};
 
 use super::calls;
 use super::procfs;
@@ -57,8 +57,7 @@ pub struct Daemon {
     pub started_at: Option<Instant>,
     /// Anything the reader should know about how the daemon was configured.
     pub note: Option<String>,
-    child: Option<tokio::process::Child>,
-    _dir: Option<tempfile::TempDir>,
+    launched: Option<launcher::Daemon>,
 }
 
 /// `svid-broker` next to the running binary.
@@ -66,14 +65,9 @@ pub struct Daemon {
 /// # Errors
 /// The binary is not there.
 pub fn default_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locate this binary")?;
-    let daemon = me.with_file_name("svid-broker");
-    anyhow::ensure!(
-        daemon.is_file(),
-        "no svid-broker next to {} (build it with `cargo build --release --bin svid-broker`, or pass --daemon PATH or --socket PATH)",
-        me.display()
-    );
-    Ok(daemon)
+    launcher::default_binary().context(
+        "build it with `cargo build --release -p svid-broker`, or pass --daemon PATH or --socket PATH",
+    )
 }
 
 impl Daemon {
@@ -96,8 +90,7 @@ impl Daemon {
                     note: Some(
                         "running daemon: start-up, idle RSS and rotation not measured".into(),
                     ),
-                    child: None,
-                    _dir: None,
+                    launched: None,
                 })
             }
             Target::Start(opts) => {
@@ -119,46 +112,21 @@ impl Daemon {
     }
 
     async fn spawn(opts: &DaemonOptions, broker_sections: bool) -> anyhow::Result<Self> {
-        // Unix socket paths must stay under 108 bytes: keep the temp dir short.
-        let dir = tempfile::Builder::new()
-            .prefix("svb-bench-")
-            .tempdir()
-            .context("create temp dir")?;
-        let socket = dir.path().join("api.sock");
         let metrics_addr = free_loopback_addr()?;
-        let config = config_text(
-            dir.path(),
-            &socket,
-            metrics_addr,
-            opts.ca_ttl,
-            broker_sections,
-            opts.extra_config.as_deref(),
-        );
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, config)?;
-        std::fs::write(dir.path().join("policy.cedar"), BENCH_POLICY)?;
-        let log_path = dir.path().join("daemon.log");
-        let log = std::fs::File::create(&log_path)?;
+        let mut d = config(opts, metrics_addr, broker_sections).prepare();
+        let socket = d.socket_path().to_path_buf();
+        d.try_spawn()?;
+        let started_at = d.started_at().unwrap_or_else(Instant::now);
+        let pid = d.pid() as i32;
 
-        let started_at = Instant::now();
-        let mut child = tokio::process::Command::new(&opts.binary)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start {}", opts.binary.display()))?;
-        let pid = child.id().context("daemon pid")? as i32;
-
+        // Ready when it answers a health check: that is what start-up time measures.
         let deadline = started_at + START_TIMEOUT;
         loop {
-            if let Some(status) = child.try_wait()? {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                anyhow::bail!("daemon exited during start-up ({status}): {}", log.trim());
+            if let Some(status) = d.try_wait() {
+                anyhow::bail!(
+                    "daemon exited during start-up ({status}): {}",
+                    d.log().trim()
+                );
             }
             if calls::health_once(&socket).await.is_ok() {
                 break;
@@ -179,22 +147,15 @@ impl Daemon {
             idle_rss_kib,
             started_at: Some(started_at),
             note: None,
-            child: Some(child),
-            _dir: Some(dir),
+            launched: Some(d),
         })
     }
 
     /// Stops a daemon we started (SIGTERM, then SIGKILL after the grace period).
     pub async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling our own child by its PID.
-            unsafe { libc::kill(self.pid, libc::SIGTERM) };
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+        if let Some(mut d) = self.launched.take() {
+            // Waiting for the exit blocks: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || d.stop()).await;
         }
     }
 }
@@ -204,44 +165,37 @@ fn free_loopback_addr() -> anyhow::Result<std::net::SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-/// The generated daemon config: the bench's uid gets [`BENCH_SPIFFE_ID`].
-pub fn config_text(
-    dir: &Path,
-    socket: &Path,
+/// The launcher's config for the bench daemon: the bench's uid gets [`BENCH_SPIFFE_ID`]; with
+/// `broker_sections`, the TaskBroker opens up to [`MAX_OPEN_TASKS`] tasks under a permit-all
+/// policy and writes its audit log to the temp dir.
+pub fn config(
+    opts: &DaemonOptions,
     metrics_addr: std::net::SocketAddr,
-    ca_ttl: Option<Duration>,
     broker_sections: bool,
-    extra: Option<&str>,
-) -> String {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    let mut s = format!(
-        "trust_domain = \"bench.test\"\nsocket_path = \"{}\"\n",
-        socket.display()
-    );
-    if let Some(ttl) = ca_ttl {
-        s.push_str(&format!(
-            "\n[authority]\nca_ttl = \"{}s\"\n",
-            ttl.as_secs().max(10)
-        ));
+) -> DaemonConfig {
+    let uid = svid_broker_test_support::euid();
+    let mut c = DaemonConfig::new()
+        .binary(&opts.binary)
+        .trust_domain("bench.test")
+        .metrics_addr(metrics_addr)
+        .entry(Entry::new(BENCH_SPIFFE_ID, &[&format!("unix:uid:{uid}")]).hint("bench"))
+        .rust_log("info")
+        .no_color(false)
+        // Unix socket paths must stay under 108 bytes: keep the temp dir short.
+        .dir_prefix("svb-bench-")
+        .ready(Ready::default())
+        .stop_timeout(Duration::from_secs(5));
+    if let Some(ttl) = opts.ca_ttl {
+        c = c.ca_ttl(&format!("{}s", ttl.as_secs().max(10)));
     }
-    s.push_str(&format!(
-        "\n[telemetry]\nmetrics_addr = \"{metrics_addr}\"\n"
-    ));
     if broker_sections {
-        s.push_str(&format!(
-            "\n[broker]\nmax_open_tasks = {MAX_OPEN_TASKS}\n\n[policy]\nfile = \"{}\"\n\n[audit]\npath = \"{}\"\n",
-            dir.join("policy.cedar").display(),
-            dir.join("audit.jsonl").display()
-        ));
+        c = c
+            .broker(&format!("max_open_tasks = {MAX_OPEN_TASKS}"))
+            .policy(BENCH_POLICY)
+            .audit("audit.jsonl");
     }
-    if let Some(extra) = extra {
-        s.push('\n');
-        s.push_str(extra);
-        s.push('\n');
+    if let Some(extra) = &opts.extra_config {
+        c = c.extra_toml(extra);
     }
-    s.push_str(&format!(
-        "\n[[entry]]\nspiffe_id = \"{BENCH_SPIFFE_ID}\"\nselectors = [\"unix:uid:{uid}\"]\nhint = \"bench\"\n"
-    ));
-    s
+    c
 }
