@@ -39,6 +39,9 @@ step "installing test peers (scripts/install-peers.sh)"
 timed "install peers" bash scripts/install-peers.sh
 timed "install oauth peers" bash scripts/install-oauth-peers.sh
 
+step "module layers: no import cycle (scripts/check-layers.py)"
+timed "layers" python3 scripts/check-layers.py
+
 step "building (cargo test --workspace --all-targets --no-run)"
 timed "build" cargo test --workspace --all-targets --no-run
 
