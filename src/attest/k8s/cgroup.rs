@@ -141,34 +141,33 @@ pub(crate) fn from_paths<'a>(
     paths: impl Iterator<Item = &'a str>,
     file: &'static str,
 ) -> Result<Option<ContainerRef>, LocateError> {
-    let mut container: Option<String> = None;
-    let mut pod: Option<String> = None;
+    // Every name first, then the verdict: which conflict is reported (a container conflict
+    // before a pod conflict, the two smallest names) must not depend on the order of lines.
+    let mut containers = std::collections::BTreeSet::new();
+    let mut pods = std::collections::BTreeSet::new();
     for path in paths {
-        let Some((pods, id)) = parse_path(path) else {
-            continue;
-        };
-        match &container {
-            Some(first) if *first != id => {
-                return Err(LocateError::ContainerConflict {
-                    file,
-                    first: first.clone(),
-                    second: id,
-                })
-            }
-            _ => container = Some(id),
+        if let Some((uids, id)) = parse_path(path) {
+            containers.insert(id);
+            pods.extend(uids);
         }
-        for uid in pods {
-            match &pod {
-                Some(first) if *first != uid => {
-                    return Err(LocateError::PodConflict {
-                        file,
-                        first: first.clone(),
-                        second: uid,
-                    })
-                }
-                _ => pod = Some(uid),
-            }
-        }
+    }
+    let mut containers = containers.into_iter();
+    let container = containers.next();
+    if let (Some(first), Some(second)) = (&container, containers.next()) {
+        return Err(LocateError::ContainerConflict {
+            file,
+            first: first.clone(),
+            second,
+        });
+    }
+    let mut pods = pods.into_iter();
+    let pod = pods.next();
+    if let (Some(first), Some(second)) = (&pod, pods.next()) {
+        return Err(LocateError::PodConflict {
+            file,
+            first: first.clone(),
+            second,
+        });
     }
     Ok(container.map(|container_id| ContainerRef {
         pod_uid: pod,
@@ -343,6 +342,15 @@ mod tests {
             from_paths([a.as_str(), c.as_str()].into_iter(), "cgroup"),
             Err(LocateError::PodConflict { .. })
         ));
+        // A pod conflict on one line and a container conflict on another: the container
+        // conflict is reported, in either order (the fuzzer found the verdict followed the order).
+        let both = [c.as_str(), a.as_str(), b.as_str()];
+        for order in [both, [b.as_str(), a.as_str(), c.as_str()]] {
+            assert!(matches!(
+                from_paths(order.into_iter(), "cgroup"),
+                Err(LocateError::ContainerConflict { .. })
+            ));
+        }
         // One path naming two pods.
         let d = format!(
             "/podd488cae9-b2a0-11e7-9350-020968147796/pod2c48913c-b29f-11e7-9350-020968147796/{ID}"
