@@ -1,10 +1,15 @@
 //! The calls each row makes, one client (one connection) at a time.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_health::pb::health_client::HealthClient;
@@ -23,6 +28,21 @@ pub const SAME_AUDIENCE: &str = "spiffe://bench.test/same";
 /// Makes fresh audiences unique across clients and rows.
 static FRESH: AtomicU64 = AtomicU64::new(0);
 
+/// The `resource` (RFC 8707) of the bench's OAuth grants: a tool the permit-all policy allows.
+pub const OAUTH_RESOURCE: &str = "https://tool.bench.test/mcp";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Unmeasured calls per client before the clock starts, for rows that spend one pre-fetched
+/// assertion per call (instead of a warm-up duration).
+pub const OAUTH_WARMUP_CALLS: usize = 3;
+
+/// The daemon's OAuth listener (plain HTTP on loopback).
+#[derive(Debug, Clone)]
+pub struct OAuthTarget {
+    pub addr: SocketAddr,
+    /// What assertions carry as `aud`.
+    pub issuer: String,
+}
+
 /// One benchmark row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -40,6 +60,13 @@ pub enum Workload {
     TaskCycle,
     /// FetchJWTSVID with a fresh audience against a SPIRE agent.
     SpireJwtFreshAudience,
+    /// GET /.well-known/oauth-authorization-server: the OAuth listener's no-op baseline
+    /// (no authentication, no crypto).
+    OAuthNoop,
+    /// POST /token, client_credentials with a pre-fetched JWT-SVID client assertion.
+    OAuthToken,
+    /// POST /introspect of a task token, authenticated the same way.
+    OAuthIntrospect,
 }
 
 impl Workload {
@@ -54,6 +81,9 @@ impl Workload {
         Workload::MintTaskToken,
         Workload::IntrospectToken,
         Workload::TaskCycle,
+        Workload::OAuthNoop,
+        Workload::OAuthToken,
+        Workload::OAuthIntrospect,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -68,6 +98,31 @@ impl Workload {
             Workload::IntrospectToken => "IntrospectToken",
             Workload::TaskCycle => "OpenTask+MintTaskToken+CloseTask",
             Workload::SpireJwtFreshAudience => "SPIRE agent: FetchJWTSVID fresh audience",
+            Workload::OAuthNoop => "oauth no-op",
+            Workload::OAuthToken => "oauth token",
+            Workload::OAuthIntrospect => "oauth introspect",
+        }
+    }
+
+    /// Rows on the OAuth HTTP listener.
+    pub fn is_oauth(self) -> bool {
+        matches!(
+            self,
+            Workload::OAuthNoop | Workload::OAuthToken | Workload::OAuthIntrospect
+        )
+    }
+
+    /// Rows that spend one single-use client assertion per call (fetched before the row).
+    pub fn needs_assertions(self) -> bool {
+        matches!(self, Workload::OAuthToken | Workload::OAuthIntrospect)
+    }
+
+    /// The row this one's throughput is compared to: the no-op on the same listener.
+    pub fn baseline(self) -> Workload {
+        if self.is_oauth() {
+            Workload::OAuthNoop
+        } else {
+            Workload::Noop
         }
     }
 
@@ -140,6 +195,10 @@ pub struct Client {
     task_id: String,
     /// Tasks the OpenTask row opened, closed after the row (untimed).
     opened: Vec<String>,
+    /// The OAuth rows' keep-alive HTTP/1.1 connection.
+    http: Option<Http>,
+    /// Single-use client assertions, fetched before the row; one per call.
+    assertions: Vec<String>,
 }
 
 impl Client {
@@ -148,6 +207,20 @@ impl Client {
     /// # Errors
     /// The connection or the preparing calls fail.
     pub async fn new(workload: Workload, socket: &Path) -> Result<Self, Status> {
+        Self::with_oauth(workload, socket, None, 0).await
+    }
+
+    /// Like [`Client::new`]; the OAuth rows also connect to `oauth` and fetch `assertions`
+    /// client assertions (JWT-SVIDs for the issuer and a unique second audience each).
+    ///
+    /// # Errors
+    /// The connections or the preparing calls fail, or an OAuth row has no OAuth listener.
+    pub async fn with_oauth(
+        workload: Workload,
+        socket: &Path,
+        oauth: Option<&OAuthTarget>,
+        assertions: usize,
+    ) -> Result<Self, Status> {
         let channel = connect(socket).await.map_err(transport)?;
         let mut c = Self {
             workload,
@@ -158,7 +231,27 @@ impl Client {
             token: String::new(),
             task_id: String::new(),
             opened: Vec::new(),
+            http: None,
+            assertions: Vec::new(),
         };
+        if workload.is_oauth() {
+            let oauth = oauth.ok_or_else(|| {
+                Status::unavailable(
+                    "no OAuth listener (the bench only configures one on a daemon it starts)",
+                )
+            })?;
+            c.http = Some(Http::connect(oauth.addr).await?);
+            if workload.needs_assertions() {
+                c.assertions.reserve(assertions);
+                for _ in 0..assertions {
+                    let n = FRESH.fetch_add(1, Ordering::Relaxed);
+                    let a = c
+                        .fetch_jwt_for(vec![oauth.issuer.clone(), format!("urn:nonce:{n}")])
+                        .await?;
+                    c.assertions.push(a);
+                }
+            }
+        }
         match workload {
             Workload::ValidateJwt => {
                 c.token = c.fetch_jwt(SAME_AUDIENCE.to_string()).await?;
@@ -166,7 +259,7 @@ impl Client {
             Workload::MintTaskToken => {
                 c.task_id = c.open_task().await?;
             }
-            Workload::IntrospectToken => {
+            Workload::IntrospectToken | Workload::OAuthIntrospect => {
                 // Only a token's audience (or an operator) may introspect it: mint one for
                 // ourselves.
                 c.task_id = c.open_task().await?;
@@ -227,6 +320,42 @@ impl Client {
                     return Err(Status::failed_precondition("token introspected inactive"));
                 }
             }
+            Workload::OAuthNoop => {
+                self.http()?
+                    .request(Method::GET, "/.well-known/oauth-authorization-server", None)
+                    .await?;
+            }
+            Workload::OAuthToken => {
+                let a = self.assertion()?;
+                let body = format!(
+                    "grant_type=client_credentials&client_assertion_type={}&client_assertion={a}&resource={}&scope={}",
+                    form_encode(JWT_BEARER),
+                    form_encode(OAUTH_RESOURCE),
+                    form_encode(TASK_SCOPE)
+                );
+                let r = self
+                    .http()?
+                    .request(Method::POST, "/token", Some(body))
+                    .await?;
+                if !contains(&r, b"\"access_token\"") {
+                    return Err(Status::internal("token response without access_token"));
+                }
+            }
+            Workload::OAuthIntrospect => {
+                let a = self.assertion()?;
+                let body = format!(
+                    "client_assertion_type={}&client_assertion={a}&token={}",
+                    form_encode(JWT_BEARER),
+                    form_encode(&self.token)
+                );
+                let r = self
+                    .http()?
+                    .request(Method::POST, "/introspect", Some(body))
+                    .await?;
+                if !contains(&r, b"\"active\":true") {
+                    return Err(Status::failed_precondition("token introspected inactive"));
+                }
+            }
             Workload::TaskCycle => {
                 self.task_id = self.open_task().await?;
                 self.mint().await?;
@@ -238,6 +367,30 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// No assertion left for another call (rows that spend one per call).
+    pub fn exhausted(&self) -> bool {
+        self.workload.needs_assertions() && self.assertions.is_empty()
+    }
+
+    /// Warm-up calls allowed: bounded for rows that spend an assertion per call.
+    pub fn warmup_limit(&self) -> Option<usize> {
+        self.workload
+            .needs_assertions()
+            .then_some(OAUTH_WARMUP_CALLS)
+    }
+
+    fn assertion(&mut self) -> Result<String, Status> {
+        self.assertions
+            .pop()
+            .ok_or_else(|| Status::resource_exhausted("no pre-fetched client assertion left"))
+    }
+
+    fn http(&mut self) -> Result<&mut Http, Status> {
+        self.http
+            .as_mut()
+            .ok_or_else(|| Status::unavailable("no OAuth connection"))
     }
 
     /// Closes what the row left open (the tasks OpenTask opened, the task MintTaskToken and
@@ -260,10 +413,18 @@ impl Client {
     /// # Errors
     /// The call's status, or an empty answer.
     pub async fn fetch_jwt(&mut self, audience: String) -> Result<String, Status> {
+        self.fetch_jwt_for(vec![audience]).await
+    }
+
+    /// FetchJWTSVID for these audiences on this client's connection.
+    ///
+    /// # Errors
+    /// The call's status, or an empty answer.
+    pub async fn fetch_jwt_for(&mut self, audience: Vec<String>) -> Result<String, Status> {
         let r = self
             .workload_api
             .fetch_jwtsvid(pb::JwtsvidRequest {
-                audience: vec![audience],
+                audience,
                 spiffe_id: String::new(),
             })
             .await?;
@@ -322,4 +483,87 @@ pub async fn x509_first_message(socket: &Path) -> Result<pb::X509svidResponse, S
         .message()
         .await?
         .ok_or_else(|| Status::new(Code::Unavailable, "stream ended before the first SVID"))
+}
+
+/// One keep-alive HTTP/1.1 connection to the OAuth listener.
+struct Http {
+    sender: SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Http {
+    async fn connect(addr: SocketAddr) -> Result<Self, Status> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| Status::unavailable(format!("connect {addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| Status::unavailable(format!("HTTP handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            sender,
+            host: addr.to_string(),
+        })
+    }
+
+    /// One request; the body of a 200 answer, else an error carrying the answer.
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        form: Option<String>,
+    ) -> Result<Bytes, Status> {
+        let http_err = |e: hyper::Error| Status::unavailable(format!("HTTP: {e}"));
+        self.sender.ready().await.map_err(http_err)?;
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &self.host);
+        if form.is_some() {
+            b = b.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        let req = b
+            .body(Full::new(Bytes::from(form.unwrap_or_default())))
+            .map_err(|e| Status::internal(format!("request: {e}")))?;
+        let resp = self.sender.send_request(req).await.map_err(http_err)?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(http_err)?
+            .to_bytes();
+        if status == StatusCode::OK {
+            return Ok(body);
+        }
+        let text: String = String::from_utf8_lossy(&body).chars().take(160).collect();
+        let code = match status {
+            StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+            StatusCode::FORBIDDEN => Code::PermissionDenied,
+            StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+            StatusCode::NOT_FOUND => Code::Unimplemented,
+            _ => Code::Internal,
+        };
+        Err(Status::new(code, format!("HTTP {status}: {text}")))
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `application/x-www-form-urlencoded` value encoding.
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use svid_broker_test_support::daemon::{self as launcher, DaemonConfig, Entry, Ready};
 
-use super::calls;
+use super::calls::{self, OAuthTarget};
 use super::procfs;
 
 /// The SPIFFE ID the bench process is registered under.
@@ -57,6 +57,8 @@ pub struct Daemon {
     pub started_at: Option<Instant>,
     /// Anything the reader should know about how the daemon was configured.
     pub note: Option<String>,
+    /// The `[oauth]` listener (only on a daemon the bench starts with the broker sections).
+    pub oauth: Option<OAuthTarget>,
     launched: Option<launcher::Daemon>,
 }
 
@@ -90,6 +92,7 @@ impl Daemon {
                     note: Some(
                         "running daemon: start-up, idle RSS and rotation not measured".into(),
                     ),
+                    oauth: None,
                     launched: None,
                 })
             }
@@ -113,7 +116,14 @@ impl Daemon {
 
     async fn spawn(opts: &DaemonOptions, broker_sections: bool) -> anyhow::Result<Self> {
         let metrics_addr = free_loopback_addr()?;
-        let mut d = config(opts, metrics_addr, broker_sections).prepare();
+        let oauth = broker_sections
+            .then(free_loopback_addr)
+            .transpose()?
+            .map(|addr| OAuthTarget {
+                addr,
+                issuer: format!("http://{addr}"),
+            });
+        let mut d = config(opts, metrics_addr, oauth.as_ref(), broker_sections).prepare();
         let socket = d.socket_path().to_path_buf();
         d.try_spawn()?;
         let started_at = d.started_at().unwrap_or_else(Instant::now);
@@ -147,6 +157,7 @@ impl Daemon {
             idle_rss_kib,
             started_at: Some(started_at),
             note: None,
+            oauth,
             launched: Some(d),
         })
     }
@@ -167,10 +178,12 @@ fn free_loopback_addr() -> anyhow::Result<std::net::SocketAddr> {
 
 /// The launcher's config for the bench daemon: the bench's uid gets [`BENCH_SPIFFE_ID`]; with
 /// `broker_sections`, the TaskBroker opens up to [`MAX_OPEN_TASKS`] tasks under a permit-all
-/// policy and writes its audit log to the temp dir.
+/// policy and writes its audit log to the temp dir; with `oauth`, the OAuth face listens there
+/// in plain HTTP.
 pub fn config(
     opts: &DaemonOptions,
     metrics_addr: std::net::SocketAddr,
+    oauth: Option<&OAuthTarget>,
     broker_sections: bool,
 ) -> DaemonConfig {
     let uid = svid_broker_test_support::euid();
@@ -193,6 +206,12 @@ pub fn config(
             .broker(&format!("max_open_tasks = {MAX_OPEN_TASKS}"))
             .policy(BENCH_POLICY)
             .audit("audit.jsonl");
+        if let Some(o) = oauth {
+            c = c.extra_toml(&format!(
+                "[oauth]\nlisten = \"{}\"\nissuer = \"{}\"\n",
+                o.addr, o.issuer
+            ));
+        }
     }
     if let Some(extra) = &opts.extra_config {
         c = c.extra_toml(extra);

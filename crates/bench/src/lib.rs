@@ -38,6 +38,9 @@ pub const ROW_NAMES: &[&str] = &[
     Workload::IntrospectToken.name(),
     Workload::TaskCycle.name(),
     Workload::SpireJwtFreshAudience.name(),
+    Workload::OAuthNoop.name(),
+    Workload::OAuthToken.name(),
+    Workload::OAuthIntrospect.name(),
 ];
 
 /// The SPIRE comparison row: present only when SPIRE ran (the report says why otherwise).
@@ -199,6 +202,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 let row = load::run_row(
                     *workload,
                     &daemon.socket,
+                    daemon.oauth.as_ref(),
                     clients,
                     &settings.plan,
                     &[daemon.pid],
@@ -211,6 +215,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 eprintln!("bench: {}", row.summary());
                 rows.push(row);
             }
+        }
+        if Workload::BROKER_ROWS
+            .iter()
+            .any(|w| w.needs_assertions() && selected(&args.only, *w))
+        {
+            facts.oauth_note = Some(format!(
+                "oauth token / oauth introspect: each call spends one single-use client assertion (a JWT-SVID for the issuer and a unique second audience), fetched over the Workload API before the row and not timed; so these rows stop after at most {} measured calls per client count (or the duration, whichever comes first), plus {} warm-up calls per client",
+                settings
+                    .plan
+                    .max_calls
+                    .map_or(load::OAUTH_CALL_CAP, |m| m.min(load::OAUTH_CALL_CAP)),
+                calls::OAUTH_WARMUP_CALLS
+            ));
         }
         let probes = if settings.quick { 20 } else { 200 };
         facts.attestation = Some(load::attestation_probe(&daemon, probes).await);
@@ -253,6 +270,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                         let row = load::run_row(
                             Workload::SpireJwtFreshAudience,
                             &spire.workload_socket(),
+                            None,
                             clients,
                             &settings.plan,
                             &spire.pids(),

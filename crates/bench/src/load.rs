@@ -9,9 +9,13 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tonic::{Code, Status};
 
-use super::calls::{Client, Workload, SAME_AUDIENCE};
+use super::calls::{Client, OAuthTarget, Workload, OAUTH_WARMUP_CALLS, SAME_AUDIENCE};
 use super::daemon::Daemon;
 use super::{metrics, procfs};
+
+/// Most measured calls of a row that spends a pre-fetched client assertion per call, per
+/// client count (the assertions are fetched before the row, so the row is bounded by them).
+pub const OAUTH_CALL_CAP: u64 = 20_000;
 
 /// How long and how much one row runs.
 #[derive(Debug, Clone)]
@@ -124,19 +128,38 @@ struct ClientOutcome {
     first_error: Option<Status>,
 }
 
-/// Runs `workload` with `clients` concurrent clients against `socket`; `server_pids` are the
-/// processes whose CPU time is charged to the calls.
+/// Client assertions each client of `workload` fetches before the row: its share of the
+/// measured calls (at most [`OAUTH_CALL_CAP`] or the plan's budget), its warm-up and the probe.
+pub fn assertions_per_client(workload: Workload, clients: usize, plan: &LoadPlan) -> usize {
+    if !workload.needs_assertions() {
+        return 0;
+    }
+    let cap = plan
+        .max_calls
+        .map_or(OAUTH_CALL_CAP, |m| m.min(OAUTH_CALL_CAP)) as usize;
+    cap.div_ceil(clients.max(1)) + OAUTH_WARMUP_CALLS + 1
+}
+
+/// Runs `workload` with `clients` concurrent clients against `socket` (and `oauth`, for the
+/// OAuth rows); `server_pids` are the processes whose CPU time is charged to the calls.
 pub async fn run_row(
     workload: Workload,
     socket: &Path,
+    oauth: Option<&OAuthTarget>,
     clients: usize,
     plan: &LoadPlan,
     server_pids: &[i32],
 ) -> RowResult {
-    // Connect and prepare every client first; a row whose service is missing ends here.
+    // Connect and prepare every client first (concurrently: the OAuth rows fetch their
+    // assertions here, untimed); a row whose service is missing ends here.
+    let per_client = assertions_per_client(workload, clients, plan);
     let mut prepared = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        match Client::new(workload, socket).await {
+    let ready = futures::future::join_all(
+        (0..clients).map(|_| Client::with_oauth(workload, socket, oauth, per_client)),
+    )
+    .await;
+    for c in ready {
+        match c {
             Ok(c) => prepared.push(c),
             Err(s) => return RowResult::empty(workload, clients, failed(&s)),
         }
@@ -160,8 +183,10 @@ pub async fn run_row(
         let duration = plan.duration;
         tasks.push(tokio::spawn(async move {
             let warm_until = Instant::now() + warmup;
-            while Instant::now() < warm_until {
+            let mut warm_calls = client.warmup_limit();
+            while Instant::now() < warm_until && warm_calls != Some(0) {
                 let _ = client.call().await;
+                warm_calls = warm_calls.map(|n| n - 1);
             }
             gate.wait().await;
             let stop_at = Instant::now() + duration;
@@ -172,6 +197,9 @@ pub async fn run_row(
                 first_error: None,
             };
             loop {
+                if client.exhausted() {
+                    break;
+                }
                 if let Some(b) = &budget {
                     if b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                         .is_err()
@@ -230,7 +258,7 @@ pub async fn run_row(
     if let Some(e) = first_error {
         row.status = failed(&e);
     }
-    if workload.is_task_broker() {
+    if workload.is_task_broker() || workload.is_oauth() {
         futures::future::join_all(finished.iter_mut().map(Client::clean_up)).await;
     }
     row

@@ -40,6 +40,8 @@ pub struct Facts {
     pub attestation: Option<AttestationProbe>,
     pub streams: Option<StreamsResult>,
     pub spire_note: Option<String>,
+    /// How the OAuth rows with client assertions were bounded.
+    pub oauth_note: Option<String>,
     /// `/proc/loadavg` when the run started and when it ended: other work on the machine
     /// shows in the tail latencies.
     pub load_average: (Option<String>, Option<String>),
@@ -98,12 +100,13 @@ impl Report {
             .find(|r| r.workload == w && r.clients == clients)
     }
 
-    fn noop_rate(&self, clients: usize) -> Option<f64> {
-        self.row(Workload::Noop, clients)?.throughput()
+    fn noop_rate(&self, baseline: Workload, clients: usize) -> Option<f64> {
+        self.row(baseline, clients)?.throughput()
     }
 
+    /// Throughput against the no-op on the same listener (gRPC or OAuth HTTP) and client count.
     pub fn ratio(&self, r: &RowResult) -> Option<f64> {
-        Some(r.throughput()? / self.noop_rate(r.clients)?)
+        Some(r.throughput()? / self.noop_rate(r.workload.baseline(), r.clients)?)
     }
 
     pub fn markdown(&self) -> String {
@@ -135,6 +138,9 @@ impl Report {
             notes.push(n.clone());
         }
         if let Some(n) = &self.facts.spire_note {
+            notes.push(n.clone());
+        }
+        if let Some(n) = &self.facts.oauth_note {
             notes.push(n.clone());
         }
         if let Some(st) = &self.facts.streams {
