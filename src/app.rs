@@ -271,6 +271,14 @@ impl App {
 
         let mut sockets = vec![self.config.socket_path.clone()];
         sockets.extend(self.config.admin_socket_path.clone());
+        // Aborting the OAuth task drops its socket file only when the runtime next polls it,
+        // which may be after the process exits: remove it here with the others.
+        sockets.extend(
+            self.config
+                .oauth
+                .as_ref()
+                .and_then(|o| o.socket_path.clone()),
+        );
         let grace = self.config.shutdown_grace;
         tracing::info!(
             socket = %self.config.socket_path.display(),
