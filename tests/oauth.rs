@@ -1084,3 +1084,150 @@ fn unix_socket_listener_serves_plain_http_and_is_removed_at_stop() {
     let _ = child.wait();
     assert!(!oauth_sock.exists(), "the oauth socket is removed at stop");
 }
+
+/// A process group started by a test (a shell script and everything it starts): SIGTERM to
+/// the whole group on drop, SIGKILL if it is still there after 10 s.
+struct Group(Child);
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = self.0.id() as i32;
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// `examples/mcp/README.md`, run the way it says: `serve.sh` in one shell, then `agent.sh` in
+/// another, with `SVID_BROKER_BIN` naming the daemon under test (and ports and a directory
+/// of the test's own, so it runs beside anything else). The agent's tool call must succeed,
+/// the tool must refuse the token once the task is closed, and the audit log must hold the
+/// task's opening and closing.
+#[test]
+fn the_mcp_example_runs_as_its_readme_says() {
+    use std::os::unix::process::CommandExt;
+    let py = peers_python();
+    let venv = py.parent().unwrap().parent().unwrap().to_path_buf();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let example = repo.join("examples/mcp");
+    let readme = std::fs::read_to_string(example.join("README.md")).unwrap();
+    assert!(
+        readme.contains("examples/mcp/serve.sh") && readme.contains("examples/mcp/agent.sh"),
+        "the README no longer names the two commands this test runs"
+    );
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ex")
+        .tempdir_in(&root)
+        .unwrap();
+    let run = canon(dir.path()).join("demo");
+    let (broker_port, tool_port) = (free_port(), free_port());
+    let env = [
+        ("SVID_BROKER_BIN", env!("CARGO_BIN_EXE_svid-broker").to_string()),
+        ("SVID_BROKER_OAUTH_VENV", venv.display().to_string()),
+        ("MCP_DEMO_DIR", run.display().to_string()),
+        ("MCP_DEMO_BROKER_PORT", broker_port.to_string()),
+        ("MCP_DEMO_TOOL_PORT", tool_port.to_string()),
+    ];
+    let serve_log = dir.path().join("serve.log");
+    let f = std::fs::File::create(&serve_log).unwrap();
+    let serve = Group(
+        Command::new("bash")
+            .arg(example.join("serve.sh"))
+            .envs(env.iter().map(|(k, v)| (*k, v)))
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let logs = || {
+        format!(
+            "serve.sh:\n{}\nbroker:\n{}",
+            std::fs::read_to_string(&serve_log).unwrap_or_default(),
+            std::fs::read_to_string(run.join("broker.log")).unwrap_or_default()
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while TcpStream::connect(("127.0.0.1", tool_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the example's tool did not start:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new("bash")
+        .arg(example.join("agent.sh"))
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "agent.sh failed ({}):\n{stdout}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    const AGENT: &str = "spiffe://example.org/demo/agent";
+    let expect = [
+        "1. token from the broker: expires in ",
+        "2. tools: ['forecast']",
+        &format!("   forecast: sunny in Lisbon; asked by {AGENT} in task task_"),
+        "3. task closed (revoke: HTTP 200)",
+        "   the tool now answers the same token with HTTP 401",
+    ];
+    for line in expect {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "agent output lacks {line:?}:\n{stdout}\n{}",
+            logs()
+        );
+    }
+    let task_id = stdout
+        .split("in task ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let events: Vec<Value> = std::fs::read_to_string(run.join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|r| r.get("event").cloned().unwrap_or(r))
+        .collect();
+    let of_task = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind && e["task_id"] == task_id.as_str())
+            .unwrap_or_else(|| panic!("no {kind} record for {task_id} in the audit log"))
+    };
+    let opened = of_task("task_open");
+    assert_eq!(opened["spiffe_id"], AGENT);
+    assert_eq!(
+        opened["audiences"],
+        json!([format!("http://127.0.0.1:{tool_port}/mcp")])
+    );
+    assert_eq!(of_task("token_issued")["spiffe_id"], AGENT);
+    let closed = of_task("task_close");
+    assert_eq!(closed["by"], AGENT);
+    // The tool's introspections are on record too, and no token is.
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "oauth_request" && e["endpoint"] == "introspect"));
+    assert!(!std::fs::read_to_string(run.join("audit.log"))
+        .unwrap()
+        .contains("eyJ"));
+    drop(serve);
+}
