@@ -46,6 +46,8 @@ struct Daemon {
     dir: tempfile::TempDir,
     port: u16,
     child: Child,
+    /// `https` when `[oauth]` has TLS, else `http`.
+    scheme: &'static str,
 }
 
 fn canon(p: &Path) -> PathBuf {
@@ -76,6 +78,11 @@ impl Daemon {
         let d = canon(dir.path());
         let me = canon(&std::env::current_exe().unwrap());
         let port = free_port();
+        let scheme = if oauth_extra.contains("tls_") {
+            "https"
+        } else {
+            "http"
+        };
         let q = |p: &Path| format!("{:?}", p.display().to_string());
         let config = format!(
             r#"trust_domain = "example.org"
@@ -112,11 +119,6 @@ issuer = "{scheme}://127.0.0.1:{port}"
             policy = q(&d.join("policy.cedar")),
             audit = q(&d.join("audit.log")),
             me = me.display(),
-            scheme = if oauth_extra.contains("tls_") {
-                "https"
-            } else {
-                "http"
-            },
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         std::fs::write(d.join("policy.cedar"), POLICY).unwrap();
@@ -130,7 +132,12 @@ issuer = "{scheme}://127.0.0.1:{port}"
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut daemon = Self { dir, port, child };
+        let mut daemon = Self {
+            dir,
+            port,
+            child,
+            scheme,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = daemon.child.try_wait().unwrap() {
@@ -152,7 +159,7 @@ issuer = "{scheme}://127.0.0.1:{port}"
     }
 
     fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     fn log(&self) -> String {
@@ -202,14 +209,12 @@ issuer = "{scheme}://127.0.0.1:{port}"
     }
 
     fn post(&self, path: &str, form: &[(&str, &str)]) -> Resp {
-        let body = serde_urlencoded::to_string(form).unwrap();
-        http(
-            self.port,
-            &format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-        )
+        self.post_with(path, "", form)
+    }
+
+    /// A POST with extra header lines (each ending in `\r\n`).
+    fn post_with(&self, path: &str, headers: &str, form: &[(&str, &str)]) -> Resp {
+        http(self.port, &post_request(path, headers, form))
     }
 
     fn get(&self, path: &str, headers: &str) -> Resp {
@@ -249,6 +254,9 @@ issuer = "{scheme}://127.0.0.1:{port}"
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return; // already reaped by the test: its pid may belong to someone else now
+        }
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
@@ -310,14 +318,18 @@ impl Resp {
     }
 }
 
-/// One raw HTTP/1.1 exchange (the request must say `Connection: close`).
-fn http(port: u16, request: &str) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).to_string();
+/// A form POST with extra header lines, `Connection: close`.
+fn post_request(path: &str, headers: &str, form: &[(&str, &str)]) -> String {
+    let body = serde_urlencoded::to_string(form).unwrap();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Parses a whole HTTP/1.1 answer.
+fn response(out: &[u8]) -> Resp {
+    let text = String::from_utf8_lossy(out).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
@@ -329,6 +341,16 @@ fn http(port: u16, request: &str) -> Resp {
         head: head.to_string(),
         text: body.to_string(),
     }
+}
+
+/// One raw HTTP/1.1 exchange (the request must say `Connection: close`).
+fn http(port: u16, request: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    response(&out)
 }
 
 fn claims(token: &str) -> Value {
@@ -370,6 +392,11 @@ async fn metadata_and_jwks_describe_what_is_served() {
         assert_eq!(
             m["token_endpoint_auth_signing_alg_values_supported"],
             json!(["ES256"])
+        );
+        // No [[oauth.introspection_client]]: no client secrets anywhere.
+        assert_eq!(
+            m["introspection_endpoint_auth_methods_supported"],
+            json!(["private_key_jwt"])
         );
     }
     let r = d.get("/jwks.json", "");
@@ -1230,4 +1257,352 @@ fn the_mcp_example_runs_as_its_readme_says() {
         .unwrap()
         .contains("eyJ"));
     drop(serve);
+}
+
+/// The resource server of the introspection-client tests: its client id and secret.
+const RS_CLIENT: &str = "fastmcp-tool";
+const RS_SECRET: &str = "rs-secret-0123456789abcdef0123456789";
+
+/// A directory of the test's own (mode 0700) under the target directory.
+fn private_dir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&root)
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// Writes `content` to `dir/name` with `mode`.
+fn file_with_mode(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = canon(dir).join(name);
+    std::fs::write(&p, content).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+/// The `[[oauth.introspection_client]]` table for [`RS_CLIENT`], allowed `resources`.
+fn introspection_client(secret_file: &Path, resources: &[&str]) -> String {
+    format!(
+        "[[oauth.introspection_client]]\nclient_id = \"{RS_CLIENT}\"\nsecret_file = {:?}\nresources = {}\n",
+        secret_file.display().to_string(),
+        serde_json::to_string(resources).unwrap()
+    )
+}
+
+fn basic_auth(id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    format!("Authorization: Basic {b64}\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_clients_use_a_secret_and_may_only_introspect_their_resources() {
+    let keys = private_dir("ik");
+    let secret = file_with_mode(keys.path(), "rs.secret", &format!("{RS_SECRET}\n"), 0o600);
+    let d = Daemon::start(&introspection_client(&secret, &[TOOL]));
+
+    // Metadata offers client secrets for introspection, and only there.
+    let m = d.get("/.well-known/oauth-authorization-server", "").json();
+    assert_eq!(
+        m["introspection_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt", "client_secret_basic", "client_secret_post"])
+    );
+    assert_eq!(
+        m["token_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt"])
+    );
+    assert_eq!(
+        m["revocation_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt"])
+    );
+
+    let r = d.grant(TOOL, "read", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = d.grant(OTHER_TOOL, "read", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let other = r.json()["access_token"].as_str().unwrap().to_string();
+    let basic = basic_auth(RS_CLIENT, RS_SECRET);
+
+    // client_secret_basic and client_secret_post: a token for its resource is active.
+    let by_basic = d.post_with("/introspect", &basic, &[("token", &token)]);
+    assert_eq!(by_basic.status, 200, "{}", by_basic.text);
+    let v = by_basic.json();
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["aud"], json!([TOOL]));
+    assert_eq!(v["client_id"], RUNNER);
+    assert_eq!(v["scope"], "read");
+    let by_post = d.post(
+        "/introspect",
+        &[
+            ("client_id", RS_CLIENT),
+            ("client_secret", RS_SECRET),
+            ("token", &token),
+            ("token_type_hint", "access_token"),
+        ],
+    );
+    assert_eq!(by_post.status, 200, "{}", by_post.text);
+    assert_eq!(by_post.json()["active"], true, "{}", by_post.text);
+
+    // A token for a resource not in its list: inactive, and the refusal is recorded.
+    let r = d.post_with("/introspect", &basic, &[("token", &other)]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), json!({"active": false}));
+
+    // A wrong secret: 401 invalid_client, with a Basic challenge when it came as Basic.
+    let wrong = d.post_with(
+        "/introspect",
+        &basic_auth(RS_CLIENT, "rs-secret-0123456789abcdef012345678X"),
+        &[("token", &token)],
+    );
+    wrong.assert_error(401, "invalid_client", "do not match");
+    let challenge = wrong.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.starts_with("Basic realm="), "{}", wrong.head);
+    let wrong = d.post(
+        "/introspect",
+        &[
+            ("client_id", RS_CLIENT),
+            ("client_secret", "rs-secret-0123456789abcdef012345678X"),
+            ("token", &token),
+        ],
+    );
+    wrong.assert_error(401, "invalid_client", "do not match");
+    assert_eq!(wrong.header("www-authenticate"), None, "{}", wrong.head);
+    d.post_with(
+        "/introspect",
+        &basic_auth("someone-else", RS_SECRET),
+        &[("token", &token)],
+    )
+    .assert_error(401, "invalid_client", "do not match");
+    // Two methods at once.
+    let a = d.assertion(RS).await;
+    d.post_with(
+        "/introspect",
+        &basic,
+        &[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("token", &token),
+        ],
+    )
+    .assert_error(400, "invalid_request", "more than one");
+
+    // It may not get, exchange or revoke tokens.
+    for method in ["basic", "post"] {
+        let mut form = vec![("grant_type", "client_credentials"), ("resource", TOOL)];
+        let headers = if method == "basic" {
+            basic.clone()
+        } else {
+            form.extend([("client_id", RS_CLIENT), ("client_secret", RS_SECRET)]);
+            String::new()
+        };
+        d.post_with("/token", &headers, &form).assert_error(
+            400,
+            "unauthorized_client",
+            "may only introspect",
+        );
+    }
+    d.post_with(
+        "/token",
+        &basic,
+        &[
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token", &token),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("resource", TOOL),
+        ],
+    )
+    .assert_error(400, "unauthorized_client", "may only introspect");
+    d.post_with("/revoke", &basic, &[("token", &token)]).assert_error(
+        400,
+        "unauthorized_client",
+        "may only introspect",
+    );
+    // ...and a wrong secret there is still a 401.
+    d.post_with(
+        "/revoke",
+        &basic_auth(RS_CLIENT, "nope-nope-nope-nope-nope"),
+        &[("token", &token)],
+    )
+    .assert_error(401, "invalid_client", "do not match");
+    // The token still works: none of that revoked it.
+    let v = d.post_with("/introspect", &basic, &[("token", &token)]).json();
+    assert_eq!(v["active"], true, "{v}");
+
+    // Once its task is closed, the token is inactive for the resource server too.
+    let a = d.assertion(RUNNER).await;
+    let r = d.post(
+        "/revoke",
+        &[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("token", &token),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = d.post_with("/introspect", &basic, &[("token", &token)]).json();
+    assert_eq!(v, json!({"active": false}));
+
+    // Audit: the client id on its introspections and refusals, never the secret.
+    let records = d.oauth_records();
+    let mine: Vec<&Value> = records
+        .iter()
+        .filter(|e| e["client"] == RS_CLIENT)
+        .collect();
+    assert!(
+        mine.iter()
+            .any(|e| e["endpoint"] == "introspect" && e["error"].is_null()),
+        "{mine:?}"
+    );
+    assert!(
+        mine.iter().any(|e| e["endpoint"] == "introspect"
+            && e["error"] == "unauthorized_client"
+            && e["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("not one of introspection client fastmcp-tool's resources")),
+        "{mine:?}"
+    );
+    assert!(mine
+        .iter()
+        .any(|e| e["endpoint"] == "token" && e["error"] == "unauthorized_client"));
+    assert!(records.iter().any(|e| e["endpoint"] == "introspect"
+        && e["error"] == "invalid_client"
+        && e["client"].is_null()));
+    let introspections: Vec<Value> = d
+        .audit_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|r| r.get("event").cloned().unwrap_or(r))
+        .filter(|e| e["kind"] == "introspection")
+        .collect();
+    assert!(
+        introspections
+            .iter()
+            .any(|e| e["by"] == format!("oauth-client:{RS_CLIENT}") && e["active"] == true),
+        "{introspections:?}"
+    );
+    for (name, text) in [("audit log", d.audit_text()), ("daemon log", d.log())] {
+        assert!(!text.contains(RS_SECRET), "the secret is in the {name}");
+        assert!(
+            !text.contains("rs-secret-0123456789abcdef012345678X"),
+            "a presented secret is in the {name}"
+        );
+    }
+}
+
+/// A config with an `[oauth]` listener and `extra`, and the daemon's stderr when it refuses
+/// to start (it must refuse).
+fn refused_at_start(dir: &Path, extra: &str) -> String {
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "trust_domain = \"example.org\"\nsocket_path = {:?}\n[[entry]]\nspiffe_id = \"{RUNNER}\"\nselectors = [\"unix:uid:0\"]\n[oauth]\nlisten = \"127.0.0.1:0\"\nissuer = \"http://127.0.0.1\"\n{extra}",
+            dir.join("s.sock").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_svid-broker"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the daemon started with {extra}");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn an_exposed_or_malformed_secret_file_is_a_config_error() {
+    let dir = private_dir("is");
+    let d = canon(dir.path());
+    for (mode, content, needles) in [
+        (0o640, RS_SECRET.to_string(), &["rs.secret", "fastmcp-tool"][..]),
+        (0o604, RS_SECRET.to_string(), &["rs.secret"][..]),
+        (0o600, "short".to_string(), &["16 to 512 bytes", "openssl rand"][..]),
+        (0o600, format!("{RS_SECRET} x"), &["letters, digits"][..]),
+    ] {
+        let _ = std::fs::remove_file(d.join("rs.secret"));
+        let secret = file_with_mode(&d, "rs.secret", &content, mode);
+        let err = refused_at_start(&d, &introspection_client(&secret, &[TOOL]));
+        for needle in needles {
+            assert!(err.contains(needle), "mode {mode:o}: {err}");
+        }
+        assert!(!err.contains(&content), "the secret is in the error: {err}");
+    }
+    let err = refused_at_start(
+        &d,
+        &introspection_client(&d.join("missing.secret"), &[TOOL]),
+    );
+    assert!(err.contains("missing.secret"), "{err}");
+    let err = refused_at_start(
+        &d,
+        "[[oauth.introspection_client]]\nclient_id = \"spiffe://example.org/x\"\nsecret_file = \"/x\"\nresources = [\"https://t\"]\n",
+    );
+    assert!(err.contains("only letters, digits"), "{err}");
+}
+
+#[test]
+fn fastmcp_introspection_verifier_with_a_client_secret() {
+    let keys = private_dir("fk");
+    let secret = file_with_mode(keys.path(), "rs.secret", RS_SECRET, 0o600);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let (d, py) = daemon_for_peers(&introspection_client(&secret, &[&url]));
+    let log = d.dir.path().join("fastmcp-introspection.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let _server = Killed(
+        Command::new(&py)
+            .arg(peer("fastmcp_introspection_server.py"))
+            .args([&d.issuer(), &port.to_string(), RS_CLIENT])
+            .arg(&secret)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "FastMCP server did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(&py)
+        .arg(peer("fastmcp_introspection_client.py"))
+        .args([&d.issuer(), &url, PY_AGENT])
+        .env("SPIFFE_ENDPOINT_SOCKET", d.endpoint())
+        .output()
+        .unwrap();
+    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "fastmcp_introspection_client.py failed:\n{}\n{}\nserver:\n{server_log}\ndaemon:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["whoami"], PY_AGENT, "{v}\n{server_log}");
+    assert_eq!(v["fresh"], 200, "{v}");
+    assert_eq!(v["other_resource"], 401, "{v}");
+    assert_eq!(v["revoked"], 401, "{v}");
+    // The broker saw the verifier introspect as RS_CLIENT, by client_secret_basic.
+    let records = d.oauth_records();
+    assert!(
+        records.iter().any(|e| e["endpoint"] == "introspect"
+            && e["client"] == RS_CLIENT
+            && e["error"].is_null()),
+        "{records:?}"
+    );
+    assert!(!d.audit_text().contains(RS_SECRET));
 }

@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
 
 use super::errors::OAuthError;
 use super::form::Form;
@@ -160,7 +161,14 @@ fn json(status: StatusCode, body: Vec<u8>, no_store: bool) -> Resp {
 }
 
 fn error(e: &OAuthError) -> Resp {
-    json(e.status, e.body(), true)
+    let mut r = json(e.status, e.body(), true);
+    if e.basic_challenge {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(super::errors::BASIC_CHALLENGE),
+        );
+    }
+    r
 }
 
 /// Dispatches one request.
@@ -200,6 +208,18 @@ async fn route(st: &State, req: Request<Incoming>, timeout: Duration) -> Resp {
     if method != Method::POST {
         return error(&OAuthError::method(format!("{path} answers POST")));
     }
+    // Client credentials (HTTP Basic), wiped when the request is done.
+    let authorization = match req.headers().get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(Zeroizing::new(v.to_string())),
+        Some(Err(_)) => {
+            let e = OAuthError::invalid_client("the Authorization header is not visible ASCII")
+                .with_basic_challenge();
+            audit(st, &Record::new(endpoint), Err(&e)).await;
+            return error(&e);
+        }
+    };
+    let authorization = authorization.as_deref().map(String::as_str);
     let form = match read_form(req, timeout).await {
         Ok(f) => f,
         Err(e) => {
@@ -210,9 +230,9 @@ async fn route(st: &State, req: Request<Incoming>, timeout: Duration) -> Resp {
     };
     let mut rec = Record::new(endpoint);
     let outcome = match endpoint {
-        "token" => grants::token(st, &form, &mut rec).await,
-        "introspect" => introspect::introspect(st, &form, &mut rec).await,
-        _ => introspect::revoke(st, &form, &mut rec).await,
+        "token" => grants::token(st, &form, authorization, &mut rec).await,
+        "introspect" => introspect::introspect(st, &form, authorization, &mut rec).await,
+        _ => introspect::revoke(st, &form, authorization, &mut rec).await,
     };
     match outcome {
         Ok(body) => {
@@ -298,7 +318,11 @@ fn too_large() -> OAuthError {
 
 fn metadata_response(st: &State) -> Resp {
     let bundle = st.identities.current_bundle();
-    let doc = metadata::document(&st.endpoints, &jwks::algorithms(&bundle));
+    let doc = metadata::document(
+        &st.endpoints,
+        &jwks::algorithms(&bundle),
+        st.auth.has_secret_clients(),
+    );
     let mut r = json(
         StatusCode::OK,
         serde_json::to_vec(&doc).unwrap_or_default(),
