@@ -1606,3 +1606,208 @@ fn fastmcp_introspection_verifier_with_a_client_secret() {
     );
     assert!(!d.audit_text().contains(RS_SECRET));
 }
+
+/// The user's identity provider of the on-behalf-of test: its `iss`, and the `aud` its id
+/// tokens carry for the broker.
+const IDP: &str = "https://idp.test";
+const IDP_AUDIENCE: &str = "svid-broker";
+const USER: &str = "alice@example.com";
+
+/// An ES256 signing key of the test's own (ring), and its JWK.
+struct IdpKey {
+    key: ring::signature::EcdsaKeyPair,
+    kid: &'static str,
+}
+
+impl IdpKey {
+    fn generate(kid: &'static str) -> Self {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                .unwrap();
+        Self { key, kid }
+    }
+
+    fn jwk(&self) -> Value {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        use ring::signature::KeyPair;
+        let point = self.key.public_key().as_ref();
+        assert_eq!(point.len(), 65);
+        json!({
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        })
+    }
+
+    /// A compact JWS of `claims`, with this key's `kid` (or `kid` if given).
+    fn sign(&self, claims: &Value, kid: Option<&str>) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid.unwrap_or(self.kid)});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let sig = self.key.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_exchange_on_behalf_of_a_user_with_an_id_token() {
+    const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+    let idp = IdpKey::generate("idp-key-1");
+    let jwks_dir = private_dir("idp");
+    let jwks = canon(jwks_dir.path()).join("idp-jwks.json");
+    std::fs::write(&jwks, json!({"keys": [idp.jwk()]}).to_string()).unwrap();
+    let d = Daemon::start_with(
+        "",
+        &format!(
+            "[[oidc_issuer]]\nissuer = \"{IDP}\"\naudience = \"{IDP_AUDIENCE}\"\njwks_path = {:?}\n",
+            jwks.display().to_string()
+        ),
+    );
+    let now = now_secs();
+    let user_claims = json!({
+        "iss": IDP, "aud": IDP_AUDIENCE, "sub": USER, "iat": now, "exp": now + 300,
+        "email": USER,
+    });
+    let exchange = |subject: String| {
+        let d = &d;
+        async move {
+            let a = d.assertion(RUNNER).await;
+            d.post(
+                "/token",
+                &[
+                    ("grant_type", TOKEN_EXCHANGE),
+                    ("client_assertion_type", JWT_BEARER),
+                    ("client_assertion", &a),
+                    ("subject_token", &subject),
+                    ("subject_token_type", ID_TOKEN),
+                    ("resource", TOOL),
+                    ("scope", "read"),
+                ],
+            )
+        }
+    };
+
+    let r = exchange(idp.sign(&user_claims, None)).await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text, d.log());
+    let v = r.json();
+    assert_eq!(
+        v["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(v["token_type"], "Bearer");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let c = claims(&token);
+    assert_eq!(c["obo"], json!({"iss": IDP, "sub": USER}), "{c}");
+    assert_eq!(c["aud"], json!([TOOL]));
+    assert_eq!(c["sub"], RUNNER, "the client acts, for the user");
+    assert_eq!(c["scope"], "read");
+    assert!(c.get("act").is_none(), "not a delegation: {c}");
+    // Valid as any task token, the user in the introspection answer too.
+    let i = d.introspect_as(RS, &token).await;
+    assert_eq!(i["active"], true, "{i}");
+    assert_eq!(i["obo"], json!({"iss": IDP, "sub": USER}));
+    // The task is recorded as acting for the user; the id token itself is not recorded.
+    let opened: Vec<Value> = d
+        .audit_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|r| r.get("event").cloned().unwrap_or(r))
+        .filter(|e| e["kind"] == "task_open" && e["task_id"] == v["task_id"])
+        .collect();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert!(
+        opened[0]["on_behalf_of"].as_str().unwrap().contains(USER),
+        "{opened:?}"
+    );
+
+    // Refusals: invalid_grant, saying why.
+    let edit = |f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut m = user_claims.as_object().unwrap().clone();
+        f(&mut m);
+        Value::Object(m)
+    };
+    let stranger = IdpKey::generate("idp-key-1");
+    let cases = [
+        (
+            "an unconfigured issuer",
+            idp.sign(
+                &edit(&|m| {
+                    m.insert("iss".into(), json!("https://evil.test"));
+                }),
+                None,
+            ),
+            "\"https://evil.test\" is not configured",
+        ),
+        (
+            "expired",
+            idp.sign(
+                &edit(&|m| {
+                    m.insert("iat".into(), json!(now - 7200));
+                    m.insert("exp".into(), json!(now - 3600));
+                }),
+                None,
+            ),
+            "expired",
+        ),
+        (
+            "another audience",
+            idp.sign(
+                &edit(&|m| {
+                    m.insert("aud".into(), json!("some-other-app"));
+                }),
+                None,
+            ),
+            "aud does not contain \"svid-broker\"",
+        ),
+        (
+            "signed by another key under the same kid",
+            stranger.sign(&user_claims, None),
+            "signature does not verify",
+        ),
+        (
+            "a kid the issuer does not publish",
+            idp.sign(&user_claims, Some("idp-key-2")),
+            "idp-key-2",
+        ),
+        ("not a JWT", "not-a-jwt".to_string(), "subject_token"),
+    ];
+    let sent = cases.len();
+    for (why, subject, needle) in cases {
+        let r = exchange(subject).await;
+        let v = r.json();
+        assert_eq!(
+            (r.status, v["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{why}: {}",
+            r.text
+        );
+        let d = v["error_description"].as_str().unwrap();
+        assert!(
+            d.starts_with("subject_token rejected") && d.contains(needle),
+            "{why}: {d:?} should contain {needle:?}"
+        );
+    }
+    let refused = d
+        .oauth_records()
+        .iter()
+        .filter(|e| e["endpoint"] == "token" && e["error"] == "invalid_grant")
+        .count();
+    assert_eq!(refused, sent, "every refusal is in the audit log");
+}
