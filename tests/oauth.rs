@@ -1811,3 +1811,244 @@ async fn token_exchange_on_behalf_of_a_user_with_an_id_token() {
         .count();
     assert_eq!(refused, sent, "every refusal is in the audit log");
 }
+
+/// The broker's own identity for its OAuth listener's TLS (`tls_spiffe_id`).
+const BROKER_ID: &str = "spiffe://example.org/broker/oauth";
+
+/// Trusts a server certificate that chains to the trust bundle's roots (webpki, serverAuth),
+/// whatever its name (an X.509-SVID has a URI SAN and no DNS name), and keeps it so the test
+/// can check its SPIFFE ID itself.
+#[derive(Debug)]
+struct BundleVerifier {
+    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    seen: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for BundleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let anchors: Vec<_> = self
+            .roots
+            .iter()
+            .map(|r| webpki::anchor_from_trusted_cert(r).unwrap())
+            .collect();
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| rustls::Error::General(format!("{e:?}")))?;
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| rustls::Error::General(format!("chain: {e:?}")))?;
+        self.seen.lock().unwrap().push(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// What the test reads from a server certificate: URI SANs, serial, notAfter.
+fn cert_facts(der: &[u8]) -> (Vec<String>, String, i64) {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let uris = cert
+        .subject_alternative_name()
+        .unwrap()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        uris,
+        cert.raw_serial_as_string(),
+        cert.validity().not_after.timestamp(),
+    )
+}
+
+/// One request over TLS with `verifier`; the answer.
+async fn https(
+    port: u16,
+    verifier: &std::sync::Arc<BundleVerifier>,
+    request: &str,
+) -> Result<Resp, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(verifier.clone())
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    Ok(response(&out))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_from_the_brokers_own_svid_and_its_renewal() {
+    // The broker's identity: an [[entry]] no process matches, with a short X.509-SVID
+    // lifetime so that it renews (at half-life, ±10 %) during the test.
+    let d = Daemon::start_with(
+        &format!("tls_spiffe_id = \"{BROKER_ID}\""),
+        &format!(
+            "[[entry]]\nspiffe_id = \"{BROKER_ID}\"\nselectors = [\"unix:uid:4294967294\"]\nx509_ttl = \"10s\"\n"
+        ),
+    );
+    assert!(d.issuer().starts_with("https://"));
+    // The trust bundle, as any workload gets it from the Workload API.
+    let wl = WorkloadApiClient::connect_to(d.endpoint()).await.unwrap();
+    let bundles = wl.fetch_x509_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    let roots: Vec<rustls::pki_types::CertificateDer<'static>> = bundles
+        .get(&td)
+        .unwrap()
+        .authorities()
+        .iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.as_ref().to_vec()))
+        .collect();
+    assert!(!roots.is_empty());
+    let verifier = std::sync::Arc::new(BundleVerifier {
+        roots: roots.clone(),
+        seen: Default::default(),
+    });
+
+    // Metadata over TLS, from a certificate whose only URI SAN is the configured SPIFFE ID.
+    let r = https(
+        d.port,
+        &verifier,
+        "GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["issuer"], d.issuer());
+    assert_eq!(r.json()["token_endpoint"], format!("{}/token", d.issuer()));
+    let first = verifier.seen.lock().unwrap().last().cloned().unwrap();
+    let (uris, serial1, not_after1) = cert_facts(&first);
+    assert_eq!(uris, [BROKER_ID]);
+    // A token request over TLS, the assertion addressed to the https:// issuer.
+    let a = d.assertion(RUNNER).await;
+    let r = https(
+        d.port,
+        &verifier,
+        &post_request(
+            "/token",
+            "",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &a),
+                ("resource", TOOL),
+                ("scope", "read"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(claims(r.json()["access_token"].as_str().unwrap())["aud"], json!([TOOL]));
+
+    // A client that trusts another trust domain's roots refuses the server.
+    let stranger = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+    let untrusting = std::sync::Arc::new(BundleVerifier {
+        roots: vec![stranger.cert.der().clone()],
+        seen: Default::default(),
+    });
+    let e = https(d.port, &untrusting, "GET /jwks.json HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap_err();
+    assert!(e.contains("handshake"), "{e}");
+
+    // Renewal: the 10 s SVID renews at 4.5 to 5.5 s; the next handshakes get the new one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let renewed = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = https(d.port, &verifier, "GET /jwks.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+        let last = verifier.seen.lock().unwrap().last().cloned().unwrap();
+        let facts = cert_facts(&last);
+        if facts.1 != serial1 {
+            break facts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener still serves the first SVID (serial {serial1}) after 20 s:\n{}",
+            d.log()
+        );
+    };
+    assert_eq!(renewed.0, [BROKER_ID]);
+    assert!(renewed.2 > not_after1, "{} !> {not_after1}", renewed.2);
+    // And past the first SVID's expiry, handshakes still succeed (with a valid certificate).
+    let wait = (not_after1 + 2 - now_secs()).max(0) as u64;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = https(d.port, &verifier, "GET /jwks.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let last = verifier.seen.lock().unwrap().last().cloned().unwrap();
+    assert!(cert_facts(&last).2 > now_secs(), "an expired certificate was served");
+}
