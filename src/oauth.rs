@@ -122,13 +122,14 @@ impl OAuthListener {
         }
     }
 
-    /// Serves until the task is dropped (aborted at shutdown).
-    pub async fn serve(self) {
+    /// Serves until `drain` turns true, then stops accepting and returns once the requests in
+    /// progress are answered (see [`listener::serve`]); the caller bounds that wait.
+    pub async fn serve(self, drain: tokio::sync::watch::Receiver<bool>) {
         tracing::info!(
             issuer = %self.state.endpoints.issuer,
             tls = self.tls.is_some(),
             "oauth listener serving"
         );
-        listener::serve(self.bound, self.tls, self.state, self.bounds).await;
+        listener::serve(self.bound, self.tls, self.state, self.bounds, drain).await;
     }
 }

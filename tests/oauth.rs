@@ -2052,3 +2052,110 @@ async fn tls_from_the_brokers_own_svid_and_its_renewal() {
     let last = verifier.seen.lock().unwrap().last().cloned().unwrap();
     assert!(cert_facts(&last).2 > now_secs(), "an expired certificate was served");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_drains_the_oauth_listener_within_the_grace_period() {
+    // shutdown_grace = "2s" (Daemon's config): the bound this test shows.
+    const GRACE: Duration = Duration::from_secs(2);
+    let mut d = Daemon::start("");
+    let a = d.assertion(RUNNER).await;
+    let request = post_request(
+        "/token",
+        "",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("resource", TOOL),
+            ("scope", "read"),
+        ],
+    );
+    // In flight at SIGTERM: the head and half the body sent.
+    let (first, rest) = request.split_at(request.len() - 40);
+    let mut in_flight = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    in_flight
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    in_flight.write_all(first.as_bytes()).unwrap();
+    // A request that never finishes: it must not hold the daemon past the grace period.
+    let mut stalled = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stalled
+        .write_all(b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    // An idle keep-alive connection, after one answered request.
+    let mut idle = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    idle.write_all(b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let stop = Instant::now();
+    unsafe {
+        libc::kill(d.child.id() as i32, libc::SIGTERM);
+    }
+    // No new connections once draining has begun.
+    let refused_by = Instant::now() + Duration::from_secs(1);
+    while TcpStream::connect(("127.0.0.1", d.port)).is_ok() {
+        assert!(
+            Instant::now() < refused_by,
+            "still accepting 1 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The idle connection is closed without waiting for the grace period.
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(stop.elapsed() < GRACE, "{:?}", stop.elapsed());
+    // The request in flight is answered in full, and told the connection closes.
+    in_flight.write_all(rest.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = in_flight.read_to_end(&mut out);
+    let r = response(&out);
+    assert_eq!(r.status, 200, "{}\n{}", r.text, d.log());
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert_eq!(
+        claims(r.json()["access_token"].as_str().unwrap())["aud"],
+        json!([TOOL])
+    );
+    assert!(stop.elapsed() < GRACE, "{:?}", stop.elapsed());
+    // The stalled request holds the daemon until the grace period ends, not longer.
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stop.elapsed() < GRACE + Duration::from_secs(5),
+            "the daemon is still running {:?} after SIGTERM:\n{}",
+            stop.elapsed(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = stop.elapsed();
+    assert!(status.success(), "{status}\n{}", d.log());
+    assert!(
+        took >= GRACE - Duration::from_millis(200),
+        "exited after {took:?}, before the grace period: the stalled request was not waited for"
+    );
+    let mut out = Vec::new();
+    let _ = stalled.read_to_end(&mut out);
+    assert!(
+        !String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let log = d.log();
+    assert!(log.contains("oauth listener closed"), "{log}");
+    assert!(log.contains("still open after the grace period"), "{log}");
+    // The grant answered during the drain is in the audit log.
+    assert!(d
+        .oauth_records()
+        .iter()
+        .any(|e| e["endpoint"] == "token" && e["error"].is_null()));
+}

@@ -14,7 +14,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use zeroize::Zeroizing;
 
 use super::errors::OAuthError;
@@ -54,39 +54,30 @@ pub struct Bounds {
     pub handshake_timeout: Duration,
 }
 
-/// Accepts and serves until the task is dropped.
+/// Accepts and serves until `drain` turns true (or its sender goes away): then stops
+/// accepting (the socket is closed, a Unix socket file removed), lets every connection finish
+/// the request it is on — each is told to close after it, idle keep-alive connections close at
+/// once — and returns when the last one has ended. The caller bounds that wait (the daemon's
+/// `shutdown_grace`) and drops this future past it, which ends the connections still open.
 pub async fn serve(
     bound: Bound,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<State>,
     bounds: Bounds,
+    mut drain: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(bounds.max_connections));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let _file = match &bound {
-        Bound::Unix(_, f) => Some(f),
-        Bound::Tcp(_) => None,
-    };
+    // Dropping the set (the caller gave up waiting) aborts every connection in it.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let stream: Box<dyn Io> = match &bound {
-            Bound::Tcp(l) => match l.accept().await {
-                Ok((s, _)) => {
-                    let _ = s.set_nodelay(true);
-                    Box::new(s)
-                }
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-            Bound::Unix(l, _) => match l.accept().await {
-                Ok((s, _)) => Box::new(s),
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
+        while connections.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            biased;
+            _ = drained(&mut drain) => break,
+            s = accept(&bound) => s,
         };
+        let Some(stream) = stream else { continue };
         // Over the cap the connection is closed at once: a flood costs us one accept each.
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::debug!("oauth listener at max_connections; closing a new connection");
@@ -95,23 +86,54 @@ pub async fn serve(
         };
         let state = state.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        let drain = drain.clone();
+        connections.spawn(async move {
             let _permit = permit;
             let served = async {
                 match acceptor {
                     Some(a) => {
                         match tokio::time::timeout(bounds.handshake_timeout, a.accept(stream)).await
                         {
-                            Ok(Ok(tls)) => connection(tls, state, bounds).await,
+                            Ok(Ok(tls)) => connection(tls, state, bounds, drain).await,
                             Ok(Err(e)) => tracing::debug!(error = %e, "oauth TLS handshake failed"),
                             Err(_) => tracing::debug!("oauth TLS handshake timed out"),
                         }
                     }
-                    None => connection(stream, state, bounds).await,
+                    None => connection(stream, state, bounds, drain).await,
                 }
             };
             let _ = tokio::time::timeout(MAX_CONNECTION_LIFETIME, served).await;
         });
+    }
+    drop(bound);
+    tracing::info!(
+        connections = connections.len(),
+        "oauth listener closed; letting open requests finish"
+    );
+    while connections.join_next().await.is_some() {}
+    tracing::info!("oauth listener drained");
+}
+
+/// Returns once `drain` is true or its sender is gone.
+async fn drained(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+/// The next connection, or `None` after an accept error (and a pause).
+async fn accept(bound: &Bound) -> Option<Box<dyn Io>> {
+    let accepted: std::io::Result<Box<dyn Io>> = match bound {
+        Bound::Tcp(l) => l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            Box::new(s) as Box<dyn Io>
+        }),
+        Bound::Unix(l, _) => l.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Io>),
+    };
+    match accepted {
+        Ok(s) => Some(s),
+        Err(e) => {
+            accept_error(e).await;
+            None
+        }
     }
 }
 
@@ -128,6 +150,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     state: Arc<State>,
     bounds: Bounds,
+    mut drain: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
@@ -138,7 +161,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         .header_read_timeout(bounds.request_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
-    if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drained(&mut drain) => {
+            // Finish the request in progress (its answer says Connection: close), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "oauth connection ended");
     }
 }
