@@ -555,9 +555,14 @@ mod tests {
             assert!(!e.description.contains(SECRET));
         }
         assert!(c.check("fastmcp-tool", &SECRET.as_bytes()[1..]).is_err());
-        assert!(SecretClients::default().check("fastmcp-tool", SECRET.as_bytes()).is_err());
+        assert!(SecretClients::default()
+            .check("fastmcp-tool", SECRET.as_bytes())
+            .is_err());
         let shown = format!("{c:?}");
-        assert!(shown.contains("fastmcp-tool") && !shown.contains(SECRET), "{shown}");
+        assert!(
+            shown.contains("fastmcp-tool") && !shown.contains(SECRET),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -614,7 +619,9 @@ mod tests {
                 false,
             ),
             (
-                form(&format!("client_id=fastmcp-tool&client_secret={SECRET}&client_assertion=x")),
+                form(&format!(
+                    "client_id=fastmcp-tool&client_secret={SECRET}&client_assertion=x"
+                )),
                 None,
                 "invalid_request",
                 "more than one",
@@ -641,7 +648,13 @@ mod tests {
                 "not the client_id",
                 true,
             ),
-            (form(""), Some("Basic !!!".into()), "invalid_client", "not base64", true),
+            (
+                form(""),
+                Some("Basic !!!".into()),
+                "invalid_client",
+                "not base64",
+                true,
+            ),
             (
                 form(""),
                 Some(format!(

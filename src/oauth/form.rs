@@ -132,10 +132,14 @@ mod tests {
 
     #[test]
     fn debug_withholds_credentials() {
-        let f = Form::parse(b"client_id=rs&client_secret=s3cr3t-s3cr3t-s3cr3t&token=tok-tok").unwrap();
+        let f =
+            Form::parse(b"client_id=rs&client_secret=s3cr3t-s3cr3t-s3cr3t&token=tok-tok").unwrap();
         let shown = format!("{f:?}");
         assert!(shown.contains("rs"), "{shown}");
-        assert!(!shown.contains("s3cr3t") && !shown.contains("tok-tok"), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("tok-tok"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -40,7 +40,11 @@ impl Endpoints {
 pub fn document(e: &Endpoints, signing_algs: &[&str], secret_introspection: bool) -> Value {
     let auth_methods = json!(["private_key_jwt"]);
     let introspection_auth_methods = if secret_introspection {
-        json!(["private_key_jwt", "client_secret_basic", "client_secret_post"])
+        json!([
+            "private_key_jwt",
+            "client_secret_basic",
+            "client_secret_post"
+        ])
     } else {
         auth_methods.clone()
     };
@@ -96,7 +100,11 @@ mod tests {
         let d = document(&Endpoints::new("https://b"), &["ES256"], true);
         assert_eq!(
             d["introspection_endpoint_auth_methods_supported"],
-            json!(["private_key_jwt", "client_secret_basic", "client_secret_post"])
+            json!([
+                "private_key_jwt",
+                "client_secret_basic",
+                "client_secret_post"
+            ])
         );
         for other in [
             "token_endpoint_auth_methods_supported",

@@ -107,8 +107,11 @@ mod tests {
             .unwrap();
         assert!(s.matches(GOOD.as_bytes()));
         assert!(!s.matches(format!("{GOOD}\n").as_bytes()));
-        let s = ClientSecret::read("secret", &file(d.path(), "b", &format!("{GOOD}\r\n"), 0o400))
-            .unwrap();
+        let s = ClientSecret::read(
+            "secret",
+            &file(d.path(), "b", &format!("{GOOD}\r\n"), 0o400),
+        )
+        .unwrap();
         assert!(s.matches(GOOD.as_bytes()));
     }
 
