@@ -175,10 +175,6 @@ impl App {
             )));
         }
 
-        if let Some(o) = self.oauth {
-            background.push(tokio::spawn(o.serve()));
-        }
-
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
@@ -247,6 +243,8 @@ impl App {
             ))
             .serve_with_incoming_shutdown(incoming, drained(drain_rx.clone()));
         let mut servers = vec![tokio::spawn(public)];
+        // The OAuth listener drains with the gRPC servers, within the same shutdown_grace.
+        let mut oauth = self.oauth.map(|o| tokio::spawn(o.serve(drain_rx.clone())));
         if let Some(admin) = self.admin_listener {
             let incoming = listener::incoming(admin, self.gate.clone(), timeouts);
             let admin_broker = TaskBrokerServer::new(TaskBrokerService::new(
@@ -271,8 +269,8 @@ impl App {
 
         let mut sockets = vec![self.config.socket_path.clone()];
         sockets.extend(self.config.admin_socket_path.clone());
-        // Aborting the OAuth task drops its socket file only when the runtime next polls it,
-        // which may be after the process exits: remove it here with the others.
+        // An OAuth task aborted past the grace period drops its socket file only when the
+        // runtime next polls it, which may be after the process exits: remove it here too.
         sockets.extend(
             self.config
                 .oauth
@@ -296,11 +294,16 @@ impl App {
         tracing::info!(grace = ?grace, "shutting down: no new connections, draining calls");
         let _ = stop_tx.send(true);
         let _ = drain_tx.send(true);
-        let all = futures::future::join_all(servers.iter_mut());
+        let all = futures::future::join(futures::future::join_all(servers.iter_mut()), async {
+            if let Some(o) = oauth.as_mut() {
+                let _ = o.await;
+            }
+        });
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!("calls still open after the grace period; closing them");
         }
         servers.iter().for_each(|s| s.abort());
+        oauth.iter().for_each(|o| o.abort());
         background.iter().for_each(|t| t.abort());
         remove_sockets(&sockets);
         tracing::info!("stopped");

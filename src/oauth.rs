@@ -15,6 +15,7 @@ pub mod jwks;
 pub mod listener;
 pub mod metadata;
 pub mod record;
+pub mod secret;
 pub mod tls;
 
 use std::sync::Arc;
@@ -67,6 +68,7 @@ impl OAuthListener {
             anyhow::bail!(config::SPIRE_REFUSAL);
         }
         let tls = tls::server_config(&oauth.tls(), &identities, &registry)?;
+        let secret_clients = client_auth::SecretClients::load(&oauth.introspection_clients)?;
         let bound = match (&oauth.listen, &oauth.socket_path) {
             (Some(addr), _) => Bound::Tcp(
                 tokio::net::TcpListener::bind(addr)
@@ -89,6 +91,7 @@ impl OAuthListener {
             &endpoints.token,
             identities.clone(),
             registry,
+            secret_clients,
         );
         let state = Arc::new(State {
             broker,
@@ -119,13 +122,14 @@ impl OAuthListener {
         }
     }
 
-    /// Serves until the task is dropped (aborted at shutdown).
-    pub async fn serve(self) {
+    /// Serves until `drain` turns true, then stops accepting and returns once the requests in
+    /// progress are answered (see [`listener::serve`]); the caller bounds that wait.
+    pub async fn serve(self, drain: tokio::sync::watch::Receiver<bool>) {
         tracing::info!(
             issuer = %self.state.endpoints.issuer,
             tls = self.tls.is_some(),
             "oauth listener serving"
         );
-        listener::serve(self.bound, self.tls, self.state, self.bounds).await;
+        listener::serve(self.bound, self.tls, self.state, self.bounds, drain).await;
     }
 }

@@ -46,6 +46,8 @@ struct Daemon {
     dir: tempfile::TempDir,
     port: u16,
     child: Child,
+    /// `https` when `[oauth]` has TLS, else `http`.
+    scheme: &'static str,
 }
 
 fn canon(p: &Path) -> PathBuf {
@@ -76,6 +78,11 @@ impl Daemon {
         let d = canon(dir.path());
         let me = canon(&std::env::current_exe().unwrap());
         let port = free_port();
+        let scheme = if oauth_extra.contains("tls_") {
+            "https"
+        } else {
+            "http"
+        };
         let q = |p: &Path| format!("{:?}", p.display().to_string());
         let config = format!(
             r#"trust_domain = "example.org"
@@ -112,11 +119,6 @@ issuer = "{scheme}://127.0.0.1:{port}"
             policy = q(&d.join("policy.cedar")),
             audit = q(&d.join("audit.log")),
             me = me.display(),
-            scheme = if oauth_extra.contains("tls_") {
-                "https"
-            } else {
-                "http"
-            },
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         std::fs::write(d.join("policy.cedar"), POLICY).unwrap();
@@ -130,7 +132,12 @@ issuer = "{scheme}://127.0.0.1:{port}"
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut daemon = Self { dir, port, child };
+        let mut daemon = Self {
+            dir,
+            port,
+            child,
+            scheme,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = daemon.child.try_wait().unwrap() {
@@ -152,7 +159,7 @@ issuer = "{scheme}://127.0.0.1:{port}"
     }
 
     fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     fn log(&self) -> String {
@@ -202,14 +209,12 @@ issuer = "{scheme}://127.0.0.1:{port}"
     }
 
     fn post(&self, path: &str, form: &[(&str, &str)]) -> Resp {
-        let body = serde_urlencoded::to_string(form).unwrap();
-        http(
-            self.port,
-            &format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-        )
+        self.post_with(path, "", form)
+    }
+
+    /// A POST with extra header lines (each ending in `\r\n`).
+    fn post_with(&self, path: &str, headers: &str, form: &[(&str, &str)]) -> Resp {
+        http(self.port, &post_request(path, headers, form))
     }
 
     fn get(&self, path: &str, headers: &str) -> Resp {
@@ -249,6 +254,9 @@ issuer = "{scheme}://127.0.0.1:{port}"
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return; // already reaped by the test: its pid may belong to someone else now
+        }
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
@@ -310,14 +318,18 @@ impl Resp {
     }
 }
 
-/// One raw HTTP/1.1 exchange (the request must say `Connection: close`).
-fn http(port: u16, request: &str) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).to_string();
+/// A form POST with extra header lines, `Connection: close`.
+fn post_request(path: &str, headers: &str, form: &[(&str, &str)]) -> String {
+    let body = serde_urlencoded::to_string(form).unwrap();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Parses a whole HTTP/1.1 answer.
+fn response(out: &[u8]) -> Resp {
+    let text = String::from_utf8_lossy(out).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
@@ -329,6 +341,16 @@ fn http(port: u16, request: &str) -> Resp {
         head: head.to_string(),
         text: body.to_string(),
     }
+}
+
+/// One raw HTTP/1.1 exchange (the request must say `Connection: close`).
+fn http(port: u16, request: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    response(&out)
 }
 
 fn claims(token: &str) -> Value {
@@ -370,6 +392,11 @@ async fn metadata_and_jwks_describe_what_is_served() {
         assert_eq!(
             m["token_endpoint_auth_signing_alg_values_supported"],
             json!(["ES256"])
+        );
+        // No [[oauth.introspection_client]]: no client secrets anywhere.
+        assert_eq!(
+            m["introspection_endpoint_auth_methods_supported"],
+            json!(["private_key_jwt"])
         );
     }
     let r = d.get("/jwks.json", "");
@@ -1083,4 +1110,1081 @@ fn unix_socket_listener_serves_plain_http_and_is_removed_at_stop() {
     }
     let _ = child.wait();
     assert!(!oauth_sock.exists(), "the oauth socket is removed at stop");
+}
+
+/// A process group started by a test (a shell script and everything it starts): SIGTERM to
+/// the whole group on drop, SIGKILL if it is still there after 10 s.
+struct Group(Child);
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = self.0.id() as i32;
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// `examples/mcp/README.md`, run the way it says: `serve.sh` in one shell, then `agent.sh` in
+/// another, with `SVID_BROKER_BIN` naming the daemon under test (and ports and a directory
+/// of the test's own, so it runs beside anything else). The agent's tool call must succeed,
+/// the tool must refuse the token once the task is closed, and the audit log must hold the
+/// task's opening and closing.
+#[test]
+fn the_mcp_example_runs_as_its_readme_says() {
+    use std::os::unix::process::CommandExt;
+    let py = peers_python();
+    let venv = py.parent().unwrap().parent().unwrap().to_path_buf();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let example = repo.join("examples/mcp");
+    let readme = std::fs::read_to_string(example.join("README.md")).unwrap();
+    assert!(
+        readme.contains("examples/mcp/serve.sh") && readme.contains("examples/mcp/agent.sh"),
+        "the README no longer names the two commands this test runs"
+    );
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ex")
+        .tempdir_in(&root)
+        .unwrap();
+    let run = canon(dir.path()).join("demo");
+    let (broker_port, tool_port) = (free_port(), free_port());
+    let env = [
+        (
+            "SVID_BROKER_BIN",
+            env!("CARGO_BIN_EXE_svid-broker").to_string(),
+        ),
+        ("SVID_BROKER_OAUTH_VENV", venv.display().to_string()),
+        ("MCP_DEMO_DIR", run.display().to_string()),
+        ("MCP_DEMO_BROKER_PORT", broker_port.to_string()),
+        ("MCP_DEMO_TOOL_PORT", tool_port.to_string()),
+    ];
+    let serve_log = dir.path().join("serve.log");
+    let f = std::fs::File::create(&serve_log).unwrap();
+    let serve = Group(
+        Command::new("bash")
+            .arg(example.join("serve.sh"))
+            .envs(env.iter().map(|(k, v)| (*k, v)))
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let logs = || {
+        format!(
+            "serve.sh:\n{}\nbroker:\n{}",
+            std::fs::read_to_string(&serve_log).unwrap_or_default(),
+            std::fs::read_to_string(run.join("broker.log")).unwrap_or_default()
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while TcpStream::connect(("127.0.0.1", tool_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the example's tool did not start:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new("bash")
+        .arg(example.join("agent.sh"))
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "agent.sh failed ({}):\n{stdout}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    const AGENT: &str = "spiffe://example.org/demo/agent";
+    let expect = [
+        "1. token from the broker: expires in ",
+        "2. tools: ['forecast']",
+        &format!("   forecast: sunny in Lisbon; asked by {AGENT} in task task_"),
+        "3. task closed (revoke: HTTP 200)",
+        "   the tool now answers the same token with HTTP 401",
+    ];
+    for line in expect {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "agent output lacks {line:?}:\n{stdout}\n{}",
+            logs()
+        );
+    }
+    let task_id = stdout
+        .split("in task ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let events: Vec<Value> = std::fs::read_to_string(run.join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|r| r.get("event").cloned().unwrap_or(r))
+        .collect();
+    let of_task = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind && e["task_id"] == task_id.as_str())
+            .unwrap_or_else(|| panic!("no {kind} record for {task_id} in the audit log"))
+    };
+    let opened = of_task("task_open");
+    assert_eq!(opened["spiffe_id"], AGENT);
+    assert_eq!(
+        opened["audiences"],
+        json!([format!("http://127.0.0.1:{tool_port}/mcp")])
+    );
+    assert_eq!(of_task("token_issued")["spiffe_id"], AGENT);
+    let closed = of_task("task_close");
+    assert_eq!(closed["by"], AGENT);
+    // The tool's introspections are on record too, and no token is.
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "oauth_request" && e["endpoint"] == "introspect"));
+    assert!(!std::fs::read_to_string(run.join("audit.log"))
+        .unwrap()
+        .contains("eyJ"));
+    drop(serve);
+}
+
+/// The resource server of the introspection-client tests: its client id and secret.
+const RS_CLIENT: &str = "fastmcp-tool";
+const RS_SECRET: &str = "rs-secret-0123456789abcdef0123456789";
+
+/// A directory of the test's own (mode 0700) under the target directory.
+fn private_dir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&root)
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// Writes `content` to `dir/name` with `mode`.
+fn file_with_mode(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = canon(dir).join(name);
+    std::fs::write(&p, content).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+/// The `[[oauth.introspection_client]]` table for [`RS_CLIENT`], allowed `resources`.
+fn introspection_client(secret_file: &Path, resources: &[&str]) -> String {
+    format!(
+        "[[oauth.introspection_client]]\nclient_id = \"{RS_CLIENT}\"\nsecret_file = {:?}\nresources = {}\n",
+        secret_file.display().to_string(),
+        serde_json::to_string(resources).unwrap()
+    )
+}
+
+fn basic_auth(id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    format!("Authorization: Basic {b64}\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_clients_use_a_secret_and_may_only_introspect_their_resources() {
+    let keys = private_dir("ik");
+    let secret = file_with_mode(keys.path(), "rs.secret", &format!("{RS_SECRET}\n"), 0o600);
+    let d = Daemon::start(&introspection_client(&secret, &[TOOL]));
+
+    // Metadata offers client secrets for introspection, and only there.
+    let m = d.get("/.well-known/oauth-authorization-server", "").json();
+    assert_eq!(
+        m["introspection_endpoint_auth_methods_supported"],
+        json!([
+            "private_key_jwt",
+            "client_secret_basic",
+            "client_secret_post"
+        ])
+    );
+    assert_eq!(
+        m["token_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt"])
+    );
+    assert_eq!(
+        m["revocation_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt"])
+    );
+
+    let r = d.grant(TOOL, "read", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = d.grant(OTHER_TOOL, "read", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let other = r.json()["access_token"].as_str().unwrap().to_string();
+    let basic = basic_auth(RS_CLIENT, RS_SECRET);
+
+    // client_secret_basic and client_secret_post: a token for its resource is active.
+    let by_basic = d.post_with("/introspect", &basic, &[("token", &token)]);
+    assert_eq!(by_basic.status, 200, "{}", by_basic.text);
+    let v = by_basic.json();
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["aud"], json!([TOOL]));
+    assert_eq!(v["client_id"], RUNNER);
+    assert_eq!(v["scope"], "read");
+    let by_post = d.post(
+        "/introspect",
+        &[
+            ("client_id", RS_CLIENT),
+            ("client_secret", RS_SECRET),
+            ("token", &token),
+            ("token_type_hint", "access_token"),
+        ],
+    );
+    assert_eq!(by_post.status, 200, "{}", by_post.text);
+    assert_eq!(by_post.json()["active"], true, "{}", by_post.text);
+
+    // A token for a resource not in its list: inactive, and the refusal is recorded.
+    let r = d.post_with("/introspect", &basic, &[("token", &other)]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), json!({"active": false}));
+
+    // A wrong secret: 401 invalid_client, with a Basic challenge when it came as Basic.
+    let wrong = d.post_with(
+        "/introspect",
+        &basic_auth(RS_CLIENT, "rs-secret-0123456789abcdef012345678X"),
+        &[("token", &token)],
+    );
+    wrong.assert_error(401, "invalid_client", "do not match");
+    let challenge = wrong.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.starts_with("Basic realm="), "{}", wrong.head);
+    let wrong = d.post(
+        "/introspect",
+        &[
+            ("client_id", RS_CLIENT),
+            ("client_secret", "rs-secret-0123456789abcdef012345678X"),
+            ("token", &token),
+        ],
+    );
+    wrong.assert_error(401, "invalid_client", "do not match");
+    assert_eq!(wrong.header("www-authenticate"), None, "{}", wrong.head);
+    d.post_with(
+        "/introspect",
+        &basic_auth("someone-else", RS_SECRET),
+        &[("token", &token)],
+    )
+    .assert_error(401, "invalid_client", "do not match");
+    // Two methods at once.
+    let a = d.assertion(RS).await;
+    d.post_with(
+        "/introspect",
+        &basic,
+        &[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("token", &token),
+        ],
+    )
+    .assert_error(400, "invalid_request", "more than one");
+
+    // It may not get, exchange or revoke tokens.
+    for method in ["basic", "post"] {
+        let mut form = vec![("grant_type", "client_credentials"), ("resource", TOOL)];
+        let headers = if method == "basic" {
+            basic.clone()
+        } else {
+            form.extend([("client_id", RS_CLIENT), ("client_secret", RS_SECRET)]);
+            String::new()
+        };
+        d.post_with("/token", &headers, &form).assert_error(
+            400,
+            "unauthorized_client",
+            "may only introspect",
+        );
+    }
+    d.post_with(
+        "/token",
+        &basic,
+        &[
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token", &token),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("resource", TOOL),
+        ],
+    )
+    .assert_error(400, "unauthorized_client", "may only introspect");
+    d.post_with("/revoke", &basic, &[("token", &token)])
+        .assert_error(400, "unauthorized_client", "may only introspect");
+    // ...and a wrong secret there is still a 401.
+    d.post_with(
+        "/revoke",
+        &basic_auth(RS_CLIENT, "nope-nope-nope-nope-nope"),
+        &[("token", &token)],
+    )
+    .assert_error(401, "invalid_client", "do not match");
+    // The token still works: none of that revoked it.
+    let v = d
+        .post_with("/introspect", &basic, &[("token", &token)])
+        .json();
+    assert_eq!(v["active"], true, "{v}");
+
+    // Once its task is closed, the token is inactive for the resource server too.
+    let a = d.assertion(RUNNER).await;
+    let r = d.post(
+        "/revoke",
+        &[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("token", &token),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = d
+        .post_with("/introspect", &basic, &[("token", &token)])
+        .json();
+    assert_eq!(v, json!({"active": false}));
+
+    // Audit: the client id on its introspections and refusals, never the secret.
+    let records = d.oauth_records();
+    let mine: Vec<&Value> = records
+        .iter()
+        .filter(|e| e["client"] == RS_CLIENT)
+        .collect();
+    assert!(
+        mine.iter()
+            .any(|e| e["endpoint"] == "introspect" && e["error"].is_null()),
+        "{mine:?}"
+    );
+    assert!(
+        mine.iter().any(|e| e["endpoint"] == "introspect"
+            && e["error"] == "unauthorized_client"
+            && e["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("not one of introspection client fastmcp-tool's resources")),
+        "{mine:?}"
+    );
+    assert!(mine
+        .iter()
+        .any(|e| e["endpoint"] == "token" && e["error"] == "unauthorized_client"));
+    assert!(records.iter().any(|e| e["endpoint"] == "introspect"
+        && e["error"] == "invalid_client"
+        && e["client"].is_null()));
+    let introspections: Vec<Value> = d
+        .audit_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|r| r.get("event").cloned().unwrap_or(r))
+        .filter(|e| e["kind"] == "introspection")
+        .collect();
+    assert!(
+        introspections
+            .iter()
+            .any(|e| e["by"] == format!("oauth-client:{RS_CLIENT}") && e["active"] == true),
+        "{introspections:?}"
+    );
+    for (name, text) in [("audit log", d.audit_text()), ("daemon log", d.log())] {
+        assert!(!text.contains(RS_SECRET), "the secret is in the {name}");
+        assert!(
+            !text.contains("rs-secret-0123456789abcdef012345678X"),
+            "a presented secret is in the {name}"
+        );
+    }
+}
+
+/// A config with an `[oauth]` listener and `extra`, and the daemon's stderr when it refuses
+/// to start (it must refuse).
+fn refused_at_start(dir: &Path, extra: &str) -> String {
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "trust_domain = \"example.org\"\nsocket_path = {:?}\n[[entry]]\nspiffe_id = \"{RUNNER}\"\nselectors = [\"unix:uid:0\"]\n[oauth]\nlisten = \"127.0.0.1:0\"\nissuer = \"http://127.0.0.1\"\n{extra}",
+            dir.join("s.sock").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_svid-broker"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the daemon started with {extra}");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn an_exposed_or_malformed_secret_file_is_a_config_error() {
+    let dir = private_dir("is");
+    let d = canon(dir.path());
+    for (mode, content, needles) in [
+        (
+            0o640,
+            RS_SECRET.to_string(),
+            &["rs.secret", "fastmcp-tool"][..],
+        ),
+        (0o604, RS_SECRET.to_string(), &["rs.secret"][..]),
+        (
+            0o600,
+            "short".to_string(),
+            &["16 to 512 bytes", "openssl rand"][..],
+        ),
+        (0o600, format!("{RS_SECRET} x"), &["letters, digits"][..]),
+    ] {
+        let _ = std::fs::remove_file(d.join("rs.secret"));
+        let secret = file_with_mode(&d, "rs.secret", &content, mode);
+        let err = refused_at_start(&d, &introspection_client(&secret, &[TOOL]));
+        for needle in needles {
+            assert!(err.contains(needle), "mode {mode:o}: {err}");
+        }
+        assert!(!err.contains(&content), "the secret is in the error: {err}");
+    }
+    let err = refused_at_start(
+        &d,
+        &introspection_client(&d.join("missing.secret"), &[TOOL]),
+    );
+    assert!(err.contains("missing.secret"), "{err}");
+    let err = refused_at_start(
+        &d,
+        "[[oauth.introspection_client]]\nclient_id = \"spiffe://example.org/x\"\nsecret_file = \"/x\"\nresources = [\"https://t\"]\n",
+    );
+    assert!(err.contains("only letters, digits"), "{err}");
+}
+
+#[test]
+fn fastmcp_introspection_verifier_with_a_client_secret() {
+    let keys = private_dir("fk");
+    let secret = file_with_mode(keys.path(), "rs.secret", RS_SECRET, 0o600);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let (d, py) = daemon_for_peers(&introspection_client(&secret, &[&url]));
+    let log = d.dir.path().join("fastmcp-introspection.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let _server = Killed(
+        Command::new(&py)
+            .arg(peer("fastmcp_introspection_server.py"))
+            .args([&d.issuer(), &port.to_string(), RS_CLIENT])
+            .arg(&secret)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "FastMCP server did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(&py)
+        .arg(peer("fastmcp_introspection_client.py"))
+        .args([&d.issuer(), &url, PY_AGENT])
+        .env("SPIFFE_ENDPOINT_SOCKET", d.endpoint())
+        .output()
+        .unwrap();
+    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "fastmcp_introspection_client.py failed:\n{}\n{}\nserver:\n{server_log}\ndaemon:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["whoami"], PY_AGENT, "{v}\n{server_log}");
+    assert_eq!(v["fresh"], 200, "{v}");
+    assert_eq!(v["other_resource"], 401, "{v}");
+    assert_eq!(v["revoked"], 401, "{v}");
+    // The broker saw the verifier introspect as RS_CLIENT, by client_secret_basic.
+    let records = d.oauth_records();
+    assert!(
+        records.iter().any(|e| e["endpoint"] == "introspect"
+            && e["client"] == RS_CLIENT
+            && e["error"].is_null()),
+        "{records:?}"
+    );
+    assert!(!d.audit_text().contains(RS_SECRET));
+}
+
+/// The user's identity provider of the on-behalf-of test: its `iss`, and the `aud` its id
+/// tokens carry for the broker.
+const IDP: &str = "https://idp.test";
+const IDP_AUDIENCE: &str = "svid-broker";
+const USER: &str = "alice@example.com";
+
+/// An ES256 signing key of the test's own (ring), and its JWK.
+struct IdpKey {
+    key: ring::signature::EcdsaKeyPair,
+    kid: &'static str,
+}
+
+impl IdpKey {
+    fn generate(kid: &'static str) -> Self {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Self { key, kid }
+    }
+
+    fn jwk(&self) -> Value {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        use ring::signature::KeyPair;
+        let point = self.key.public_key().as_ref();
+        assert_eq!(point.len(), 65);
+        json!({
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        })
+    }
+
+    /// A compact JWS of `claims`, with this key's `kid` (or `kid` if given).
+    fn sign(&self, claims: &Value, kid: Option<&str>) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid.unwrap_or(self.kid)});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let sig = self.key.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_exchange_on_behalf_of_a_user_with_an_id_token() {
+    const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+    let idp = IdpKey::generate("idp-key-1");
+    let jwks_dir = private_dir("idp");
+    let jwks = canon(jwks_dir.path()).join("idp-jwks.json");
+    std::fs::write(&jwks, json!({"keys": [idp.jwk()]}).to_string()).unwrap();
+    let d = Daemon::start_with(
+        "",
+        &format!(
+            "[[oidc_issuer]]\nissuer = \"{IDP}\"\naudience = \"{IDP_AUDIENCE}\"\njwks_path = {:?}\n",
+            jwks.display().to_string()
+        ),
+    );
+    let now = now_secs();
+    let user_claims = json!({
+        "iss": IDP, "aud": IDP_AUDIENCE, "sub": USER, "iat": now, "exp": now + 300,
+        "email": USER,
+    });
+    let exchange = |subject: String| {
+        let d = &d;
+        async move {
+            let a = d.assertion(RUNNER).await;
+            d.post(
+                "/token",
+                &[
+                    ("grant_type", TOKEN_EXCHANGE),
+                    ("client_assertion_type", JWT_BEARER),
+                    ("client_assertion", &a),
+                    ("subject_token", &subject),
+                    ("subject_token_type", ID_TOKEN),
+                    ("resource", TOOL),
+                    ("scope", "read"),
+                ],
+            )
+        }
+    };
+
+    let r = exchange(idp.sign(&user_claims, None)).await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text, d.log());
+    let v = r.json();
+    assert_eq!(
+        v["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(v["token_type"], "Bearer");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let c = claims(&token);
+    assert_eq!(c["obo"], json!({"iss": IDP, "sub": USER}), "{c}");
+    assert_eq!(c["aud"], json!([TOOL]));
+    assert_eq!(c["sub"], RUNNER, "the client acts, for the user");
+    assert_eq!(c["scope"], "read");
+    assert!(c.get("act").is_none(), "not a delegation: {c}");
+    // Valid as any task token, the user in the introspection answer too.
+    let i = d.introspect_as(RS, &token).await;
+    assert_eq!(i["active"], true, "{i}");
+    assert_eq!(i["obo"], json!({"iss": IDP, "sub": USER}));
+    // The task is recorded as acting for the user; the id token itself is not recorded.
+    let opened: Vec<Value> = d
+        .audit_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|r| r.get("event").cloned().unwrap_or(r))
+        .filter(|e| e["kind"] == "task_open" && e["task_id"] == v["task_id"])
+        .collect();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert!(
+        opened[0]["on_behalf_of"].as_str().unwrap().contains(USER),
+        "{opened:?}"
+    );
+
+    // Refusals: invalid_grant, saying why.
+    let edit = |f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut m = user_claims.as_object().unwrap().clone();
+        f(&mut m);
+        Value::Object(m)
+    };
+    let stranger = IdpKey::generate("idp-key-1");
+    let cases = [
+        (
+            "an unconfigured issuer",
+            idp.sign(
+                &edit(&|m| {
+                    m.insert("iss".into(), json!("https://evil.test"));
+                }),
+                None,
+            ),
+            "\"https://evil.test\" is not configured",
+        ),
+        (
+            "expired",
+            idp.sign(
+                &edit(&|m| {
+                    m.insert("iat".into(), json!(now - 7200));
+                    m.insert("exp".into(), json!(now - 3600));
+                }),
+                None,
+            ),
+            "expired",
+        ),
+        (
+            "another audience",
+            idp.sign(
+                &edit(&|m| {
+                    m.insert("aud".into(), json!("some-other-app"));
+                }),
+                None,
+            ),
+            "aud does not contain \"svid-broker\"",
+        ),
+        (
+            "signed by another key under the same kid",
+            stranger.sign(&user_claims, None),
+            "signature does not verify",
+        ),
+        (
+            "a kid the issuer does not publish",
+            idp.sign(&user_claims, Some("idp-key-2")),
+            "idp-key-2",
+        ),
+        ("not a JWT", "not-a-jwt".to_string(), "subject_token"),
+    ];
+    let sent = cases.len();
+    for (why, subject, needle) in cases {
+        let r = exchange(subject).await;
+        let v = r.json();
+        assert_eq!(
+            (r.status, v["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{why}: {}",
+            r.text
+        );
+        let d = v["error_description"].as_str().unwrap();
+        assert!(
+            d.starts_with("subject_token rejected") && d.contains(needle),
+            "{why}: {d:?} should contain {needle:?}"
+        );
+    }
+    let refused = d
+        .oauth_records()
+        .iter()
+        .filter(|e| e["endpoint"] == "token" && e["error"] == "invalid_grant")
+        .count();
+    assert_eq!(refused, sent, "every refusal is in the audit log");
+}
+
+/// The broker's own identity for its OAuth listener's TLS (`tls_spiffe_id`).
+const BROKER_ID: &str = "spiffe://example.org/broker/oauth";
+
+/// Trusts a server certificate that chains to the trust bundle's roots (webpki, serverAuth),
+/// whatever its name (an X.509-SVID has a URI SAN and no DNS name), and keeps it so the test
+/// can check its SPIFFE ID itself.
+#[derive(Debug)]
+struct BundleVerifier {
+    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    seen: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for BundleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let anchors: Vec<_> = self
+            .roots
+            .iter()
+            .map(|r| webpki::anchor_from_trusted_cert(r).unwrap())
+            .collect();
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| rustls::Error::General(format!("{e:?}")))?;
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| rustls::Error::General(format!("chain: {e:?}")))?;
+        self.seen.lock().unwrap().push(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// What the test reads from a server certificate: URI SANs, serial, notAfter.
+fn cert_facts(der: &[u8]) -> (Vec<String>, String, i64) {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let uris = cert
+        .subject_alternative_name()
+        .unwrap()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        uris,
+        cert.raw_serial_as_string(),
+        cert.validity().not_after.timestamp(),
+    )
+}
+
+/// One request over TLS with `verifier`; the answer.
+async fn https(
+    port: u16,
+    verifier: &std::sync::Arc<BundleVerifier>,
+    request: &str,
+) -> Result<Resp, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(verifier.clone())
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    Ok(response(&out))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_from_the_brokers_own_svid_and_its_renewal() {
+    // The broker's identity: an [[entry]] no process matches, with a short X.509-SVID
+    // lifetime so that it renews (at half-life, ±10 %) during the test.
+    let d = Daemon::start_with(
+        &format!("tls_spiffe_id = \"{BROKER_ID}\""),
+        &format!(
+            "[[entry]]\nspiffe_id = \"{BROKER_ID}\"\nselectors = [\"unix:uid:4294967294\"]\nx509_ttl = \"10s\"\n"
+        ),
+    );
+    assert!(d.issuer().starts_with("https://"));
+    // The trust bundle, as any workload gets it from the Workload API.
+    let wl = WorkloadApiClient::connect_to(d.endpoint()).await.unwrap();
+    let bundles = wl.fetch_x509_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    let roots: Vec<rustls::pki_types::CertificateDer<'static>> = bundles
+        .get(&td)
+        .unwrap()
+        .authorities()
+        .iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.as_ref().to_vec()))
+        .collect();
+    assert!(!roots.is_empty());
+    let verifier = std::sync::Arc::new(BundleVerifier {
+        roots: roots.clone(),
+        seen: Default::default(),
+    });
+
+    // Metadata over TLS, from a certificate whose only URI SAN is the configured SPIFFE ID.
+    let r = https(
+        d.port,
+        &verifier,
+        "GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["issuer"], d.issuer());
+    assert_eq!(r.json()["token_endpoint"], format!("{}/token", d.issuer()));
+    let first = verifier.seen.lock().unwrap().last().cloned().unwrap();
+    let (uris, serial1, not_after1) = cert_facts(&first);
+    assert_eq!(uris, [BROKER_ID]);
+    // A token request over TLS, the assertion addressed to the https:// issuer.
+    let a = d.assertion(RUNNER).await;
+    let r = https(
+        d.port,
+        &verifier,
+        &post_request(
+            "/token",
+            "",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &a),
+                ("resource", TOOL),
+                ("scope", "read"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        claims(r.json()["access_token"].as_str().unwrap())["aud"],
+        json!([TOOL])
+    );
+
+    // A client that trusts another trust domain's roots refuses the server.
+    let stranger = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+    let untrusting = std::sync::Arc::new(BundleVerifier {
+        roots: vec![stranger.cert.der().clone()],
+        seen: Default::default(),
+    });
+    let e = https(d.port, &untrusting, "GET /jwks.json HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap_err();
+    assert!(e.contains("handshake"), "{e}");
+
+    // Renewal: the 10 s SVID renews at 4.5 to 5.5 s; the next handshakes get the new one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let renewed = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = https(
+            d.port,
+            &verifier,
+            "GET /jwks.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+        let last = verifier.seen.lock().unwrap().last().cloned().unwrap();
+        let facts = cert_facts(&last);
+        if facts.1 != serial1 {
+            break facts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener still serves the first SVID (serial {serial1}) after 20 s:\n{}",
+            d.log()
+        );
+    };
+    assert_eq!(renewed.0, [BROKER_ID]);
+    assert!(renewed.2 > not_after1, "{} !> {not_after1}", renewed.2);
+    // And past the first SVID's expiry, handshakes still succeed (with a valid certificate).
+    let wait = (not_after1 + 2 - now_secs()).max(0) as u64;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = https(
+        d.port,
+        &verifier,
+        "GET /jwks.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let last = verifier.seen.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        cert_facts(&last).2 > now_secs(),
+        "an expired certificate was served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_drains_the_oauth_listener_within_the_grace_period() {
+    // shutdown_grace = "2s" (Daemon's config): the bound this test shows.
+    const GRACE: Duration = Duration::from_secs(2);
+    let mut d = Daemon::start("");
+    let a = d.assertion(RUNNER).await;
+    let request = post_request(
+        "/token",
+        "",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &a),
+            ("resource", TOOL),
+            ("scope", "read"),
+        ],
+    );
+    // In flight at SIGTERM: the head and half the body sent.
+    let (first, rest) = request.split_at(request.len() - 40);
+    let mut in_flight = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    in_flight
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    in_flight.write_all(first.as_bytes()).unwrap();
+    // A request that never finishes: it must not hold the daemon past the grace period.
+    let mut stalled = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stalled
+        .write_all(b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    // An idle keep-alive connection, after one answered request.
+    let mut idle = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    idle.write_all(b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let stop = Instant::now();
+    unsafe {
+        libc::kill(d.child.id() as i32, libc::SIGTERM);
+    }
+    // No new connections once draining has begun.
+    while TcpStream::connect(("127.0.0.1", d.port)).is_ok() {
+        assert!(
+            stop.elapsed() < GRACE,
+            "still accepting {:?} after SIGTERM",
+            stop.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The idle connection is closed without waiting for the grace period.
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(stop.elapsed() < GRACE, "{:?}", stop.elapsed());
+    // The request in flight is answered in full, and told the connection closes.
+    in_flight.write_all(rest.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = in_flight.read_to_end(&mut out);
+    let r = response(&out);
+    assert_eq!(r.status, 200, "{}\n{}", r.text, d.log());
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert_eq!(
+        claims(r.json()["access_token"].as_str().unwrap())["aud"],
+        json!([TOOL])
+    );
+    // The stalled request holds the daemon until the grace period ends, not longer.
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stop.elapsed() < GRACE + Duration::from_secs(5),
+            "the daemon is still running {:?} after SIGTERM:\n{}",
+            stop.elapsed(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = stop.elapsed();
+    assert!(status.success(), "{status}\n{}", d.log());
+    assert!(
+        took >= GRACE - Duration::from_millis(200),
+        "exited after {took:?}, before the grace period: the stalled request was not waited for"
+    );
+    let mut out = Vec::new();
+    let _ = stalled.read_to_end(&mut out);
+    assert!(
+        !String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let log = d.log();
+    assert!(log.contains("oauth listener closed"), "{log}");
+    assert!(log.contains("still open after the grace period"), "{log}");
+    // The grant answered during the drain is in the audit log.
+    assert!(d
+        .oauth_records()
+        .iter()
+        .any(|e| e["endpoint"] == "token" && e["error"].is_null()));
 }

@@ -8,6 +8,7 @@
 """
 
 import asyncio
+import os
 import uuid
 
 import httpx
@@ -17,8 +18,9 @@ from mcp.client.auth.extensions.client_credentials import PrivateKeyJWTOAuthProv
 from mcp.client.streamable_http import streamable_http_client
 from spiffe import SpiffeId, WorkloadApiClient
 
-ISSUER = "http://127.0.0.1:8800"
-TOOL = "http://127.0.0.1:8801/mcp"
+# serve.sh's ports (MCP_DEMO_BROKER_PORT, MCP_DEMO_TOOL_PORT; 8800 and 8801 by default).
+ISSUER = f"http://127.0.0.1:{os.environ.get('MCP_DEMO_BROKER_PORT', '8800')}"
+TOOL = f"http://127.0.0.1:{os.environ.get('MCP_DEMO_TOOL_PORT', '8801')}/mcp"
 ME = "spiffe://example.org/demo/agent"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

@@ -6,6 +6,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 run=${MCP_DEMO_DIR:-/tmp/svid-broker-mcp-demo}
 venv=${SVID_BROKER_OAUTH_VENV:-$repo/target/peers/oauth-venv}
+broker_port=${MCP_DEMO_BROKER_PORT:-8800}
+tool_port=${MCP_DEMO_TOOL_PORT:-8801}
+export MCP_DEMO_BROKER_PORT=$broker_port MCP_DEMO_TOOL_PORT=$tool_port
 
 bash "$repo/scripts/install-oauth-peers.sh"
 broker_bin=${SVID_BROKER_BIN:-$repo/target/debug/svid-broker}
@@ -13,13 +16,13 @@ broker_bin=${SVID_BROKER_BIN:-$repo/target/debug/svid-broker}
 python=$(readlink -f "$venv/bin/python")
 rm -rf "$run" && mkdir -p "$run" && chmod 700 "$run"
 
-cat >"$run/policy.cedar" <<'CEDAR'
+cat >"$run/policy.cedar" <<CEDAR
 // The agent may get tokens for the demo tool, read scope only.
 @id("demo-agent-reads-the-tool")
 permit (
   principal == SvidBroker::Workload::"spiffe://example.org/demo/agent",
   action in [SvidBroker::Action::"OpenTask", SvidBroker::Action::"MintTaskToken"],
-  resource == SvidBroker::Audience::"http://127.0.0.1:8801/mcp"
+  resource == SvidBroker::Audience::"http://127.0.0.1:$tool_port/mcp"
 )
 when { ["read"].containsAll(context.scopes) };
 CEDAR
@@ -47,16 +50,21 @@ path = "$run/audit.log"
 introspectors = ["spiffe://example.org/demo/tool"]
 
 [oauth]
-listen = "127.0.0.1:8800"
-issuer = "http://127.0.0.1:8800"
+listen = "127.0.0.1:$broker_port"
+issuer = "http://127.0.0.1:$broker_port"
 TOML
 
 "$broker_bin" run --config "$run/broker.toml" 2>"$run/broker.log" &
 broker=$!
 trap 'kill $broker ${tool:-} 2>/dev/null; wait' EXIT INT TERM
 for _ in $(seq 100); do [[ -S "$run/api.sock" ]] && break; sleep 0.1; done
-echo "broker: issuer http://127.0.0.1:8800, log $run/broker.log, audit $run/audit.log"
+if [[ ! -S "$run/api.sock" ]]; then
+  echo "the broker did not start; its log ($run/broker.log):" >&2
+  cat "$run/broker.log" >&2
+  exit 1
+fi
+echo "broker: issuer http://127.0.0.1:$broker_port, log $run/broker.log, audit $run/audit.log"
 SPIFFE_ENDPOINT_SOCKET="unix://$run/api.sock" "$venv/bin/python" "$here/tool_server.py" &
 tool=$!
-echo "tool:   http://127.0.0.1:8801/mcp  (now run examples/mcp/agent.sh)"
+echo "tool:   http://127.0.0.1:$tool_port/mcp  (now run examples/mcp/agent.sh)"
 wait $tool

@@ -6,6 +6,7 @@ introspection endpoint whether the token's task is still open (authenticating wi
 JWT-SVID, spiffe://example.org/demo/tool, a configured introspector).
 """
 
+import os
 import uuid
 
 import httpx
@@ -16,8 +17,10 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from spiffe import SpiffeId, WorkloadApiClient
 
-ISSUER = "http://127.0.0.1:8800"
-RESOURCE = "http://127.0.0.1:8801/mcp"
+# serve.sh exports its ports (MCP_DEMO_BROKER_PORT, MCP_DEMO_TOOL_PORT; 8800 and 8801 by default).
+PORT = int(os.environ.get("MCP_DEMO_TOOL_PORT", "8801"))
+ISSUER = f"http://127.0.0.1:{os.environ.get('MCP_DEMO_BROKER_PORT', '8800')}"
+RESOURCE = f"http://127.0.0.1:{PORT}/mcp"
 ME = "spiffe://example.org/demo/tool"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -78,4 +81,4 @@ def forecast(city: str) -> str:
 
 
 if __name__ == "__main__":
-    server.run("streamable-http", host="127.0.0.1", port=8801)
+    server.run("streamable-http", host="127.0.0.1", port=PORT)

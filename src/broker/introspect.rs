@@ -23,6 +23,41 @@ impl Broker {
         who: &Who,
         token: &str,
     ) -> Result<pb::IntrospectTokenResponse, Status> {
+        let introspectors = &self.config.introspectors;
+        let may_see = |aud: &str| match who {
+            Who::Admin => true,
+            Who::Workload(c) => {
+                c.identities.iter().any(|i| i.spiffe_id.to_string() == aud)
+                    || c.identities
+                        .iter()
+                        .any(|i| introspectors.contains(&i.spiffe_id.to_string()))
+            }
+        };
+        self.introspect_by(who.label(), may_see, token).await
+    }
+
+    /// IntrospectToken for a relying party that is neither a workload nor an admin (an OAuth
+    /// resource server authenticated by its client secret): it may see only tokens whose
+    /// audience is one of `audiences`. `by` names it in the audit log.
+    ///
+    /// # Errors
+    /// The token's audience is not one of `audiences`.
+    pub async fn introspect_for_audiences(
+        &self,
+        by: String,
+        audiences: &[String],
+        token: &str,
+    ) -> Result<pb::IntrospectTokenResponse, Status> {
+        self.introspect_by(by, |aud| audiences.iter().any(|a| a == aud), token)
+            .await
+    }
+
+    async fn introspect_by(
+        &self,
+        by: String,
+        may_see: impl FnOnce(&str) -> bool,
+        token: &str,
+    ) -> Result<pb::IntrospectTokenResponse, Status> {
         if token.is_empty() {
             return Err(Status::invalid_argument("token is required"));
         }
@@ -31,7 +66,6 @@ impl Broker {
             active: false,
             claims: None,
         };
-        let by = who.label();
         let now = self.clock.now();
         let bundle = self.issuer.current_bundle();
         // Authorization needs the audience, so read it before trusting anything else.
@@ -51,16 +85,7 @@ impl Broker {
             .find(|a| crate::svid::task_audience::parse(a).is_none())
             .map(|s| s.to_string())
             .unwrap_or_default();
-        let authorized = match who {
-            Who::Admin => true,
-            Who::Workload(c) => {
-                c.identities.iter().any(|i| i.spiffe_id.to_string() == aud)
-                    || c.identities
-                        .iter()
-                        .any(|i| self.config.introspectors.contains(&i.spiffe_id.to_string()))
-            }
-        };
-        if !authorized {
+        if !may_see(&aud) {
             return Err(Status::permission_denied(
                 "only the token's audience, a configured introspector or an admin may introspect it",
             ));

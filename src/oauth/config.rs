@@ -50,6 +50,85 @@ pub struct OAuthConfig {
     pub request_timeout: Duration,
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// `[[oauth.introspection_client]]`: resource servers that authenticate to the
+    /// introspection endpoint with a client secret, and may do nothing else.
+    #[serde(default, rename = "introspection_client")]
+    pub introspection_clients: Vec<IntrospectionClientConfig>,
+}
+
+/// Most `[[oauth.introspection_client]]` tables.
+pub const MAX_INTROSPECTION_CLIENTS: usize = 64;
+/// Most `resources` of one introspection client.
+pub const MAX_CLIENT_RESOURCES: usize = 64;
+/// Longest `client_id` of an introspection client.
+pub const MAX_CLIENT_ID_BYTES: usize = 128;
+
+/// `[[oauth.introspection_client]]`: a resource server (for example FastMCP's
+/// `IntrospectionTokenVerifier`) that authenticates to `/introspect` with `client_id` and a
+/// secret (`client_secret_basic` or `client_secret_post`, RFC 6749 §2.3.1). It may introspect
+/// only tokens whose audience is one of its `resources`, and may not get, exchange or revoke
+/// tokens.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionClientConfig {
+    /// Letters, digits and `-._~` (unchanged by form encoding, so Basic credentials mean the
+    /// same encoded or not), at most 128 bytes.
+    pub client_id: String,
+    /// The secret, alone in a file owned by the daemon's user and not readable by group or
+    /// other (read at start; see [`super::secret`]).
+    pub secret_file: PathBuf,
+    /// The audiences (resource URIs) whose tokens it may introspect.
+    pub resources: Vec<String>,
+}
+
+/// True for the characters a client id or secret may hold: RFC 3986 unreserved, which
+/// `application/x-www-form-urlencoded` leaves as they are.
+pub fn is_credential_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+}
+
+impl IntrospectionClientConfig {
+    /// # Errors
+    /// The first rule broken, in words naming the client.
+    pub fn validate(&self) -> Result<(), String> {
+        let id = &self.client_id;
+        if id.is_empty() || id.len() > MAX_CLIENT_ID_BYTES {
+            return Err(format!(
+                "oauth.introspection_client client_id {id:?} must be 1 to {MAX_CLIENT_ID_BYTES} bytes"
+            ));
+        }
+        if !id.bytes().all(is_credential_char) {
+            return Err(format!(
+                "oauth.introspection_client client_id {id:?} may hold only letters, digits and -._~ (a SPIFFE ID authenticates with its JWT-SVID instead, needing no entry here)"
+            ));
+        }
+        if self.secret_file.as_os_str().is_empty() {
+            return Err(format!(
+                "oauth.introspection_client {id}: secret_file is required"
+            ));
+        }
+        if self.resources.is_empty() || self.resources.len() > MAX_CLIENT_RESOURCES {
+            return Err(format!(
+                "oauth.introspection_client {id}: resources must list 1 to {MAX_CLIENT_RESOURCES} audiences whose tokens it may introspect"
+            ));
+        }
+        for r in &self.resources {
+            let absolute = r
+                .split_once(':')
+                .is_some_and(|(scheme, _)| !scheme.is_empty());
+            if !absolute
+                || r.contains('#')
+                || r.chars().any(char::is_whitespace)
+                || r.len() > crate::broker::limits::MAX_AUDIENCE_BYTES
+            {
+                return Err(format!(
+                    "oauth.introspection_client {id}: resource {r:?} must be an absolute URI without a fragment or spaces, at most {} bytes (a token's aud)",
+                    crate::broker::limits::MAX_AUDIENCE_BYTES
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_grant_ttl() -> Duration {
@@ -153,6 +232,22 @@ impl OAuthConfig {
         if self.max_connections == 0 {
             return Err("oauth.max_connections must be at least 1".into());
         }
+        if self.introspection_clients.len() > MAX_INTROSPECTION_CLIENTS {
+            return Err(format!(
+                "{} [[oauth.introspection_client]] tables; the limit is {MAX_INTROSPECTION_CLIENTS}",
+                self.introspection_clients.len()
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for c in &self.introspection_clients {
+            c.validate()?;
+            if !ids.insert(c.client_id.as_str()) {
+                return Err(format!(
+                    "oauth.introspection_client client_id {:?} appears twice",
+                    c.client_id
+                ));
+            }
+        }
         for (name, d) in [
             ("oauth.request_timeout", self.request_timeout),
             ("oauth.handshake_timeout", self.handshake_timeout),
@@ -207,6 +302,69 @@ mod tests {
         let text = "trust_domain = \"example.org\"\n[authority]\nkind = \"spire\"\n[authority.spire]\nworkload_socket = \"unix:///run/a.sock\"\nadmin_socket = \"unix:///run/b.sock\"\n[oauth]\nlisten = \"127.0.0.1:1\"\nissuer = \"http://127.0.0.1:1\"\n";
         let e = crate::config::Config::parse(text).unwrap_err().to_string();
         assert!(e.contains("authority.kind = \"embedded\""), "{e}");
+    }
+
+    const BASE: &str = "listen = \"127.0.0.1:1\"\nissuer = \"http://h\"\n";
+
+    fn with_client(table: &str) -> Result<OAuthConfig, String> {
+        parse(&format!("{BASE}[[introspection_client]]\n{table}"))
+    }
+
+    #[test]
+    fn introspection_clients_are_checked() {
+        let c = with_client(
+            "client_id = \"fastmcp-tool\"\nsecret_file = \"/etc/s\"\nresources = [\"https://t/mcp\"]",
+        )
+        .unwrap();
+        assert_eq!(c.introspection_clients.len(), 1);
+        assert_eq!(c.introspection_clients[0].client_id, "fastmcp-tool");
+        assert_eq!(c.introspection_clients[0].resources, ["https://t/mcp"]);
+        for (table, needle) in [
+            (
+                "client_id = \"spiffe://td/x\"\nsecret_file = \"/s\"\nresources = [\"https://t\"]",
+                "only letters",
+            ),
+            (
+                "client_id = \"\"\nsecret_file = \"/s\"\nresources = [\"https://t\"]",
+                "1 to 128 bytes",
+            ),
+            (
+                "client_id = \"a\"\nsecret_file = \"\"\nresources = [\"https://t\"]",
+                "secret_file is required",
+            ),
+            (
+                "client_id = \"a\"\nsecret_file = \"/s\"\nresources = []",
+                "resources must list",
+            ),
+            (
+                "client_id = \"a\"\nsecret_file = \"/s\"\nresources = [\"relative\"]",
+                "absolute URI",
+            ),
+            (
+                "client_id = \"a\"\nsecret_file = \"/s\"\nresources = [\"https://t\"]\nsecret = \"x\"",
+                "unknown field",
+            ),
+        ] {
+            let e = with_client(table).unwrap_err();
+            assert!(e.contains(needle), "{table}: {e}");
+        }
+        let long = "a".repeat(MAX_CLIENT_ID_BYTES + 1);
+        let e = with_client(&format!(
+            "client_id = \"{long}\"\nsecret_file = \"/s\"\nresources = [\"https://t\"]"
+        ))
+        .unwrap_err();
+        assert!(e.contains("1 to 128 bytes"), "{e}");
+        with_client(&format!(
+            "client_id = \"{}\"\nsecret_file = \"/s\"\nresources = [\"https://t\"]",
+            &long[1..]
+        ))
+        .unwrap();
+        let one = "client_id = \"a\"\nsecret_file = \"/s\"\nresources = [\"https://t\"]\n";
+        let e = parse(&format!(
+            "{BASE}[[introspection_client]]\n{one}[[introspection_client]]\n{one}"
+        ))
+        .unwrap_err();
+        assert!(e.contains("appears twice"), "{e}");
     }
 
     #[test]

@@ -12,15 +12,28 @@ pub struct OAuthError {
     pub code: &'static str,
     pub description: String,
     pub status: StatusCode,
+    /// Answer with `WWW-Authenticate: Basic` (RFC 6749 §5.2: a client that authenticated
+    /// with the Authorization header gets a 401 with a challenge of its scheme).
+    pub basic_challenge: bool,
 }
 
+/// The `WWW-Authenticate` value of a refused HTTP Basic client.
+pub const BASIC_CHALLENGE: &str = "Basic realm=\"svid-broker\", charset=\"UTF-8\"";
+
 impl OAuthError {
-    fn new(code: &'static str, status: StatusCode, description: impl Into<String>) -> Self {
+    pub fn new(code: &'static str, status: StatusCode, description: impl Into<String>) -> Self {
         Self {
             code,
             description: description.into(),
             status,
+            basic_challenge: false,
         }
+    }
+
+    /// The same error, answered with a `WWW-Authenticate: Basic` challenge.
+    pub fn with_basic_challenge(mut self) -> Self {
+        self.basic_challenge = true;
+        self
     }
 
     pub fn invalid_request(d: impl Into<String>) -> Self {

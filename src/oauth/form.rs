@@ -9,10 +9,46 @@ use super::errors::OAuthError;
 /// Most parameters read from one request body.
 pub const MAX_PARAMS: usize = 32;
 
+/// Parameters whose values are credentials: `Debug` shows only that they are there.
+pub const CREDENTIAL_PARAMS: &[&str] = &[
+    "client_secret",
+    "client_assertion",
+    "token",
+    "subject_token",
+    "actor_token",
+];
+
 /// The parameters of one request.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Form {
     params: BTreeMap<String, Vec<String>>,
+}
+
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.params {
+            if CREDENTIAL_PARAMS.contains(&k.as_str()) {
+                m.entry(k, &"(withheld)");
+            } else {
+                m.entry(k, v);
+            }
+        }
+        m.finish()
+    }
+}
+
+impl Drop for Form {
+    /// The parsed credential values are wiped (best effort: the request body they were read
+    /// from is hyper's buffer, freed unwiped).
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for (k, values) in &mut self.params {
+            if CREDENTIAL_PARAMS.contains(&k.as_str()) {
+                values.iter_mut().for_each(Zeroize::zeroize);
+            }
+        }
+    }
 }
 
 impl Form {
@@ -92,6 +128,18 @@ mod tests {
         assert_eq!(f.get("resource"), Some("https://t/mcp"));
         assert_eq!(f.get("x"), Some("a b"));
         assert!(f.require("grant_type").is_err());
+    }
+
+    #[test]
+    fn debug_withholds_credentials() {
+        let f =
+            Form::parse(b"client_id=rs&client_secret=s3cr3t-s3cr3t-s3cr3t&token=tok-tok").unwrap();
+        let shown = format!("{f:?}");
+        assert!(shown.contains("rs"), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("tok-tok"),
+            "{shown}"
+        );
     }
 
     #[test]

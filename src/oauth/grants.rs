@@ -29,7 +29,12 @@ pub const DEFAULT_PURPOSE: &str = "OAuth client_credentials grant";
 ///
 /// # Errors
 /// An RFC 6749 error for anything refused.
-pub async fn token(st: &State, form: &Form, rec: &mut Record) -> Result<Value, OAuthError> {
+pub async fn token(
+    st: &State,
+    form: &Form,
+    authorization: Option<&str>,
+    rec: &mut Record,
+) -> Result<Value, OAuthError> {
     let grant_type = form.require("grant_type")?;
     rec.grant_type = Some(grant_type.to_string());
     if grant_type != "client_credentials" && grant_type != TOKEN_EXCHANGE {
@@ -37,9 +42,10 @@ pub async fn token(st: &State, form: &Form, rec: &mut Record) -> Result<Value, O
             "grant_type {grant_type:?} is not supported: use client_credentials or {TOKEN_EXCHANGE}"
         )));
     }
-    let client = st.auth.authenticate(form)?;
-    rec.client = Some(client.spiffe_id.to_string());
-    rec.assertion_jti = Some(client.assertion_jti.clone());
+    let client = st
+        .auth
+        .authenticate(form, authorization, rec)?
+        .workload("token")?;
     let resource = resource(form)?;
     rec.resource = Some(resource.clone());
     let scopes = scopes(form)?;

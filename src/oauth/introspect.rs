@@ -1,8 +1,10 @@
 //! Introspection (RFC 7662) and revocation (RFC 7009), authenticated like the token endpoint
-//! and allowed to the same callers as IntrospectToken and CloseTask over gRPC.
+//! and allowed to the same callers as IntrospectToken and CloseTask over gRPC; introspection
+//! also to `[[oauth.introspection_client]]`s, for the tokens of their `resources` only.
 
 use serde_json::{json, Value};
 
+use super::client_auth::Authenticated;
 use super::errors::{from_status, Denied, OAuthError};
 use super::form::Form;
 use super::record::Record;
@@ -13,15 +15,19 @@ use crate::svid::jwt;
 
 /// Introspection: `{"active": false}` for anything not live, else the token's claims with
 /// `active: true`. A caller that may not introspect the token (neither its audience nor a
-/// configured `broker.introspectors` entry) gets `{"active": false}` too, as RFC 7662 §2.2
-/// suggests against token scanning; the refusal is in the audit log.
+/// configured `broker.introspectors` entry; for an introspection client, an audience not in
+/// its `resources`) gets `{"active": false}` too, as RFC 7662 §2.2 suggests against token
+/// scanning; the refusal is in the audit log.
 ///
 /// # Errors
 /// Client authentication, a missing `token`, or the broker unavailable.
-pub async fn introspect(st: &State, form: &Form, rec: &mut Record) -> Result<Value, OAuthError> {
-    let client = st.auth.authenticate(form)?;
-    rec.client = Some(client.spiffe_id.to_string());
-    rec.assertion_jti = Some(client.assertion_jti.clone());
+pub async fn introspect(
+    st: &State,
+    form: &Form,
+    authorization: Option<&str>,
+    rec: &mut Record,
+) -> Result<Value, OAuthError> {
+    let client = st.auth.authenticate(form, authorization, rec)?;
     let token = form.require("token")?;
     limits::token("token", token).map_err(|s| OAuthError::invalid_request(s.message()))?;
     rec.token_jti = jwt::parse_jws(token).ok().and_then(|p| {
@@ -30,11 +36,26 @@ pub async fn introspect(st: &State, form: &Form, rec: &mut Record) -> Result<Val
             .and_then(Value::as_str)
             .map(str::to_string)
     });
-    match st
-        .broker
-        .introspect(&Who::Workload(client.caller), token)
-        .await
-    {
+    let (answer, denied) = match client {
+        Authenticated::Workload(c) => (
+            st.broker.introspect(&Who::Workload(c.caller), token).await,
+            None,
+        ),
+        Authenticated::Introspector(c) => (
+            st.broker
+                .introspect_for_audiences(
+                    format!("oauth-client:{}", c.client_id),
+                    &c.resources,
+                    token,
+                )
+                .await,
+            Some(format!(
+                "the token's audience is not one of introspection client {}'s resources",
+                c.client_id
+            )),
+        ),
+    };
+    match answer {
         Ok(r) if r.active => {
             let mut v = r
                 .claims
@@ -53,7 +74,8 @@ pub async fn introspect(st: &State, form: &Form, rec: &mut Record) -> Result<Val
         Ok(_) => Ok(json!({"active": false})),
         Err(s) if s.code() == tonic::Code::PermissionDenied => {
             // Answered as inactive; recorded as refused.
-            rec.denied = Some(OAuthError::unauthorized_client(s.message()));
+            let why = denied.unwrap_or_else(|| s.message().to_string());
+            rec.denied = Some(OAuthError::unauthorized_client(why));
             Ok(json!({"active": false}))
         }
         Err(s) => Err(from_status(&s, Denied::Grant)),
@@ -66,21 +88,25 @@ pub async fn introspect(st: &State, form: &Form, rec: &mut Record) -> Result<Val
 ///
 /// # Errors
 /// Client authentication, a missing `token`, not the owner, or the broker unavailable.
-pub async fn revoke(st: &State, form: &Form, rec: &mut Record) -> Result<Value, OAuthError> {
-    let client = st.auth.authenticate(form)?;
-    rec.client = Some(client.spiffe_id.to_string());
-    rec.assertion_jti = Some(client.assertion_jti.clone());
+pub async fn revoke(
+    st: &State,
+    form: &Form,
+    authorization: Option<&str>,
+    rec: &mut Record,
+) -> Result<Value, OAuthError> {
+    let client = st
+        .auth
+        .authenticate(form, authorization, rec)?
+        .workload("revocation")?;
     let token_text = form.require("token")?;
     limits::token("token", token_text).map_err(|s| OAuthError::invalid_request(s.message()))?;
     if let Some(hint) = form.get("token_type_hint") {
         if hint != "access_token" {
-            return Err(OAuthError {
-                code: "unsupported_token_type",
-                description: format!(
-                    "token_type_hint {hint:?}: only access tokens are issued here"
-                ),
-                status: hyper::StatusCode::BAD_REQUEST,
-            });
+            return Err(OAuthError::new(
+                "unsupported_token_type",
+                hyper::StatusCode::BAD_REQUEST,
+                format!("token_type_hint {hint:?}: only access tokens are issued here"),
+            ));
         }
     }
     // Signed by this trust domain (any audience, even expired): only then trust its task id.

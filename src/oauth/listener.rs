@@ -14,7 +14,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+use zeroize::Zeroizing;
 
 use super::errors::OAuthError;
 use super::form::Form;
@@ -53,39 +54,30 @@ pub struct Bounds {
     pub handshake_timeout: Duration,
 }
 
-/// Accepts and serves until the task is dropped.
+/// Accepts and serves until `drain` turns true (or its sender goes away): then stops
+/// accepting (the socket is closed, a Unix socket file removed), lets every connection finish
+/// the request it is on — each is told to close after it, idle keep-alive connections close at
+/// once — and returns when the last one has ended. The caller bounds that wait (the daemon's
+/// `shutdown_grace`) and drops this future past it, which ends the connections still open.
 pub async fn serve(
     bound: Bound,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<State>,
     bounds: Bounds,
+    mut drain: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(bounds.max_connections));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let _file = match &bound {
-        Bound::Unix(_, f) => Some(f),
-        Bound::Tcp(_) => None,
-    };
+    // Dropping the set (the caller gave up waiting) aborts every connection in it.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let stream: Box<dyn Io> = match &bound {
-            Bound::Tcp(l) => match l.accept().await {
-                Ok((s, _)) => {
-                    let _ = s.set_nodelay(true);
-                    Box::new(s)
-                }
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-            Bound::Unix(l, _) => match l.accept().await {
-                Ok((s, _)) => Box::new(s),
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
+        while connections.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            biased;
+            _ = drained(&mut drain) => break,
+            s = accept(&bound) => s,
         };
+        let Some(stream) = stream else { continue };
         // Over the cap the connection is closed at once: a flood costs us one accept each.
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::debug!("oauth listener at max_connections; closing a new connection");
@@ -94,23 +86,54 @@ pub async fn serve(
         };
         let state = state.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        let drain = drain.clone();
+        connections.spawn(async move {
             let _permit = permit;
             let served = async {
                 match acceptor {
                     Some(a) => {
                         match tokio::time::timeout(bounds.handshake_timeout, a.accept(stream)).await
                         {
-                            Ok(Ok(tls)) => connection(tls, state, bounds).await,
+                            Ok(Ok(tls)) => connection(tls, state, bounds, drain).await,
                             Ok(Err(e)) => tracing::debug!(error = %e, "oauth TLS handshake failed"),
                             Err(_) => tracing::debug!("oauth TLS handshake timed out"),
                         }
                     }
-                    None => connection(stream, state, bounds).await,
+                    None => connection(stream, state, bounds, drain).await,
                 }
             };
             let _ = tokio::time::timeout(MAX_CONNECTION_LIFETIME, served).await;
         });
+    }
+    drop(bound);
+    tracing::info!(
+        connections = connections.len(),
+        "oauth listener closed; letting open requests finish"
+    );
+    while connections.join_next().await.is_some() {}
+    tracing::info!("oauth listener drained");
+}
+
+/// Returns once `drain` is true or its sender is gone.
+async fn drained(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+/// The next connection, or `None` after an accept error (and a pause).
+async fn accept(bound: &Bound) -> Option<Box<dyn Io>> {
+    let accepted: std::io::Result<Box<dyn Io>> = match bound {
+        Bound::Tcp(l) => l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            Box::new(s) as Box<dyn Io>
+        }),
+        Bound::Unix(l, _) => l.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Io>),
+    };
+    match accepted {
+        Ok(s) => Some(s),
+        Err(e) => {
+            accept_error(e).await;
+            None
+        }
     }
 }
 
@@ -127,6 +150,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     state: Arc<State>,
     bounds: Bounds,
+    mut drain: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
@@ -137,7 +161,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         .header_read_timeout(bounds.request_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
-    if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drained(&mut drain) => {
+            // Finish the request in progress (its answer says Connection: close), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "oauth connection ended");
     }
 }
@@ -160,7 +194,14 @@ fn json(status: StatusCode, body: Vec<u8>, no_store: bool) -> Resp {
 }
 
 fn error(e: &OAuthError) -> Resp {
-    json(e.status, e.body(), true)
+    let mut r = json(e.status, e.body(), true);
+    if e.basic_challenge {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(super::errors::BASIC_CHALLENGE),
+        );
+    }
+    r
 }
 
 /// Dispatches one request.
@@ -200,6 +241,18 @@ async fn route(st: &State, req: Request<Incoming>, timeout: Duration) -> Resp {
     if method != Method::POST {
         return error(&OAuthError::method(format!("{path} answers POST")));
     }
+    // Client credentials (HTTP Basic), wiped when the request is done.
+    let authorization = match req.headers().get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(Zeroizing::new(v.to_string())),
+        Some(Err(_)) => {
+            let e = OAuthError::invalid_client("the Authorization header is not visible ASCII")
+                .with_basic_challenge();
+            audit(st, &Record::new(endpoint), Err(&e)).await;
+            return error(&e);
+        }
+    };
+    let authorization = authorization.as_deref().map(String::as_str);
     let form = match read_form(req, timeout).await {
         Ok(f) => f,
         Err(e) => {
@@ -210,9 +263,9 @@ async fn route(st: &State, req: Request<Incoming>, timeout: Duration) -> Resp {
     };
     let mut rec = Record::new(endpoint);
     let outcome = match endpoint {
-        "token" => grants::token(st, &form, &mut rec).await,
-        "introspect" => introspect::introspect(st, &form, &mut rec).await,
-        _ => introspect::revoke(st, &form, &mut rec).await,
+        "token" => grants::token(st, &form, authorization, &mut rec).await,
+        "introspect" => introspect::introspect(st, &form, authorization, &mut rec).await,
+        _ => introspect::revoke(st, &form, authorization, &mut rec).await,
     };
     match outcome {
         Ok(body) => {
@@ -298,7 +351,11 @@ fn too_large() -> OAuthError {
 
 fn metadata_response(st: &State) -> Resp {
     let bundle = st.identities.current_bundle();
-    let doc = metadata::document(&st.endpoints, &jwks::algorithms(&bundle));
+    let doc = metadata::document(
+        &st.endpoints,
+        &jwks::algorithms(&bundle),
+        st.auth.has_secret_clients(),
+    );
     let mut r = json(
         StatusCode::OK,
         serde_json::to_vec(&doc).unwrap_or_default(),

@@ -34,9 +34,20 @@ impl Endpoints {
     }
 }
 
-/// The metadata document.
-pub fn document(e: &Endpoints, signing_algs: &[&str]) -> Value {
+/// The metadata document. `secret_introspection`: some `[[oauth.introspection_client]]` is
+/// configured, so the introspection endpoint also takes `client_secret_basic` and
+/// `client_secret_post` (the token and revocation endpoints never do).
+pub fn document(e: &Endpoints, signing_algs: &[&str], secret_introspection: bool) -> Value {
     let auth_methods = json!(["private_key_jwt"]);
+    let introspection_auth_methods = if secret_introspection {
+        json!([
+            "private_key_jwt",
+            "client_secret_basic",
+            "client_secret_post"
+        ])
+    } else {
+        auth_methods.clone()
+    };
     json!({
         "issuer": e.issuer,
         "authorization_endpoint": e.authorization,
@@ -48,7 +59,7 @@ pub fn document(e: &Endpoints, signing_algs: &[&str]) -> Value {
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": signing_algs,
-        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": introspection_auth_methods,
         "introspection_endpoint_auth_signing_alg_values_supported": signing_algs,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_signing_alg_values_supported": signing_algs,
@@ -71,12 +82,35 @@ mod tests {
         let e = Endpoints::new("https://b.example/oauth/");
         assert_eq!(e.issuer, "https://b.example/oauth");
         assert_eq!(e.token, "https://b.example/oauth/token");
-        let d = document(&e, &["ES256"]);
+        let d = document(&e, &["ES256"], false);
         assert_eq!(d["issuer"], "https://b.example/oauth");
         assert_eq!(d["grant_types_supported"][1], TOKEN_EXCHANGE);
         assert_eq!(
             d["token_endpoint_auth_methods_supported"],
             json!(["private_key_jwt"])
         );
+        assert_eq!(
+            d["introspection_endpoint_auth_methods_supported"],
+            json!(["private_key_jwt"])
+        );
+    }
+
+    #[test]
+    fn client_secrets_are_advertised_for_introspection_only_when_configured() {
+        let d = document(&Endpoints::new("https://b"), &["ES256"], true);
+        assert_eq!(
+            d["introspection_endpoint_auth_methods_supported"],
+            json!([
+                "private_key_jwt",
+                "client_secret_basic",
+                "client_secret_post"
+            ])
+        );
+        for other in [
+            "token_endpoint_auth_methods_supported",
+            "revocation_endpoint_auth_methods_supported",
+        ] {
+            assert_eq!(d[other], json!(["private_key_jwt"]), "{other}");
+        }
     }
 }
