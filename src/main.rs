@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// See Cargo.toml: the allocator is part of the request path's cost.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = svid_broker::cli::Cli::parse();

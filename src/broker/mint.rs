@@ -19,7 +19,7 @@ use crate::audit::AuditEvent;
 use crate::caller::Caller;
 use crate::policy::{Action, PolicyRequest, Principal};
 use crate::proto::svidbroker::v1 as pb;
-use crate::svid::{random_hex, unix_seconds};
+use crate::svid::{jwt, random_hex, unix_seconds};
 
 impl Broker {
     /// MintTaskToken: one audience of the grant, scopes ⊆ grant, bounded lifetime.
@@ -143,6 +143,7 @@ impl Broker {
             ours
         };
         let token = signed.token;
+        let digest = jwt::digest(&token);
         // On disk before the token leaves: a crash after this line loses a token nobody saw,
         // never a token without its record.
         let issued = AuditEvent::TokenIssued {
@@ -165,6 +166,7 @@ impl Broker {
                     exp: expires_at,
                     max_uses: req.max_uses,
                     uses: 0,
+                    digest: Some(digest),
                 },
             );
         }

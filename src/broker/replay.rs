@@ -71,6 +71,7 @@ pub fn rebuild(records: &[AuditRecord]) -> TaskTable {
                     exp: *expires_at as i64,
                     max_uses: max_uses.unwrap_or(0),
                     uses: 0,
+                    digest: None,
                 },
             ),
             AuditEvent::TokenUsed { jti, uses, .. } => table.set_uses(jti, *uses),

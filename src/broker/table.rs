@@ -67,6 +67,10 @@ pub struct TokenState {
     /// 0: unlimited.
     pub max_uses: u32,
     pub uses: u32,
+    /// SHA-256 of the token as it left ([`crate::svid::jwt::digest`]): introspection of
+    /// these exact bytes needs no signature check. `None` after a restart (the audit log the
+    /// table is rebuilt from never holds tokens), and then the signature is checked.
+    pub digest: Option<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -277,6 +281,7 @@ mod tests {
                 exp: 50,
                 max_uses: 0,
                 uses: 0,
+                digest: None,
             },
         );
         let mut closed = t.close("a");

@@ -1,10 +1,15 @@
 //! The Cedar side of a request: entity ids, the principal and audience entities, the context.
 //! Everything that depends only on config or the schema is built once here ([`Vocabulary`]);
 //! per request we build just the principal, the context and (for audiences not in config) an
-//! attribute-less resource.
+//! attribute-less resource — and even those only once per (caller, audience, action): the
+//! entity store of a request is remembered ([`EntityCache`]), because one agent minting for
+//! one tool asks the same question over and over, with only the context changing.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression, Schema,
@@ -40,6 +45,89 @@ pub(super) struct Vocabulary {
     actions: [(EntityUid, Entity); 4],
     /// Configured audiences, prebuilt.
     audiences: HashMap<String, Entity>,
+    cache: EntityCache,
+}
+
+/// Most entity stores remembered. Past it the cache starts over: a few thousand distinct
+/// (caller, audience, action) triples in flight is already far beyond one node's workloads,
+/// and starting over bounds memory (≈2 KiB a store) whatever callers send.
+pub const MAX_CACHED_ENTITY_STORES: usize = 1024;
+
+/// What an entity store is built from; compared whole on every hit, so a hash collision can
+/// only cost a rebuild, never answer for another caller.
+#[derive(PartialEq, Eq)]
+struct StoreKey {
+    action: Action,
+    spiffe_id: String,
+    trust_domain: String,
+    selectors: Vec<String>,
+    audience: String,
+}
+
+impl StoreKey {
+    fn matches(&self, req: &PolicyRequest<'_>) -> bool {
+        self.action == req.action
+            && self.spiffe_id == req.principal.spiffe_id
+            && self.trust_domain == req.principal.trust_domain
+            && self.selectors == req.principal.selectors
+            && self.audience == req.audience
+    }
+
+    fn of(req: &PolicyRequest<'_>) -> Self {
+        Self {
+            action: req.action,
+            spiffe_id: req.principal.spiffe_id.to_string(),
+            trust_domain: req.principal.trust_domain.to_string(),
+            selectors: req.principal.selectors.to_vec(),
+            audience: req.audience.to_string(),
+        }
+    }
+}
+
+/// Entity stores by request shape, bounded by [`MAX_CACHED_ENTITY_STORES`].
+#[derive(Default)]
+struct EntityCache {
+    /// Keyed per process, so nobody can aim requests at one bucket.
+    hasher: RandomState,
+    stores: Mutex<HashMap<u64, Vec<(StoreKey, Arc<Entities>)>>>,
+    len: std::sync::atomic::AtomicUsize,
+}
+
+impl EntityCache {
+    fn hash(&self, req: &PolicyRequest<'_>) -> u64 {
+        self.hasher.hash_one((
+            req.action as u8,
+            req.principal.spiffe_id,
+            req.principal.trust_domain,
+            req.principal.selectors,
+            req.audience,
+        ))
+    }
+
+    fn get(&self, hash: u64, req: &PolicyRequest<'_>) -> Option<Arc<Entities>> {
+        let stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+        stores
+            .get(&hash)?
+            .iter()
+            .find(|(k, _)| k.matches(req))
+            .map(|(_, e)| Arc::clone(e))
+    }
+
+    fn put(&self, hash: u64, req: &PolicyRequest<'_>, entities: Arc<Entities>) {
+        use std::sync::atomic::Ordering;
+        let key = StoreKey::of(req);
+        let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.len.load(Ordering::Relaxed) >= MAX_CACHED_ENTITY_STORES {
+            stores.clear();
+            self.len.store(0, Ordering::Relaxed);
+        }
+        let bucket = stores.entry(hash).or_default();
+        if !bucket.iter().any(|(k, _)| *k == key) {
+            bucket.push((key, entities));
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
 }
 
 impl Vocabulary {
@@ -89,7 +177,14 @@ impl Vocabulary {
             audience,
             actions,
             audiences,
+            cache: EntityCache::default(),
         })
+    }
+
+    /// How many entity stores are remembered now.
+    #[cfg(test)]
+    pub fn cached_stores(&self) -> usize {
+        self.cache.len.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn action_uid(&self, action: Action) -> &EntityUid {
@@ -104,9 +199,21 @@ impl Vocabulary {
         EntityUid::from_type_name_and_id(self.audience.clone(), EntityId::new(audience))
     }
 
-    /// The entity store for one request: principal, resource and action. All three are built
-    /// by this module with the schema's types, so no schema check is repeated per request.
-    pub fn entities(&self, req: &PolicyRequest<'_>) -> Result<Entities, String> {
+    /// The entity store for one request: principal, resource and action, remembered by
+    /// request shape (the context is not part of it).
+    pub fn entities(&self, req: &PolicyRequest<'_>) -> Result<Arc<Entities>, String> {
+        let hash = self.cache.hash(req);
+        if let Some(found) = self.cache.get(hash, req) {
+            return Ok(found);
+        }
+        let built = Arc::new(self.build_entities(req)?);
+        self.cache.put(hash, req, Arc::clone(&built));
+        Ok(built)
+    }
+
+    /// Builds the store. All three entities are built by this module with the schema's
+    /// types, so no schema check is repeated per request.
+    fn build_entities(&self, req: &PolicyRequest<'_>) -> Result<Entities, String> {
         let p = req.principal;
         let principal = Entity::new(
             self.principal_uid(p.spiffe_id),

@@ -727,3 +727,111 @@ fn decision_cost() {
         );
     }
 }
+
+/// Requests are no longer checked against the schema per call (it cost more than the
+/// decision): this checks what that check did, for every action, with every context field
+/// set and with configured and unknown audiences.
+#[test]
+fn every_action_request_fits_the_schema() {
+    let e = PolicyEngine::load(&example("agent-tools.cedar"), example_audiences()).unwrap();
+    let selectors = strings(&["unix:uid:1000", "k8s:ns:agents"]);
+    let scopes = strings(&["repo:read", "repo:write"]);
+    for action in [
+        Action::OpenTask,
+        Action::MintTaskToken,
+        Action::Delegate,
+        Action::FetchJwtSvid,
+    ] {
+        for audience in ["spiffe://example.org/svc/billing", "https://tool.example/mcp"] {
+            let req = PolicyRequest {
+                principal: Principal {
+                    spiffe_id: "spiffe://example.org/agent/a",
+                    trust_domain: "example.org",
+                    selectors: &selectors,
+                },
+                action,
+                audience,
+                purpose: "p",
+                scopes: &scopes,
+                ttl_seconds: 60,
+                delegation_depth: 2,
+                issuance_rate: 7,
+                on_behalf_of: "https://idp.example|alice",
+            };
+            e.check_request_against_schema(&req)
+                .unwrap_or_else(|err| panic!("{action} for {audience}: {err}"));
+        }
+    }
+}
+
+/// The entity store is remembered by request shape; a remembered one must never answer for
+/// another caller, another selector set, audience or action.
+#[test]
+fn remembered_entities_never_answer_for_another_request() {
+    let e = engine(
+        r#"
+        @id("uid-1000-only") permit (principal, action, resource)
+        when { principal.selectors.contains("unix:uid:1000") };
+        @id("no-billing") forbid (principal, action, resource == SvidBroker::Audience::"spiffe://example.org/svc/billing");
+        @id("research-opens-only") forbid (principal == SvidBroker::Workload::"spiffe://example.org/agent/research", action, resource)
+        unless { action == SvidBroker::Action::"OpenTask" };
+        "#,
+    );
+    // Ask each allowed question first, so any wrong reuse would show as an allow below.
+    assert!(decide(&e, &BASE).allowed);
+    let other = Case {
+        who: "spiffe://example.org/agent/other",
+        ..BASE
+    };
+    assert!(decide(&e, &Case { action: Action::MintTaskToken, ..other }).allowed);
+    for (name, c) in [
+        ("other selectors", Case { selectors: &["unix:uid:1001"], ..BASE }),
+        ("one more selector is still uid 1000", Case { selectors: &["unix:uid:1000", "unix:gid:5"], ..BASE }),
+        ("another audience", Case { audience: "spiffe://example.org/svc/billing", ..BASE }),
+        ("another action", Case { action: Action::MintTaskToken, ..BASE }),
+    ] {
+        let d = decide(&e, &c);
+        let expect = name.starts_with("one more");
+        assert_eq!(d.allowed, expect, "{name}: {d:?}");
+    }
+    // The same questions again, now from the cache: the same answers.
+    assert!(decide(&e, &BASE).allowed);
+    assert!(!decide(&e, &Case { selectors: &["unix:uid:1001"], ..BASE }).allowed);
+}
+
+#[test]
+fn remembered_entities_are_bounded() {
+    let e = engine(ALLOW_ALL);
+    let ids: Vec<String> = (0..=super::entities::MAX_CACHED_ENTITY_STORES)
+        .map(|i| format!("spiffe://example.org/a/{i}"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let selectors = strings(&["unix:uid:1"]);
+        let d = e.decide(&PolicyRequest {
+            principal: Principal {
+                spiffe_id: id,
+                trust_domain: "example.org",
+                selectors: &selectors,
+            },
+            action: Action::OpenTask,
+            audience: "aud",
+            purpose: "",
+            scopes: &[],
+            ttl_seconds: 60,
+            delegation_depth: 0,
+            issuance_rate: 0,
+            on_behalf_of: "",
+        });
+        assert!(d.allowed);
+        let held = e.vocabulary.cached_stores();
+        assert!(
+            held <= super::entities::MAX_CACHED_ENTITY_STORES,
+            "{held} stores after {i} requests"
+        );
+        if i == super::entities::MAX_CACHED_ENTITY_STORES {
+            assert_eq!(held, 1, "a full cache starts over");
+        } else {
+            assert_eq!(held, i + 1);
+        }
+    }
+}

@@ -252,7 +252,45 @@ pub fn verify<'b>(
     now: SystemTime,
     bundle_for: impl Fn(&TrustDomain) -> Option<&'b TrustBundle>,
 ) -> Result<VerifiedJwt, JwtError> {
-    let parsed = parse(token)?;
+    verify_parsed(
+        token,
+        parse(token)?,
+        audience,
+        now,
+        bundle_for,
+        Signature::Check,
+    )
+}
+
+/// Whether [`verify_parsed`] checks the signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signature {
+    Check,
+    /// The caller knows these exact bytes: it signed them itself and kept their SHA-256
+    /// ([`digest`]). Everything else is still checked, the key id included (a key that has
+    /// left the bundle no longer vouches for anything).
+    IssuedHere,
+}
+
+/// SHA-256 of a token's bytes: what a signer keeps to recognise its own tokens later without
+/// keeping the tokens.
+pub fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// As [`verify`], for a token already parsed by [`parse`] from `token`.
+///
+/// # Errors
+/// The first failed check.
+pub fn verify_parsed<'b>(
+    token: &str,
+    parsed: ParsedJwt,
+    audience: &str,
+    now: SystemTime,
+    bundle_for: impl Fn(&TrustDomain) -> Option<&'b TrustBundle>,
+    signature: Signature,
+) -> Result<VerifiedJwt, JwtError> {
     let spiffe_id = parsed.subject()?;
     let td = spiffe_id.trust_domain();
     let bundle = bundle_for(td).ok_or_else(|| JwtError::UnknownTrustDomain(td.to_string()))?;
@@ -262,11 +300,13 @@ pub fn verify<'b>(
             kid: parsed.kid.clone(),
             trust_domain: td.to_string(),
         })?;
-    check_signature(
-        &parsed,
-        &token.as_bytes()[..parsed.signing_input_len],
-        &authority.key,
-    )?;
+    if signature == Signature::Check {
+        check_signature(
+            &parsed,
+            &token.as_bytes()[..parsed.signing_input_len],
+            &authority.key,
+        )?;
+    }
     check_times(&parsed, now)?;
     if !parsed.audiences().contains(&audience) {
         return Err(JwtError::Audience(audience.to_string()));
@@ -376,6 +416,48 @@ mod tests {
         assert!(at(i64::MAX, i64::MIN).is_ok());
         // exp near i64::MIN: expired.
         assert!(at(i64::MIN, 0).is_err());
+    }
+
+    #[test]
+    fn issued_here_skips_only_the_signature() {
+        let f = fixture();
+        let bundle_for = |td: &TrustDomain| (td == &f.bundle.trust_domain).then_some(&f.bundle);
+        let at = |tok: &str, aud: &str| {
+            verify_parsed(
+                tok,
+                parse(tok).unwrap(),
+                aud,
+                SystemTime::now(),
+                bundle_for,
+                Signature::IssuedHere,
+            )
+        };
+        assert!(at(&token(&f, 300), "aud1").is_ok());
+        assert_eq!(
+            at(&token(&f, 300), "aud2").unwrap_err(),
+            JwtError::Audience("aud2".into())
+        );
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let expired = sign_es256(
+            &f.key,
+            "k1",
+            &svid_claims(&f.id, &["aud1".into()], old, Duration::from_secs(60), "j"),
+        )
+        .unwrap();
+        assert_eq!(at(&expired, "aud1").unwrap_err(), JwtError::Expired);
+        // A key that left the bundle vouches for nothing, even for bytes we signed.
+        let retired = sign_es256(
+            &f.key,
+            "k0",
+            &svid_claims(&f.id, &["aud1".into()], SystemTime::now(), Duration::from_secs(60), "j"),
+        )
+        .unwrap();
+        assert!(matches!(
+            at(&retired, "aud1").unwrap_err(),
+            JwtError::UnknownKey { .. }
+        ));
+        assert_eq!(digest("a"), digest("a"));
+        assert_ne!(digest("a"), digest("b"));
     }
 
     #[test]
