@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         served.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        // prost's codec with small buffers: a stream keeps its buffer while open (src/proto/codec.rs).
+        .codec_path("crate::proto::codec::SmallBufferCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -83,6 +83,54 @@ impl fmt::Debug for SignedToken {
     }
 }
 
+/// A JWT-SVID and what its audit record names, so that record is written without parsing
+/// the token again.
+#[derive(Clone)]
+pub struct IssuedJwt {
+    pub token: Arc<str>,
+    /// `None` when the signer sets none (SPIRE-minted tokens may have none).
+    pub jti: Option<Arc<str>>,
+    pub audiences: Arc<[String]>,
+    /// `exp`, in Unix seconds (0 if absent).
+    pub expires_at: u64,
+}
+
+impl IssuedJwt {
+    /// Reads `jti`, `aud` and `exp` from a token someone else signed.
+    pub fn from_token(token: Arc<str>) -> Self {
+        let parsed = crate::svid::jwt::parse(&token).ok();
+        let jti = parsed
+            .as_ref()
+            .and_then(|p| p.claims.get("jti"))
+            .and_then(Value::as_str)
+            .map(Arc::from);
+        let audiences = parsed.as_ref().map_or_else(Vec::new, |p| {
+            p.audiences().into_iter().map(str::to_string).collect()
+        });
+        let expires_at = parsed
+            .as_ref()
+            .and_then(|p| p.numeric("exp"))
+            .map_or(0, |e| e.max(0) as u64);
+        Self {
+            token,
+            jti,
+            audiences: audiences.into(),
+            expires_at,
+        }
+    }
+}
+
+impl fmt::Debug for IssuedJwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a bearer credential: never in Debug output.
+        f.debug_struct("IssuedJwt")
+            .field("jti", &self.jti)
+            .field("audiences", &self.audiences)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Identities for a caller's selectors, and the signing of everything handed out under them.
 #[async_trait::async_trait]
 pub trait Issuer: Send + Sync + fmt::Debug {
@@ -130,7 +178,7 @@ pub trait Issuer: Send + Sync + fmt::Debug {
         caller: &Caller,
         identity: &Identity,
         audiences: &[String],
-    ) -> Result<Arc<str>, IssueError>;
+    ) -> Result<IssuedJwt, IssueError>;
 
     /// A task token for `caller` carrying `claims` (as `broker::token::claims` builds them).
     ///

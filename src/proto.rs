@@ -2,6 +2,8 @@
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
+pub mod codec;
+
 /// The SPIFFE Workload API (no protobuf package).
 pub mod workload {
     tonic::include_proto!("_");

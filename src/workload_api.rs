@@ -195,7 +195,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 records.push(jwt_issued_record(&caller, identity, &token));
                 svids.push(pb::Jwtsvid {
                     spiffe_id: identity.spiffe_id.to_string(),
-                    svid: token.to_string(),
+                    svid: token.token.to_string(),
                     hint: identity.hint.clone(),
                 });
             }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use spiffe::TrustDomain;
 use tokio::sync::watch;
 
-use super::{Issuer, SignedToken};
+use super::{IssuedJwt, Issuer, SignedToken};
 use crate::caller::{Caller, IssueError};
 use crate::registry::Identity;
 use crate::svid::bundle::{JwtAuthority, JwtPublicKey, TrustBundle};
@@ -116,7 +116,7 @@ impl Issuer for FakeIssuer {
         _caller: &Caller,
         identity: &Identity,
         audiences: &[String],
-    ) -> Result<Arc<str>, IssueError> {
+    ) -> Result<IssuedJwt, IssueError> {
         self.take_failure()?;
         let claims = crate::svid::jwt::svid_claims(
             &identity.spiffe_id,
@@ -125,7 +125,7 @@ impl Issuer for FakeIssuer {
             identity.jwt_ttl,
             "fake-jti",
         );
-        Ok(self.sign(&claims).into())
+        Ok(IssuedJwt::from_token(self.sign(&claims).into()))
     }
 
     async fn task_token(

@@ -10,10 +10,9 @@ use tonic::{Request, Response, Status};
 
 use super::WorkloadApi;
 use crate::audit::{AuditEvent, AuditLog, SvidKind};
-use crate::authority::Issuer;
+use crate::authority::{IssuedJwt, Issuer};
 use crate::caller::Caller;
 use crate::svid::bundle::TrustBundle;
-use crate::svid::jwt;
 
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -121,33 +120,20 @@ fn bundle_key(b: &TrustBundle) -> String {
     b.trust_domain.id_string()
 }
 
-/// The audit record of handing `token` to `caller`: named by its `jti` (SPIRE-minted tokens
+/// The audit record of handing `jwt` to `caller`: named by its `jti` (SPIRE-minted tokens
 /// may have none), never by the token.
 pub(super) fn jwt_issued_record(
     caller: &Caller,
     identity: &crate::registry::Identity,
-    token: &str,
+    jwt: &IssuedJwt,
 ) -> AuditEvent {
-    let parsed = jwt::parse(token).ok();
-    let claim = |name: &str| {
-        parsed
-            .as_ref()
-            .and_then(|p| p.claims.get(name))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
     AuditEvent::SvidIssued {
         spiffe_id: identity.spiffe_id.to_string(),
         svid: SvidKind::Jwt,
         serial: None,
-        jti: claim("jti"),
-        audiences: parsed.as_ref().map_or_else(Vec::new, |p| {
-            p.audiences().into_iter().map(str::to_string).collect()
-        }),
-        expires_at: parsed
-            .as_ref()
-            .and_then(|p| p.numeric("exp"))
-            .map_or(0, |e| e.max(0) as u64),
+        jti: jwt.jti.as_deref().map(str::to_string),
+        audiences: jwt.audiences.to_vec(),
+        expires_at: jwt.expires_at,
         pid: Some(caller.pid),
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::schedule::svid_refresh_in;
 use super::{AuthorityError, EmbeddedAuthority};
-use crate::authority::{Issuer, SignedToken};
+use crate::authority::{IssuedJwt, Issuer, SignedToken};
 use crate::caller::{Caller, IssueError};
 use crate::clock::Clock;
 use crate::registry::Identity;
@@ -37,7 +37,7 @@ struct CachedX509 {
 }
 
 struct CachedJwt {
-    token: Arc<str>,
+    token: IssuedJwt,
     refresh_at: Instant,
 }
 
@@ -120,7 +120,7 @@ impl EmbeddedIssuer {
         &self,
         identity: &Identity,
         audiences: &[String],
-    ) -> Result<Arc<str>, AuthorityError> {
+    ) -> Result<IssuedJwt, AuthorityError> {
         let mut key_aud = audiences.to_vec();
         key_aud.sort();
         key_aud.dedup();
@@ -134,7 +134,15 @@ impl EmbeddedIssuer {
         let jti = random_hex(16);
         let issued = self.clock.now();
         let claims = svid_claims(&identity.spiffe_id, &key.1, issued, identity.jwt_ttl, &jti);
-        let token: Arc<str> = self.authority.sign_jwt(&claims)?.into();
+        let token = IssuedJwt {
+            token: self.authority.sign_jwt(&claims)?.into(),
+            jti: Some(jti.into()),
+            audiences: key.1.clone().into(),
+            expires_at: claims
+                .get("exp")
+                .and_then(Value::as_i64)
+                .map_or(0, |e| e.max(0) as u64),
+        };
         let mut cache = self.jwt_cache();
         if cache.len() >= MAX_CACHED_JWT_SVIDS {
             cache.retain(|_, c| c.refresh_at > now);
@@ -239,7 +247,7 @@ impl Issuer for EmbeddedIssuer {
         _caller: &Caller,
         identity: &Identity,
         audiences: &[String],
-    ) -> Result<Arc<str>, IssueError> {
+    ) -> Result<IssuedJwt, IssueError> {
         self.cached_jwt_svid(identity, audiences)
             .map_err(|e| issue_error("cannot sign JWT-SVID", e))
     }
@@ -334,11 +342,19 @@ mod tests {
         let id = identity(100);
         let a = m.cached_jwt_svid(&id, &["x".into(), "y".into()]).unwrap();
         let b = m.cached_jwt_svid(&id, &["y".into(), "x".into()]).unwrap();
-        assert_eq!(a, b);
+        assert_eq!(a.token, b.token);
+        // What the audit record names comes with the token, and matches what it says.
+        let parsed = crate::svid::jwt::parse(&a.token).unwrap();
+        assert_eq!(a.jti.as_deref(), parsed.claims["jti"].as_str());
+        assert_eq!(*a.audiences, ["x".to_string(), "y".to_string()]);
+        assert_eq!(a.expires_at as i64, parsed.numeric("exp").unwrap());
+        assert!(!format!("{a:?}").contains(&*a.token), "no token in Debug");
         tokio::time::advance(Duration::from_secs(51)).await;
         assert_ne!(
-            a,
-            m.cached_jwt_svid(&id, &["x".into(), "y".into()]).unwrap()
+            a.token,
+            m.cached_jwt_svid(&id, &["x".into(), "y".into()])
+                .unwrap()
+                .token
         );
     }
 }

@@ -12,7 +12,7 @@ use tonic::{Code, Status};
 use super::subscription::Subscription;
 use super::SpireAuthority;
 use crate::attest::Selector;
-use crate::authority::{Issuer, SignedToken};
+use crate::authority::{IssuedJwt, Issuer, SignedToken};
 use crate::caller::{Caller, IssueError, LiveIdentities};
 use crate::registry::Identity;
 use crate::svid::bundle::{Federated, TrustBundle};
@@ -87,9 +87,10 @@ impl Issuer for SpireAuthority {
         caller: &Caller,
         identity: &Identity,
         audiences: &[String],
-    ) -> Result<Arc<str>, IssueError> {
+    ) -> Result<IssuedJwt, IssueError> {
         SpireAuthority::jwt_svid(self, &caller.selectors, &identity.spiffe_id, audiences)
             .await
+            .map(IssuedJwt::from_token)
             .map_err(|s| issue_error(&s))
     }
 
