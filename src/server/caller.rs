@@ -40,7 +40,9 @@ impl CallerHandle {
     }
 
     fn known(&self) -> MutexGuard<'_, Option<(ProcessFingerprint, Arc<Caller>)>> {
-        self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The cached caller, if it was attested under `now`.
@@ -331,7 +333,9 @@ mod tests {
         let calls = (0..8).map(|_| resolver.resolve_handle(&handle));
         let callers = futures::future::join_all(calls).await;
         let first = callers[0].as_ref().unwrap();
-        assert!(callers.iter().all(|c| Arc::ptr_eq(c.as_ref().unwrap(), first)));
+        assert!(callers
+            .iter()
+            .all(|c| Arc::ptr_eq(c.as_ref().unwrap(), first)));
         assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 
@@ -361,7 +365,10 @@ mod tests {
         let sleep = exe_of(pid).unwrap();
         let after = resolver.resolve_handle(&handle).await.unwrap();
         assert!(!Arc::ptr_eq(&before, &after));
-        assert!(has(&after, &format!("unix:path:{}", sleep.display())), "{after:?}");
+        assert!(
+            has(&after, &format!("unix:path:{}", sleep.display())),
+            "{after:?}"
+        );
         assert!(!has(&after, &format!("unix:path:{}", shell.display())));
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         // The new program is known from here on.
@@ -427,7 +434,10 @@ mod tests {
     #[tokio::test]
     async fn an_exited_caller_is_unavailable_though_known() {
         let (resolver, runs, _) = resolver();
-        let mut child = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
         let handle = handle_for(child.id());
         resolver.resolve_handle(&handle).await.unwrap();
         child.kill().unwrap();
