@@ -99,12 +99,19 @@ impl UnixAttestor {
         if let Some(user) = user_name(ids.uid) {
             out.push(sel(format!("user:{user}")));
         }
-        if let Some(group) = group_name(ids.gid) {
+        let primary_group = group_name(ids.gid);
+        if let Some(group) = &primary_group {
             out.push(sel(format!("group:{group}")));
         }
-        for gid in &ids.groups {
+        for &gid in &ids.groups {
             out.push(sel(format!("supplementary_gid:{gid}")));
-            if let Some(group) = group_name(*gid) {
+            // The primary group is usually among the supplementary ones: one lookup will do.
+            let group = if gid == ids.gid {
+                primary_group.clone()
+            } else {
+                group_name(gid)
+            };
+            if let Some(group) = group {
                 out.push(sel(format!("supplementary_group:{group}")));
             }
         }
