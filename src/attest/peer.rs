@@ -4,12 +4,18 @@
 //! `SO_PEERPIDFD` (Linux 6.5+) gives a pidfd for the very process that connected. Older kernels
 //! fall back to `pidfd_open(pid)` plus the process start time: that leaves a window between
 //! `connect` and `pidfd_open`, narrowed by comparing the start time (which a reused PID does
-//! not share) before and after reading `/proc`.
+//! not share) before and after opening the pidfd.
+//!
+//! Next to the pidfd the pin holds an `O_PATH` descriptor of `/proc/<pid>`, opened by PID and
+//! then confirmed against the pidfd. A `/proc/<pid>` descriptor stays bound to the process it
+//! was opened for: once that process is gone, lookups under it fail, even after another
+//! process takes the PID. The per-call fingerprint is read relative to it, so it walks no
+//! path from `/`, builds no string and can never describe a process that reused the PID.
 
-use std::fs;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
+use std::ffi::{CStr, CString};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 /// How the caller's process was pinned.
@@ -34,8 +40,11 @@ impl PinMethod {
 /// compared on every call to decide whether the connection's attestation still holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessFingerprint {
+    /// Device and inode of the file `/proc/<pid>/exe` leads to: the executable the process
+    /// runs now (exec, and `PR_SET_MM_EXE_FILE`, change it).
     exe_dev: u64,
     exe_ino: u64,
+    /// Owner of `/proc/<pid>`: the effective uid and gid of the process now.
     proc_uid: u32,
     proc_gid: u32,
 }
@@ -47,9 +56,11 @@ pub struct PinnedProcess {
     uid: u32,
     gid: u32,
     pidfd: OwnedFd,
+    /// `/proc/<pid>` (`O_PATH`), confirmed to name the pidfd's process; `None` when the
+    /// process was already gone when pinned (or, pinned by PID, the PID already named another
+    /// process): it is then never alive.
+    proc_dir: Option<OwnedFd>,
     method: PinMethod,
-    start_time: Option<u64>,
-    proc_root: PathBuf,
 }
 
 // Not yet in every libc release.
@@ -69,31 +80,26 @@ impl PinnedProcess {
                 "caller is in another PID namespace (peer pid 0); run the broker in the caller's PID namespace (hostPID)",
             ));
         }
-        let proc_root = PathBuf::from("/proc");
-        match peer_pidfd(fd) {
-            Ok(pidfd) => Ok(Self {
-                pid: cred.pid,
-                uid: cred.uid,
-                gid: cred.gid,
-                pidfd,
-                method: PinMethod::PeerPidfd,
-                start_time: None,
-                proc_root,
-            }),
+        let (pidfd, method, start_time) = match peer_pidfd(fd) {
+            Ok(pidfd) => (pidfd, PinMethod::PeerPidfd, None),
             Err(_) => {
-                let start_time = read_start_time(&proc_root, cred.pid)?;
-                let pidfd = pidfd_open(cred.pid)?;
-                Ok(Self {
-                    pid: cred.pid,
-                    uid: cred.uid,
-                    gid: cred.gid,
-                    pidfd,
-                    method: PinMethod::PidfdOpen,
-                    start_time: Some(start_time),
-                    proc_root,
-                })
+                let start_time = read_start_time(cred.pid)?;
+                (
+                    pidfd_open(cred.pid)?,
+                    PinMethod::PidfdOpen,
+                    Some(start_time),
+                )
             }
-        }
+        };
+        let proc_dir = open_proc_dir(cred.pid, &pidfd, start_time)?;
+        Ok(Self {
+            pid: cred.pid,
+            uid: cred.uid,
+            gid: cred.gid,
+            pidfd,
+            proc_dir,
+            method,
+        })
     }
 
     /// Pins a process by PID (for `debug selectors`, which has no socket).
@@ -101,18 +107,18 @@ impl PinnedProcess {
     /// # Errors
     /// No such process, or pidfds are unsupported.
     pub fn from_pid(pid: i32) -> io::Result<Self> {
-        let proc_root = PathBuf::from("/proc");
-        let start_time = read_start_time(&proc_root, pid)?;
+        let start_time = read_start_time(pid)?;
         let pidfd = pidfd_open(pid)?;
-        let meta = fs::metadata(proc_root.join(pid.to_string()))?;
+        let proc_dir =
+            open_proc_dir(pid, &pidfd, Some(start_time))?.ok_or_else(|| gone_error(pid))?;
+        let owner = fstat(proc_dir.as_fd())?;
         Ok(Self {
             pid,
-            uid: meta.uid(),
-            gid: meta.gid(),
+            uid: owner.st_uid,
+            gid: owner.st_gid,
             pidfd,
+            proc_dir: Some(proc_dir),
             method: PinMethod::PidfdOpen,
-            start_time: Some(start_time),
-            proc_root,
         })
     }
 
@@ -135,46 +141,131 @@ impl PinnedProcess {
 
     /// `/proc/<pid>` of the pinned process.
     pub fn proc_dir(&self) -> PathBuf {
-        self.proc_root.join(self.pid.to_string())
+        PathBuf::from(format!("/proc/{}", self.pid))
     }
 
     /// True while the pinned process has not exited. A pidfd becomes readable when its process
-    /// exits, so a zero-timeout poll answers without touching `/proc`. After reading `/proc`,
-    /// a live answer proves the PID was never recycled in between.
+    /// exits (a zombie counts as exited), so a zero-timeout poll answers without touching
+    /// `/proc`. After reading `/proc` by PID, a live answer proves the PID was never recycled
+    /// in between: a PID is free again only once its process is reaped.
     pub fn is_alive(&self) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        if n != 0 {
-            return false;
-        }
-        match self.start_time {
-            // The fallback pin: the pidfd may name a process that took the PID before we
-            // opened it; the start time recorded first tells them apart.
-            Some(expected) => read_start_time(&self.proc_root, self.pid).ok() == Some(expected),
-            None => true,
-        }
+        // The pidfd was confirmed at pin time (see `open_proc_dir`), for both pin methods.
+        self.proc_dir.is_some() && !has_exited(self.pidfd.as_fd())
     }
 
-    /// The facts compared on each call on a known connection (three syscalls).
+    /// The facts compared on each call on a known connection: two `stat`s relative to the
+    /// `/proc/<pid>` descriptor, no path walk from `/` and no allocation.
+    ///
+    /// A fingerprint returned is one of the pinned process while it had not exited, so it
+    /// needs no liveness check after it: the descriptor never names another process, and the
+    /// executable is looked up last, which succeeds only while the process still has its
+    /// memory (an exiting process drops it before it becomes a zombie, i.e. before its pidfd
+    /// reads as exited). The owner, read first, was therefore read from the live process too
+    /// (a reaped one would read as root).
     ///
     /// # Errors
-    /// The process is gone or `/proc` cannot be read.
+    /// The process has exited (or its main thread has), or `/proc` cannot be read.
     pub fn fingerprint(&self) -> io::Result<ProcessFingerprint> {
-        let dir = self.proc_dir();
-        let exe = fs::metadata(dir.join("exe"))?;
-        let owner = fs::metadata(&dir)?;
+        let dir = self.proc_dir.as_ref().ok_or_else(|| gone_error(self.pid))?;
+        let owner = fstat(dir.as_fd())?;
+        // Follows the magic link to the running executable, as stat("/proc/<pid>/exe") does.
+        let exe = fstatat(dir.as_fd(), c"exe")?;
         Ok(ProcessFingerprint {
-            exe_dev: exe.dev(),
-            exe_ino: exe.ino(),
-            proc_uid: owner.uid(),
-            proc_gid: owner.gid(),
+            exe_dev: exe.st_dev,
+            exe_ino: exe.st_ino,
+            proc_uid: owner.st_uid,
+            proc_gid: owner.st_gid,
         })
     }
+}
+
+/// Opens `/proc/<pid>` and confirms that it names the process `pidfd` holds: a process alive
+/// after the open held the PID throughout (a PID is reused only after its process is reaped).
+/// With `start_time` (the fallback pin, where `pidfd_open` went by PID too) the process must
+/// also have started when the one recorded before the pidfd was opened did, or the pidfd
+/// names a process that took the caller's PID.
+///
+/// `Ok(None)`: the pinned process is already gone.
+fn open_proc_dir(
+    pid: i32,
+    pidfd: &OwnedFd,
+    start_time: Option<u64>,
+) -> io::Result<Option<OwnedFd>> {
+    let path = CString::new(format!("/proc/{pid}")).expect("no NUL in a number");
+    // SAFETY: a NUL-terminated path; returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return if has_exited(pidfd.as_fd()) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: a fresh descriptor we own.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(expected) = start_time {
+        match read_start_time_at(dir.as_fd(), pid) {
+            Ok(t) if t == expected => {}
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                return if has_exited(pidfd.as_fd()) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                };
+            }
+        }
+    }
+    if has_exited(pidfd.as_fd()) {
+        return Ok(None);
+    }
+    Ok(Some(dir))
+}
+
+/// A zero-timeout poll: a pidfd is readable once its process has exited.
+fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n != 0
+}
+
+fn gone_error(pid: i32) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("process {pid} has exited"))
+}
+
+/// `stat` of `name` under `dir`, following a final symlink.
+fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: all-zero is a valid `stat`, which the kernel fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory descriptor, a NUL-terminated name and a `stat` to fill.
+    let rc = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `stat` of the file `fd` refers to (an `O_PATH` descriptor will do).
+fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: as in `fstatat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a `stat` to fill.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
 }
 
 struct Cred {
@@ -249,9 +340,33 @@ fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 }
 
 /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
-fn read_start_time(proc_root: &std::path::Path, pid: i32) -> io::Result<u64> {
-    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))?;
-    parse_start_time(&stat).ok_or_else(|| {
+fn read_start_time(pid: i32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    start_time_of(&stat, pid)
+}
+
+/// As [`read_start_time`], through a `/proc/<pid>` descriptor.
+fn read_start_time_at(dir: BorrowedFd<'_>, pid: i32) -> io::Result<u64> {
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c"stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut stat = String::new();
+    file.read_to_string(&mut stat)?;
+    start_time_of(&stat, pid)
+}
+
+fn start_time_of(stat: &str, pid: i32) -> io::Result<u64> {
+    parse_start_time(stat).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("unreadable /proc/{pid}/stat"),
@@ -289,10 +404,101 @@ mod tests {
     }
 
     #[test]
+    fn the_fingerprint_is_what_stat_by_path_says() {
+        use std::os::unix::fs::MetadataExt;
+        let pinned = PinnedProcess::from_pid(std::process::id() as i32).unwrap();
+        let exe = fs::metadata(format!("/proc/{}/exe", pinned.pid())).unwrap();
+        let owner = fs::metadata(pinned.proc_dir()).unwrap();
+        assert_eq!(
+            pinned.fingerprint().unwrap(),
+            ProcessFingerprint {
+                exe_dev: exe.dev(),
+                exe_ino: exe.ino(),
+                proc_uid: owner.uid(),
+                proc_gid: owner.gid(),
+            }
+        );
+        assert_eq!((pinned.uid(), pinned.gid()), (owner.uid(), owner.gid()));
+    }
+
+    #[test]
     fn a_dead_process_is_not_alive() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pinned = PinnedProcess::from_pid(child.id() as i32).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let pinned = PinnedProcess::from_pid(pid).unwrap();
+        assert!(pinned.is_alive());
+        assert!(pinned.fingerprint().is_ok());
+        child.kill().unwrap();
+        // A zombie (exited, not reaped) has no fingerprint: the exe lookup fails.
+        wait_for_zombie(pid);
+        assert!(!pinned.is_alive());
+        assert!(pinned.fingerprint().is_err());
         child.wait().unwrap();
         assert!(!pinned.is_alive());
+        assert!(pinned.fingerprint().is_err());
+    }
+
+    fn wait_for_zombie(pid: i32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .contains(") Z ")
+        {
+            assert!(std::time::Instant::now() < deadline, "{pid} did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_process_that_exited_cannot_be_pinned_by_pid() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Exited, not reaped: its PID and /proc entry are still there.
+        wait_for_zombie(pid);
+        assert!(PinnedProcess::from_pid(pid).is_err());
+        child.wait().unwrap();
+    }
+
+    /// Makes a new `sleep` take `pid` by setting the kernel's last PID to `pid - 1` first (root
+    /// only). Retries, since any process on the machine may take the PID in between.
+    fn take_pid(pid: i32) -> Option<std::process::Child> {
+        for _ in 0..20 {
+            fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+            let mut child = std::process::Command::new("sleep").arg("30").spawn().ok()?;
+            if child.id() as i32 == pid {
+                return Some(child);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None
+    }
+
+    #[test]
+    fn the_pin_never_describes_a_process_that_took_the_pid() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let pinned = PinnedProcess::from_pid(pid).unwrap();
+        let known = pinned.fingerprint().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let Some(mut taker) = take_pid(pid) else {
+            eprintln!("could not make another process take PID {pid} (needs root); checked the exited process only");
+            assert!(!pinned.is_alive() && pinned.fingerprint().is_err());
+            return;
+        };
+        // Same program, same user, same PID: only the pin tells them apart.
+        assert!(fs::metadata(format!("/proc/{pid}/exe")).is_ok());
+        assert!(!pinned.is_alive());
+        let now = pinned.fingerprint();
+        let _ = taker.kill();
+        let _ = taker.wait();
+        assert!(now.is_err(), "{now:?} (was {known:?})");
     }
 }

@@ -50,7 +50,10 @@ impl Default for UnixAttestorConfig {
     }
 }
 
-/// Identifies one version of one file: a rebuilt binary gets a new key.
+/// Identifies one version of one file: a rebuilt binary gets a new key. The change time is
+/// part of it because the owner of a file can set its mtime back after rewriting it in place
+/// (same inode, same size), but not its ctime: any write, and setting the times, moves the
+/// ctime to now.
 #[derive(Clone, Copy, Hash, PartialEq, Eq)]
 struct FileKey {
     dev: u64,
@@ -58,6 +61,8 @@ struct FileKey {
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
 }
 
 pub struct UnixAttestor {
@@ -94,12 +99,19 @@ impl UnixAttestor {
         if let Some(user) = user_name(ids.uid) {
             out.push(sel(format!("user:{user}")));
         }
-        if let Some(group) = group_name(ids.gid) {
+        let primary_group = group_name(ids.gid);
+        if let Some(group) = &primary_group {
             out.push(sel(format!("group:{group}")));
         }
-        for gid in &ids.groups {
+        for &gid in &ids.groups {
             out.push(sel(format!("supplementary_gid:{gid}")));
-            if let Some(group) = group_name(*gid) {
+            // The primary group is usually among the supplementary ones: one lookup will do.
+            let group = if gid == ids.gid {
+                primary_group.clone()
+            } else {
+                group_name(gid)
+            };
+            if let Some(group) = group {
                 out.push(sel(format!("supplementary_group:{group}")));
             }
         }
@@ -139,6 +151,8 @@ impl UnixAttestor {
             size: meta.len(),
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
         };
         if let Some(hit) = self.cache().get(&key) {
             return Ok(Some(hit.clone()));
@@ -314,6 +328,30 @@ mod tests {
         };
         assert!(has_hash(size));
         assert!(!has_hash(size - 1));
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_with_its_mtime_set_back_is_hashed_again() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prog");
+        std::fs::write(&path, b"first version").unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let a = UnixAttestor::new(UnixAttestorConfig::default(), true);
+        let first = a.sha256(&path).unwrap().unwrap();
+        assert_eq!(first, hex::encode(Sha256::digest(b"first version")));
+
+        // Same inode, same size, same mtime: only the ctime tells the versions apart. (Past
+        // one clock tick: file times on kernels without fine-grained ones move in ticks.)
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(b"other version").unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.len(), meta.modified().unwrap()), (13, mtime));
+        let second = a.sha256(&path).unwrap().unwrap();
+        assert_eq!(second, hex::encode(Sha256::digest(b"other version")));
     }
 
     #[test]

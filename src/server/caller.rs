@@ -1,10 +1,9 @@
 //! Resolving the caller of a request to its identities: attest once per connection, then on
-//! each call confirm cheaply (a pidfd poll and two stats) that the same program still runs
-//! as the same user; anything else re-attests.
+//! each call confirm cheaply (two stats relative to the pinned `/proc/<pid>`, which also prove
+//! it alive) that the same program still runs as the same user; anything else re-attests.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Mutex;
 use tonic::{Request, Status};
 
 use crate::attest::peer::{PinnedProcess, ProcessFingerprint};
@@ -19,7 +18,12 @@ pub use crate::caller::{Caller, NO_IDENTITY};
 /// Per-connection state, in the request extensions.
 pub struct CallerHandle {
     pinned: Result<PinnedProcess, String>,
+    /// The caller attested on this connection, with the fingerprint it was attested under.
+    /// Every call reads it: a plain mutex, held only to compare and clone, never across an
+    /// await.
     known: Mutex<Option<(ProcessFingerprint, Arc<Caller>)>>,
+    /// Held while attesting, so that concurrent calls on a new connection attest once.
+    attesting: tokio::sync::Mutex<()>,
 }
 
 impl CallerHandle {
@@ -27,11 +31,26 @@ impl CallerHandle {
         Self {
             pinned: pinned.map_err(|e| e.to_string()),
             known: Mutex::new(None),
+            attesting: tokio::sync::Mutex::new(()),
         }
     }
 
     pub fn pinned(&self) -> Option<&PinnedProcess> {
         self.pinned.as_ref().ok()
+    }
+
+    fn known(&self) -> MutexGuard<'_, Option<(ProcessFingerprint, Arc<Caller>)>> {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cached caller, if it was attested under `now`.
+    fn known_as(&self, now: &ProcessFingerprint) -> Option<Arc<Caller>> {
+        match self.known().as_ref() {
+            Some((fp, caller)) if fp == now => Some(caller.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -88,16 +107,27 @@ impl CallerResolver {
             .pinned
             .as_ref()
             .map_err(|e| Status::unavailable(format!("cannot identify caller: {e}")))?;
-        if !process.is_alive() {
-            return Err(Status::unavailable("caller process has exited"));
+        let now = current_fingerprint(process)?;
+        if let Some(caller) = handle.known_as(&now) {
+            self.metrics.observe_recheck(checking.elapsed());
+            return Ok(caller);
         }
-        let mut known = handle.known.lock().await;
-        let before = process.fingerprint().map_err(|_| gone(process.pid()))?;
-        if let Some((fp, caller)) = known.as_ref() {
-            if *fp == before {
-                self.metrics.observe_recheck(checking.elapsed());
-                return Ok(caller.clone());
-            }
+        self.attest(handle, process).await
+    }
+
+    /// Attests the pinned process (again) and caches the caller under its fingerprint.
+    async fn attest(
+        &self,
+        handle: &CallerHandle,
+        process: &PinnedProcess,
+    ) -> Result<Arc<Caller>, Status> {
+        let _attesting = handle.attesting.lock().await;
+        // Taken after the wait: another call on this connection may have attested meanwhile.
+        let before = current_fingerprint(process)?;
+        if let Some(caller) = handle.known_as(&before) {
+            return Ok(caller);
+        }
+        if handle.known().is_some() {
             tracing::info!(
                 pid = process.pid(),
                 "caller changed program or owner; attesting again"
@@ -149,7 +179,7 @@ impl CallerResolver {
             identities = caller.identities.len(),
             "caller attested"
         );
-        *known = Some((after, caller.clone()));
+        *handle.known() = Some((after, caller.clone()));
         Ok(caller)
     }
 
@@ -164,6 +194,19 @@ impl CallerResolver {
     }
 }
 
+/// The pinned process's fingerprint. A fingerprint is only ever taken from the live process
+/// (see [`PinnedProcess::fingerprint`]), so the pidfd is polled only when there is none, to
+/// tell an exited caller from one whose `/proc` entry cannot be read.
+fn current_fingerprint(process: &PinnedProcess) -> Result<ProcessFingerprint, Status> {
+    process.fingerprint().map_err(|_| {
+        if process.is_alive() {
+            gone(process.pid())
+        } else {
+            Status::unavailable("caller process has exited")
+        }
+    })
+}
+
 fn gone(pid: i32) -> Status {
     attest_status(AttestError::ProcessGone { pid })
 }
@@ -174,5 +217,242 @@ fn attest_status(e: AttestError) -> Status {
         AttestError::ProcessGone { .. } | AttestError::Failed { .. } => {
             Status::unavailable(format!("attestation failed: {e}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use spiffe::TrustDomain;
+    use tonic::Code;
+
+    use super::*;
+    use crate::attest::unix::{UnixAttestor, UnixAttestorConfig};
+    use crate::attest::{AttestError, BoxFuture, Selector, WorkloadAttestor};
+    use crate::authority::fake::FakeIssuer;
+
+    /// The unix attestor, counting how often it runs.
+    struct Counting {
+        inner: UnixAttestor,
+        runs: Arc<AtomicUsize>,
+    }
+
+    impl WorkloadAttestor for Counting {
+        fn name(&self) -> &'static str {
+            "unix"
+        }
+
+        fn attest(&self, pid: i32) -> BoxFuture<'_, Result<Vec<Selector>, AttestError>> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            self.inner.attest(pid)
+        }
+    }
+
+    fn resolver() -> (CallerResolver, Arc<AtomicUsize>, Arc<Metrics>) {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let unix = Arc::new(Counting {
+            inner: UnixAttestor::new(UnixAttestorConfig::default(), false),
+            runs: runs.clone(),
+        });
+        let td = TrustDomain::new("example.org").unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let resolver = CallerResolver::new(
+            Attestors::new(vec![unix]),
+            Arc::new(Registry::new(&td, vec![]).unwrap()),
+            metrics.clone(),
+            FakeIssuer::new("example.org"),
+            None,
+        );
+        (resolver, runs, metrics)
+    }
+
+    fn handle_for(pid: u32) -> CallerHandle {
+        CallerHandle::new(PinnedProcess::from_pid(pid as i32))
+    }
+
+    fn has(caller: &Caller, selector: &str) -> bool {
+        caller.selector_strings().iter().any(|s| s == selector)
+    }
+
+    /// Waits (at most 10 s) until `done` holds.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn exe_of(pid: u32) -> Option<std::path::PathBuf> {
+        std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+    }
+
+    fn stop(mut child: Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: fds is a valid array of two ints.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+        // SAFETY: pipe2 just returned these two fds, owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[tokio::test]
+    async fn a_known_caller_is_checked_not_attested_again() {
+        let (resolver, runs, metrics) = resolver();
+        let handle = handle_for(std::process::id());
+        let first = resolver.resolve_handle(&handle).await.unwrap();
+        let uid = unsafe { libc::geteuid() };
+        assert!(has(&first, &format!("unix:uid:{uid}")), "{first:?}");
+        for _ in 0..3 {
+            let again = resolver.resolve_handle(&handle).await.unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(
+            metrics
+                .render()
+                .contains("svid_broker_caller_recheck_seconds_count 3\n"),
+            "{}",
+            metrics.render()
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_calls_attest_once() {
+        let (resolver, runs, _) = resolver();
+        let handle = handle_for(std::process::id());
+        let calls = (0..8).map(|_| resolver.resolve_handle(&handle));
+        let callers = futures::future::join_all(calls).await;
+        let first = callers[0].as_ref().unwrap();
+        assert!(callers
+            .iter()
+            .all(|c| Arc::ptr_eq(c.as_ref().unwrap(), first)));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_execs_another_program_is_attested_again() {
+        let (resolver, runs, _) = resolver();
+        let mut child = Command::new("sh")
+            .args(["-c", "read _; exec sleep 30"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        let shell = exe_of(pid).expect("the shell's exe");
+        let handle = handle_for(pid);
+        let before = resolver.resolve_handle(&handle).await.unwrap();
+        assert!(has(&before, &format!("unix:path:{}", shell.display())));
+        assert!(Arc::ptr_eq(
+            &before,
+            &resolver.resolve_handle(&handle).await.unwrap()
+        ));
+
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        wait_until("the shell has exec'd sleep", || {
+            exe_of(pid).is_some_and(|e| e != shell)
+        });
+        let sleep = exe_of(pid).unwrap();
+        let after = resolver.resolve_handle(&handle).await.unwrap();
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert!(
+            has(&after, &format!("unix:path:{}", sleep.display())),
+            "{after:?}"
+        );
+        assert!(!has(&after, &format!("unix:path:{}", shell.display())));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        // The new program is known from here on.
+        assert!(Arc::ptr_eq(
+            &after,
+            &resolver.resolve_handle(&handle).await.unwrap()
+        ));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        stop(child);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_changes_user_is_attested_again() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: a process can change its user only with root; skipped");
+            return;
+        }
+        const NOBODY: libc::uid_t = 65534;
+        let (go_r, go_w) = pipe();
+        let (go_fd, go_w_fd) = (go_r.as_raw_fd(), go_w.as_raw_fd());
+        // SAFETY: the child makes only async-signal-safe calls (close, read, setresuid,
+        // pause, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            unsafe {
+                libc::close(go_w_fd);
+                let mut b = 0u8;
+                libc::read(go_fd, (&mut b as *mut u8).cast(), 1);
+                // The raw call changes this (only) thread; keeps the real and saved uid.
+                libc::syscall(libc::SYS_setresuid, -1, NOBODY, -1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        drop(go_r);
+        let handle = handle_for(pid as u32);
+        let (resolver, runs, _) = resolver();
+        let before = resolver.resolve_handle(&handle).await.unwrap();
+        assert!(has(&before, "unix:uid:0"), "{before:?}");
+
+        let pinned = handle.pinned().unwrap();
+        let first = pinned.fingerprint().unwrap();
+        // SAFETY: one byte from a valid buffer.
+        let n = unsafe { libc::write(go_w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(n, 1);
+        wait_until("the child has changed its euid", || {
+            pinned.fingerprint().is_ok_and(|f| f != first)
+        });
+        let after = resolver.resolve_handle(&handle).await;
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        let after = after.unwrap();
+        assert!(has(&after, &format!("unix:uid:{NOBODY}")), "{after:?}");
+        assert!(!has(&after, "unix:uid:0"), "{after:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_exited_caller_is_unavailable_though_known() {
+        let (resolver, runs, _) = resolver();
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let handle = handle_for(child.id());
+        resolver.resolve_handle(&handle).await.unwrap();
+        child.kill().unwrap();
+        let exited = |e: Result<Arc<Caller>, Status>| {
+            let e = e.expect_err("an exited caller got an identity");
+            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+            assert!(e.message().contains("caller process has exited"), "{e:?}");
+        };
+        // A zombie (exited, not yet reaped) has exited.
+        wait_until("the child has exited", || {
+            !handle.pinned().unwrap().is_alive()
+        });
+        exited(resolver.resolve_handle(&handle).await);
+        child.wait().unwrap();
+        exited(resolver.resolve_handle(&handle).await);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 }

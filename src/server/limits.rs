@@ -44,8 +44,8 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// the kubelet client, the metrics listener, the SPIRE agent).
 pub const RESERVED_FDS: u64 = 64;
 
-/// File descriptors one caller costs: its socket and its pidfd.
-pub const FDS_PER_CONNECTION: u64 = 2;
+/// File descriptors one caller costs: its socket, its pidfd and its `/proc/<pid>` descriptor.
+pub const FDS_PER_CONNECTION: u64 = 3;
 
 /// Log at most one "connection refused" warning per uid in this interval (the metric counts
 /// every one).
@@ -303,7 +303,7 @@ mod tests {
 
     #[test]
     fn fd_limit_gives_the_connection_cap() {
-        assert_eq!(connections_for_fds(1024), (1024 - 64) / 2);
+        assert_eq!(connections_for_fds(1024), (1024 - 64) / 3);
         assert_eq!(connections_for_fds(10), 0);
         assert!(raise_fd_limit().unwrap() >= 1024);
     }
