@@ -164,6 +164,12 @@ pub async fn run_row(
             Err(s) => return RowResult::empty(workload, clients, failed(&s)),
         }
     }
+    // The OAuth rows connect only now that every client is prepared (see `open_http`).
+    for c in futures::future::join_all(prepared.iter_mut().map(Client::open_http)).await {
+        if let Err(s) = c {
+            return RowResult::empty(workload, clients, failed(&s));
+        }
+    }
     // One probe call: Unimplemented makes the row "unavailable", not a wall of errors.
     if let Some(first) = prepared.first_mut() {
         if let Err(s) = first.call().await {
