@@ -37,6 +37,8 @@ pub struct DaemonOptions {
     pub binary: PathBuf,
     /// `[authority] ca_ttl`; `None` keeps the default.
     pub ca_ttl: Option<Duration>,
+    /// Body of a `[limits]` table (the stream daemon's raised connection and stream limits).
+    pub limits: Option<String>,
     pub extra_config: Option<String>,
 }
 
@@ -212,6 +214,9 @@ pub fn config(
                 o.addr, o.issuer
             ));
         }
+    }
+    if let Some(limits) = &opts.limits {
+        c = c.extra_toml(&format!("[limits]\n{limits}"));
     }
     if let Some(extra) = &opts.extra_config {
         c = c.extra_toml(extra);

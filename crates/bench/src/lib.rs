@@ -75,12 +75,19 @@ pub struct BenchArgs {
     /// Client counts, each client on its own connection.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     pub clients: Vec<usize>,
-    /// Concurrent FetchX509SVID streams (default 10,000; `--quick`: 1,000).
+    /// Concurrent FetchX509SVID streams (default 10,000; `--quick`: 1,000). Above 10,000 the
+    /// daemon's RSS is also read once the first 10,000 are open (the memory target's count).
     #[arg(long)]
     pub streams: Option<usize>,
-    /// Connections the streams are spread over.
+    /// Connections the streams are spread over. The stream daemon's `[limits]` are raised to
+    /// hold them (`max_streams_per_connection` tops out at 10,000).
     #[arg(long, default_value_t = 100)]
     pub stream_connections: usize,
+    /// CA lifetime (seconds) of the stream daemon: its successor signs at three quarters of
+    /// it, which must come after every stream is open (default 40, `--quick` 16, longer
+    /// above 10,000 streams).
+    #[arg(long)]
+    pub rotation_ca_ttl: Option<u64>,
     /// Where report.md and chart.png go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -117,6 +124,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_args(a: &BenchArgs) -> Self {
+        let streams = a.streams.unwrap_or(if a.quick { 1_000 } else { 10_000 });
         let (duration, max_calls) = if a.quick {
             (a.duration.unwrap_or(2.0), a.max_calls.or(Some(300)))
         } else {
@@ -134,12 +142,11 @@ impl Settings {
                 },
             },
             clients: a.clients.iter().copied().filter(|&c| c > 0).collect(),
-            streams: a.streams.unwrap_or(if a.quick { 1_000 } else { 10_000 }),
+            streams,
             stream_connections: a.stream_connections.max(1),
-            rotation_ca_ttl: if a.quick {
-                Duration::from_secs(16)
-            } else {
-                Duration::from_secs(40)
+            rotation_ca_ttl: match a.rotation_ca_ttl {
+                Some(s) => Duration::from_secs(s),
+                None => default_rotation_ca_ttl(a.quick, streams),
             },
         }
     }
@@ -150,6 +157,77 @@ fn selected(only: &[String], w: Workload) -> bool {
     only.is_empty() || only.iter().any(|o| name.contains(&o.to_lowercase()))
 }
 
+/// Streams the bench opens per second, at least, on a 2-core machine shared with the daemon
+/// (about twice that is usual): what the default CA lifetime of the stream daemon allows for.
+const STREAM_OPEN_RATE_FLOOR: f64 = 2_000.0;
+
+/// The stream daemon's CA lifetime: 40 s (`--quick`: 16 s), or long enough that three
+/// quarters of it cover opening `streams` at [`STREAM_OPEN_RATE_FLOOR`] plus a settle per stage
+/// and 10 s to spare.
+fn default_rotation_ca_ttl(quick: bool, streams: usize) -> Duration {
+    let base: f64 = if quick { 16.0 } else { 40.0 };
+    let open = streams as f64 / STREAM_OPEN_RATE_FLOOR + 12.0;
+    Duration::from_secs(base.max(open * 4.0 / 3.0).ceil() as u64)
+}
+
+/// Above this many streams, the daemon's RSS is also read once this many are open.
+const STREAMS_CHECKPOINT: usize = 10_000;
+
+/// The daemon's ceiling of `[limits] max_streams_per_connection`.
+const MAX_STREAMS_PER_CONNECTION_CEILING: usize = 10_000;
+/// The daemon's default `[limits] max_streams_per_connection`.
+const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 128;
+
+/// Why the streams cannot all open with these settings, if they cannot.
+fn streams_unreachable(s: &Settings) -> Option<String> {
+    let per_connection = s.streams.div_ceil(s.stream_connections);
+    (per_connection > MAX_STREAMS_PER_CONNECTION_CEILING).then(|| {
+        format!(
+            "{} streams on {} connections is {per_connection} a connection, above the daemon's ceiling of [limits] max_streams_per_connection ({MAX_STREAMS_PER_CONNECTION_CEILING}): pass --stream-connections {} or more",
+            s.streams,
+            s.stream_connections,
+            s.streams.div_ceil(MAX_STREAMS_PER_CONNECTION_CEILING)
+        )
+    })
+}
+
+/// The daemon's default `[limits] max_connections_per_uid` and `max_connections`.
+const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
+const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+
+/// The `[limits]` of the stream daemon when its defaults cannot hold the streams: enough
+/// concurrent streams per connection, and connections for the bench's uid. (The bench opens
+/// at most [`streams::OPENING_AT_ONCE`] streams at a time, so the pending-request budget per
+/// uid is not in the way.) `None` when the defaults suffice or `--extra-config` has its own
+/// `[limits]`.
+fn stream_limits(s: &Settings, extra_config: Option<&str>) -> Option<String> {
+    if extra_config.is_some_and(|c| c.contains("[limits]")) {
+        return None;
+    }
+    let per_connection = s.streams.div_ceil(s.stream_connections);
+    // The latency rows' clients are gone by then; a few connections to spare.
+    let connections = s.stream_connections + 64;
+    if per_connection <= DEFAULT_MAX_STREAMS_PER_CONNECTION
+        && connections <= DEFAULT_MAX_CONNECTIONS_PER_UID
+    {
+        return None;
+    }
+    let mut t = format!(
+        "max_streams_per_connection = {}\n",
+        per_connection.clamp(
+            DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            MAX_STREAMS_PER_CONNECTION_CEILING
+        )
+    );
+    if connections > DEFAULT_MAX_CONNECTIONS_PER_UID {
+        t.push_str(&format!("max_connections_per_uid = {connections}\n"));
+    }
+    if connections > DEFAULT_MAX_CONNECTIONS {
+        t.push_str(&format!("max_connections = {connections}\n"));
+    }
+    Some(t)
+}
+
 /// Runs the whole benchmark, writes the report and returns it (Markdown).
 ///
 /// # Errors
@@ -157,7 +235,12 @@ fn selected(only: &[String], w: Workload) -> bool {
 /// are reported as such, not as errors.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let settings = Settings::from_args(&args);
-    procfs::raise_nofile_limit();
+    // Every connection (streams' and rows' clients) costs the bench one descriptor and the
+    // daemon two; the daemon inherits the limit.
+    procfs::raise_nofile_limit(
+        (settings.stream_connections * 2 + settings.clients.iter().sum::<usize>() * 2 + 1024)
+            as u64,
+    );
     let extra_config = match &args.extra_config {
         Some(p) => {
             Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?)
@@ -172,6 +255,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 None => daemon::default_binary()?,
             },
             ca_ttl: None,
+            limits: None,
             extra_config: extra_config.clone(),
         }),
     };
@@ -234,11 +318,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         daemon.stop().await;
     }
 
-    // 10,000 streams and a CA rotation, on a daemon whose CA lives `rotation_ca_ttl`.
-    if !args.no_streams {
+    // 10,000 streams and a CA rotation, on a daemon whose CA lives `rotation_ca_ttl` and
+    // whose `[limits]` let the streams in.
+    if args.no_streams {
+        facts.streams_skipped = Some("--no-streams".into());
+    } else if let Some(why) = streams_unreachable(&settings) {
+        facts.streams_skipped = Some(why);
+    } else {
         let rotation_target = match &target {
             Target::Start(o) => Target::Start(DaemonOptions {
                 ca_ttl: Some(settings.rotation_ca_ttl),
+                limits: stream_limits(&settings, o.extra_config.as_deref()),
                 ..o.clone()
             }),
             Target::Running(s) => Target::Running(s.clone()),
@@ -247,15 +337,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         let rotation_at = daemon
             .started_at
             .map(|t| t + settings.rotation_ca_ttl * 3 / 4);
-        facts.streams = Some(
-            streams::run(
-                &daemon,
-                settings.streams,
-                settings.stream_connections,
-                rotation_at,
-            )
-            .await,
-        );
+        let mut st = streams::run(
+            &daemon,
+            settings.streams,
+            settings.stream_connections,
+            rotation_at,
+            &[STREAMS_CHECKPOINT],
+        )
+        .await;
+        st.limits = match &rotation_target {
+            Target::Start(o) => o.limits.clone(),
+            Target::Running(_) => None,
+        };
+        facts.streams = Some(st);
         daemon.stop().await;
     }
 

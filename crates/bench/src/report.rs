@@ -39,6 +39,8 @@ pub struct Facts {
     pub recheck: Option<f64>,
     pub attestation: Option<AttestationProbe>,
     pub streams: Option<StreamsResult>,
+    /// Why the streams were not measured.
+    pub streams_skipped: Option<String>,
     pub spire_note: Option<String>,
     /// How the OAuth rows with client assertions were bounded.
     pub oauth_note: Option<String>,
@@ -247,30 +249,32 @@ impl Report {
         let st = f.streams.clone().unwrap_or_default();
         line(
             FACT_STREAMS_RSS,
-            format!(
-                "{} MB with {} of {} streams on {} connections (before: {} MB; all open in {})",
-                st.rss_kib.map_or("—".into(), |k| format!("{:.1}", mb(k))),
-                st.opened,
-                st.wanted,
-                st.connections,
-                st.rss_before_kib
-                    .map_or("—".into(), |k| format!("{:.1}", mb(k))),
-                st.open_time
-                    .map_or("—".into(), |d| format!("{:.2} s", d.as_secs_f64()))
-            ),
+            streams_line(&st, f.streams_skipped.as_deref()),
         );
         line(
             FACT_ROTATION,
             st.rotation.as_ref().map_or_else(
-                || format!("— ({})", st.note.clone().unwrap_or_else(|| "not measured".into())),
+                || {
+                    format!(
+                        "— ({})",
+                        st.note
+                            .clone()
+                            .or_else(|| f.streams_skipped.clone())
+                            .unwrap_or_else(|| "not measured".into())
+                    )
+                },
                 |r| {
                     format!(
-                        "{:.0} ms first→last, {} of {} streams; last arrival {:.0} ms after the scheduled activation (CA ttl {} s)",
+                        "{:.0} ms first→last, {} of {} streams; last arrival {:.0} ms after the scheduled activation (CA ttl {} s); CPU from 0.2 s before the activation to the last arrival ({:.2} s): daemon {} s, bench {} s, of {} cores",
                         r.spread.as_secs_f64() * 1e3,
-                        r.reached,
-                        st.opened,
+                        thousands(r.reached),
+                        thousands(st.opened),
                         r.last_after_schedule.as_secs_f64() * 1e3,
-                        self.settings.rotation_ca_ttl.as_secs()
+                        self.settings.rotation_ca_ttl.as_secs(),
+                        r.cpu.wall.as_secs_f64(),
+                        r.cpu.daemon.map_or("?".into(), |d| format!("{:.2}", d.as_secs_f64())),
+                        r.cpu.bench.map_or("?".into(), |d| format!("{:.2}", d.as_secs_f64())),
+                        std::thread::available_parallelism().map_or(0, usize::from)
                     )
                 },
             ),
@@ -454,6 +458,54 @@ impl Report {
     }
 }
 
+/// The streams measurement: RSS at every checkpoint, how the streams were spread, and the
+/// `[limits]` the daemon was given for them.
+fn streams_line(st: &StreamsResult, skipped: Option<&str>) -> String {
+    if let Some(why) = skipped {
+        return format!("— (not measured: {why})");
+    }
+    let mut parts: Vec<String> = st
+        .checkpoints
+        .iter()
+        .map(|c| {
+            format!(
+                "{} MB with {} of {} streams (open in {:.2} s)",
+                c.rss_kib.map_or("—".into(), |k| format!("{:.1}", mb(k))),
+                thousands(c.opened),
+                thousands(c.wanted),
+                c.open_time.as_secs_f64()
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        parts.push(format!("— with 0 of {} streams", thousands(st.wanted)));
+    }
+    format!(
+        "{}; on {} connections; before: {} MB{}",
+        parts.join("; "),
+        st.connections,
+        st.rss_before_kib
+            .map_or("—".into(), |k| format!("{:.1}", mb(k))),
+        st.limits.as_ref().map_or(String::new(), |l| format!(
+            "; stream daemon [limits]: {}",
+            l.trim().replace('\n', ", ")
+        ))
+    )
+}
+
+/// `100000` → `100,000`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The first three fields of `/proc/loadavg`.
 pub fn load_average() -> Option<String> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -480,4 +532,18 @@ fn machine_line() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     format!("Machine: {cpu}, {cores} cores available, Linux {kernel}. Load generator and daemon share these cores.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(10_000), "10,000");
+        assert_eq!(thousands(100_000), "100,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }
