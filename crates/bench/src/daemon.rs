@@ -61,6 +61,8 @@ pub struct Daemon {
     pub note: Option<String>,
     /// The `[oauth]` listener (only on a daemon the bench starts with the broker sections).
     pub oauth: Option<OAuthTarget>,
+    /// The daemon's temp dir (config, socket, audit log), on a daemon the bench starts.
+    pub dir: Option<PathBuf>,
     launched: Option<launcher::Daemon>,
 }
 
@@ -95,6 +97,7 @@ impl Daemon {
                         "running daemon: start-up, idle RSS and rotation not measured".into(),
                     ),
                     oauth: None,
+                    dir: None,
                     launched: None,
                 })
             }
@@ -160,6 +163,7 @@ impl Daemon {
             started_at: Some(started_at),
             note: None,
             oauth,
+            dir: Some(d.dir().to_path_buf()),
             launched: Some(d),
         })
     }

@@ -9,6 +9,7 @@
 pub mod calls;
 pub mod chart;
 pub mod daemon;
+pub mod disk;
 pub mod load;
 pub mod metrics;
 pub mod procfs;
@@ -277,6 +278,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         facts.startup = daemon.startup;
         facts.idle_rss_kib = daemon.idle_rss_kib;
         facts.broker_config_note = daemon.note.clone();
+        // Before any load: what one durable audit record costs on this disk.
+        facts.disk = match &daemon.dir {
+            Some(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    disk::probe(&dir, disk::RECORDS, disk::RECORD_BYTES)
+                })
+                .await
+                .ok()
+            }
+            None => None,
+        };
         for workload in Workload::BROKER_ROWS {
             if !selected(&args.only, *workload) {
                 continue;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::calls::Workload;
+use super::disk::FsyncProbe;
 use super::load::{AttestationProbe, RowResult, RowStatus};
 use super::streams::StreamsResult;
 use super::Settings;
@@ -17,6 +18,7 @@ pub const FACT_LATER_CALL: &str = "later calls on that connection";
 pub const FACT_FULL_ATTEST: &str = "full attestation, daemon-timed";
 pub const FACT_STREAMS_RSS: &str = "X.509 streams open: daemon RSS";
 pub const FACT_ROTATION: &str = "CA rotation reaches all streams";
+pub const FACT_FSYNC: &str = "append + fdatasync in the audit log's directory";
 
 pub const FACT_NAMES: &[&str] = &[
     FACT_START,
@@ -27,6 +29,7 @@ pub const FACT_NAMES: &[&str] = &[
     FACT_FULL_ATTEST,
     FACT_STREAMS_RSS,
     FACT_ROTATION,
+    FACT_FSYNC,
 ];
 
 /// Measurements that are one number each.
@@ -41,6 +44,8 @@ pub struct Facts {
     pub streams: Option<StreamsResult>,
     /// Why the streams were not measured.
     pub streams_skipped: Option<String>,
+    /// One small append + fdatasync beside the audit log.
+    pub disk: Option<FsyncProbe>,
     pub spire_note: Option<String>,
     /// How the OAuth rows with client assertions were bounded.
     pub oauth_note: Option<String>,
@@ -230,14 +235,19 @@ impl Report {
         line(
             FACT_FIRST_CALL,
             format!(
-                "{} µs p50 over {} connections (FetchJWTSVID, cached audience)",
+                "{} µs p50, {} µs p99 over {} connections (FetchJWTSVID, cached audience; connect not included)",
                 opt(a.first_call_p50_us, 0),
+                opt(a.first_call_p99_us, 0),
                 a.connections
             ),
         );
         line(
             FACT_LATER_CALL,
-            format!("{} µs p50", opt(a.later_call_p50_us, 0)),
+            format!(
+                "{} µs p50, {} µs p99",
+                opt(a.later_call_p50_us, 0),
+                opt(a.later_call_p99_us, 0)
+            ),
         );
         line(
             FACT_FULL_ATTEST,
@@ -276,6 +286,24 @@ impl Report {
                         r.cpu.bench.map_or("?".into(), |d| format!("{:.2}", d.as_secs_f64())),
                         std::thread::available_parallelism().map_or(0, usize::from)
                     )
+                },
+            ),
+        );
+        line(
+            FACT_FSYNC,
+            f.disk.as_ref().map_or_else(
+                || "— (not measured: the daemon was already running, its directory unknown)".into(),
+                |d| match (d.p50_us, d.p99_us, d.max_us) {
+                    (Some(p50), Some(p99), Some(max)) => format!(
+                        "{p50:.0} µs p50, {p99:.0} µs p99, {max:.0} µs max over {} appends of {} bytes, each followed by fdatasync ({}; the audit log holds every token until its record is synced)",
+                        d.records,
+                        d.record_bytes,
+                        d.dir.display()
+                    ),
+                    _ => format!(
+                        "— ({})",
+                        d.error.as_deref().unwrap_or("no samples")
+                    ),
                 },
             ),
         );
