@@ -16,6 +16,7 @@ pub mod procfs;
 pub mod report;
 pub mod spire;
 pub mod streams;
+pub mod targets;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -121,6 +122,8 @@ pub struct Settings {
     pub stream_connections: usize,
     /// CA lifetime of the rotation daemon; a new CA signs at three quarters of it.
     pub rotation_ca_ttl: Duration,
+    /// `--only`: the latency rows run are those whose name contains one of these.
+    pub only: Vec<String>,
 }
 
 impl Settings {
@@ -149,13 +152,15 @@ impl Settings {
                 Some(s) => Duration::from_secs(s),
                 None => default_rotation_ca_ttl(a.quick, streams),
             },
+            only: a.only.clone(),
         }
     }
-}
 
-fn selected(only: &[String], w: Workload) -> bool {
-    let name = w.name().to_lowercase();
-    only.is_empty() || only.iter().any(|o| name.contains(&o.to_lowercase()))
+    /// Whether `--only` lets row `w` run.
+    pub fn selected(&self, w: Workload) -> bool {
+        let name = w.name().to_lowercase();
+        self.only.is_empty() || self.only.iter().any(|o| name.contains(&o.to_lowercase()))
+    }
 }
 
 /// Streams the bench opens per second, at least, on a 2-core machine shared with the daemon
@@ -170,9 +175,6 @@ fn default_rotation_ca_ttl(quick: bool, streams: usize) -> Duration {
     let open = streams as f64 / STREAM_OPEN_RATE_FLOOR + 12.0;
     Duration::from_secs(base.max(open * 4.0 / 3.0).ceil() as u64)
 }
-
-/// Above this many streams, the daemon's RSS is also read once this many are open.
-const STREAMS_CHECKPOINT: usize = 10_000;
 
 /// The daemon's ceiling of `[limits] max_streams_per_connection`.
 const MAX_STREAMS_PER_CONNECTION_CEILING: usize = 10_000;
@@ -291,7 +293,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             None => None,
         };
         for workload in Workload::BROKER_ROWS {
-            if !selected(&args.only, *workload) {
+            if !settings.selected(*workload) {
                 continue;
             }
             for &clients in &settings.clients {
@@ -315,7 +317,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         }
         if Workload::BROKER_ROWS
             .iter()
-            .any(|w| w.needs_assertions() && selected(&args.only, *w))
+            .any(|w| w.needs_assertions() && settings.selected(*w))
         {
             facts.oauth_note = Some(format!(
                 "oauth token / oauth introspect: each call spends one single-use client assertion (a JWT-SVID for the issuer and a unique second audience), fetched over the Workload API before the row and not timed; so these rows stop after at most {} measured calls per client count (or the duration, whichever comes first), plus {} warm-up calls per client",
@@ -355,7 +357,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             settings.streams,
             settings.stream_connections,
             rotation_at,
-            &[STREAMS_CHECKPOINT],
+            &[targets::STREAMS_FOR_RSS],
         )
         .await;
         st.limits = match &rotation_target {
@@ -367,8 +369,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     }
 
     // The same fresh-audience FetchJWTSVID workload against a SPIRE agent.
-    if args.no_spire || !selected(&args.only, Workload::SpireJwtFreshAudience) {
+    if args.no_spire {
         facts.spire_note = Some("SPIRE comparison skipped (--no-spire)".into());
+    } else if !settings.selected(Workload::SpireJwtFreshAudience) {
+        facts.spire_note = Some("SPIRE comparison skipped (filtered out by --only)".into());
     } else {
         match spire::find_binaries(args.spire_bin.as_deref()) {
             Ok(bins) => match spire::start(&bins).await {
