@@ -198,30 +198,37 @@ fn streams_unreachable(s: &Settings) -> Option<String> {
 const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
 const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 
-/// The `[limits]` of the stream daemon when its defaults cannot hold the streams: enough
-/// concurrent streams per connection, and connections for the bench's uid. (The bench opens
-/// at most [`streams::OPENING_AT_ONCE`] streams at a time, so the pending-request budget per
-/// uid is not in the way.) `None` when the defaults suffice or `--extra-config` has its own
+/// `[limits] new_connections_per_uid_per_second` and `_burst` of the bench's daemons: the
+/// ceiling. The first-SVID row opens a new connection for every call, thousands a second, and
+/// the default 200 a second (burst 400) closed all but 200 of them at once, failing that row
+/// and the rows after it while the bucket refilled.
+const CONNECTION_RATE: u32 = 1_000_000;
+
+/// The `[limits]` table of a daemon the bench starts: the connection rate at
+/// [`CONNECTION_RATE`]; for the stream daemon (`streams`), also enough concurrent streams per
+/// connection and connections for the bench's uid when the defaults cannot hold the streams.
+/// (The bench opens at most [`streams::OPENING_AT_ONCE`] streams at a time, so the
+/// pending-request budget per uid is not in the way.) `None` when `--extra-config` has its own
 /// `[limits]`.
-fn stream_limits(s: &Settings, extra_config: Option<&str>) -> Option<String> {
+fn daemon_limits(s: &Settings, streams: bool, extra_config: Option<&str>) -> Option<String> {
     if extra_config.is_some_and(|c| c.contains("[limits]")) {
         return None;
     }
+    let mut t = format!(
+        "new_connections_per_uid_per_second = {CONNECTION_RATE}\nnew_connections_per_uid_burst = {CONNECTION_RATE}\n"
+    );
+    if !streams {
+        return Some(t);
+    }
     let per_connection = s.streams.div_ceil(s.stream_connections);
+    if per_connection > DEFAULT_MAX_STREAMS_PER_CONNECTION {
+        t.push_str(&format!(
+            "max_streams_per_connection = {}\n",
+            per_connection.min(MAX_STREAMS_PER_CONNECTION_CEILING)
+        ));
+    }
     // The latency rows' clients are gone by then; a few connections to spare.
     let connections = s.stream_connections + 64;
-    if per_connection <= DEFAULT_MAX_STREAMS_PER_CONNECTION
-        && connections <= DEFAULT_MAX_CONNECTIONS_PER_UID
-    {
-        return None;
-    }
-    let mut t = format!(
-        "max_streams_per_connection = {}\n",
-        per_connection.clamp(
-            DEFAULT_MAX_STREAMS_PER_CONNECTION,
-            MAX_STREAMS_PER_CONNECTION_CEILING
-        )
-    );
     if connections > DEFAULT_MAX_CONNECTIONS_PER_UID {
         t.push_str(&format!("max_connections_per_uid = {connections}\n"));
     }
@@ -258,7 +265,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 None => daemon::default_binary()?,
             },
             ca_ttl: None,
-            limits: None,
+            limits: daemon_limits(&settings, false, extra_config.as_deref()),
             extra_config: extra_config.clone(),
         }),
     };
@@ -280,6 +287,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         facts.startup = daemon.startup;
         facts.idle_rss_kib = daemon.idle_rss_kib;
         facts.broker_config_note = daemon.note.clone();
+        if let Target::Start(DaemonOptions {
+            limits: Some(l), ..
+        }) = &target
+        {
+            facts.limits_note = Some(format!(
+                "the bench's daemons run with [limits] {}: the first-SVID row opens a new connection for every call, above the default rate of 200 a second (burst 400)",
+                l.trim().replace('\n', ", ")
+            ));
+        }
         // Before any load: what one durable audit record costs on this disk.
         facts.disk = match &daemon.dir {
             Some(dir) => {
@@ -343,7 +359,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         let rotation_target = match &target {
             Target::Start(o) => Target::Start(DaemonOptions {
                 ca_ttl: Some(settings.rotation_ca_ttl),
-                limits: stream_limits(&settings, o.extra_config.as_deref()),
+                limits: daemon_limits(&settings, true, o.extra_config.as_deref()),
                 ..o.clone()
             }),
             Target::Running(s) => Target::Running(s.clone()),

@@ -40,6 +40,8 @@ pub struct Facts {
     pub startup: Option<Duration>,
     pub idle_rss_kib: Option<u64>,
     pub broker_config_note: Option<String>,
+    /// The `[limits]` the bench gave its daemons.
+    pub limits_note: Option<String>,
     /// Mean daemon-timed re-check of a known caller, µs.
     pub recheck: Option<f64>,
     pub attestation: Option<AttestationProbe>,
@@ -111,6 +113,9 @@ impl Report {
         s.push_str(&self.facts_table());
         let mut notes = Vec::new();
         if let Some(n) = &self.facts.broker_config_note {
+            notes.push(n.clone());
+        }
+        if let Some(n) = &self.facts.limits_note {
             notes.push(n.clone());
         }
         if let Some(n) = &self.facts.spire_note {

@@ -12,6 +12,9 @@ use super::calls::Workload;
 use super::load::{RowResult, RowStatus};
 use super::report::{mb, thousands, Report};
 
+/// A row is judged when at most one call in this many failed (else "not measured").
+const ONE_ERROR_IN: u64 = 1000;
+
 /// The client count of the "many clients" targets.
 pub const MANY_CLIENTS: usize = 64;
 
@@ -482,13 +485,20 @@ fn measured_row(r: &Report, w: Workload, clients: usize) -> Result<&RowResult, S
             )
         });
     };
-    if row.calls > row.errors {
+    // A row whose calls failed in numbers measures the failures, not the service.
+    if row.calls > row.errors && row.errors * ONE_ERROR_IN <= row.calls {
         return Ok(row);
     }
     Err(match &row.status {
         RowStatus::Unavailable => format!("{} is unavailable (Unimplemented)", w.name()),
         RowStatus::Failed { code, message } => {
-            format!("{} failed: {code:?}: {message}", w.name())
+            format!(
+                "{} at {}: {} of {} calls failed; first: {code:?}: {message}",
+                w.name(),
+                clients_label(clients),
+                row.errors,
+                row.calls
+            )
         }
         RowStatus::Ok => format!("{} made no call", w.name()),
     })
