@@ -195,7 +195,10 @@ pub struct Client {
     task_id: String,
     /// Tasks the OpenTask row opened, closed after the row (untimed).
     opened: Vec<String>,
-    /// The OAuth rows' keep-alive HTTP/1.1 connection.
+    /// The OAuth listener, for the OAuth rows.
+    oauth_addr: Option<SocketAddr>,
+    /// The OAuth rows' keep-alive HTTP/1.1 connection, opened by the first call (see
+    /// [`Client::http`]).
     http: Option<Http>,
     /// Single-use client assertions, fetched before the row; one per call.
     assertions: Vec<String>,
@@ -231,6 +234,7 @@ impl Client {
             token: String::new(),
             task_id: String::new(),
             opened: Vec::new(),
+            oauth_addr: None,
             http: None,
             assertions: Vec::new(),
         };
@@ -240,7 +244,7 @@ impl Client {
                     "no OAuth listener (the bench only configures one on a daemon it starts)",
                 )
             })?;
-            c.http = Some(Http::connect(oauth.addr).await?);
+            c.oauth_addr = Some(oauth.addr);
             if workload.needs_assertions() {
                 c.assertions.reserve(assertions);
                 for _ in 0..assertions {
@@ -321,7 +325,8 @@ impl Client {
                 }
             }
             Workload::OAuthNoop => {
-                self.http()?
+                self.http()
+                    .await?
                     .request(Method::GET, "/.well-known/oauth-authorization-server", None)
                     .await?;
             }
@@ -334,7 +339,8 @@ impl Client {
                     form_encode(TASK_SCOPE)
                 );
                 let r = self
-                    .http()?
+                    .http()
+                    .await?
                     .request(Method::POST, "/token", Some(body))
                     .await?;
                 if !contains(&r, b"\"access_token\"") {
@@ -349,7 +355,8 @@ impl Client {
                     form_encode(&self.token)
                 );
                 let r = self
-                    .http()?
+                    .http()
+                    .await?
                     .request(Method::POST, "/introspect", Some(body))
                     .await?;
                 if !contains(&r, b"\"active\":true") {
@@ -387,7 +394,24 @@ impl Client {
             .ok_or_else(|| Status::resource_exhausted("no pre-fetched client assertion left"))
     }
 
-    fn http(&mut self) -> Result<&mut Http, Status> {
+    /// Opens the OAuth rows' HTTP connection (nothing for the other rows). Done after every
+    /// client of the row is prepared, not while preparing: the listener closes a keep-alive
+    /// connection that stays idle for its `request_timeout` (10 s by default), and preparing
+    /// can take longer than that (a 1-client row fetches its ~20,000 client assertions one
+    /// after the other), which left every call of the row on a closed connection.
+    ///
+    /// # Errors
+    /// The connection fails.
+    pub async fn open_http(&mut self) -> Result<(), Status> {
+        if let (Some(addr), None) = (self.oauth_addr, &self.http) {
+            self.http = Some(Http::connect(addr).await?);
+        }
+        Ok(())
+    }
+
+    /// The OAuth connection, opened here if [`Client::open_http`] was not called.
+    async fn http(&mut self) -> Result<&mut Http, Status> {
+        self.open_http().await?;
         self.http
             .as_mut()
             .ok_or_else(|| Status::unavailable("no OAuth connection"))

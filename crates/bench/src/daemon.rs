@@ -37,6 +37,8 @@ pub struct DaemonOptions {
     pub binary: PathBuf,
     /// `[authority] ca_ttl`; `None` keeps the default.
     pub ca_ttl: Option<Duration>,
+    /// Body of a `[limits]` table (the stream daemon's raised connection and stream limits).
+    pub limits: Option<String>,
     pub extra_config: Option<String>,
 }
 
@@ -59,6 +61,8 @@ pub struct Daemon {
     pub note: Option<String>,
     /// The `[oauth]` listener (only on a daemon the bench starts with the broker sections).
     pub oauth: Option<OAuthTarget>,
+    /// The daemon's temp dir (config, socket, audit log), on a daemon the bench starts.
+    pub dir: Option<PathBuf>,
     launched: Option<launcher::Daemon>,
 }
 
@@ -93,6 +97,7 @@ impl Daemon {
                         "running daemon: start-up, idle RSS and rotation not measured".into(),
                     ),
                     oauth: None,
+                    dir: None,
                     launched: None,
                 })
             }
@@ -158,6 +163,7 @@ impl Daemon {
             started_at: Some(started_at),
             note: None,
             oauth,
+            dir: Some(d.dir().to_path_buf()),
             launched: Some(d),
         })
     }
@@ -212,6 +218,9 @@ pub fn config(
                 o.addr, o.issuer
             ));
         }
+    }
+    if let Some(limits) = &opts.limits {
+        c = c.extra_toml(&format!("[limits]\n{limits}"));
     }
     if let Some(extra) = &opts.extra_config {
         c = c.extra_toml(extra);

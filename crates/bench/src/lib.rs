@@ -9,12 +9,14 @@
 pub mod calls;
 pub mod chart;
 pub mod daemon;
+pub mod disk;
 pub mod load;
 pub mod metrics;
 pub mod procfs;
 pub mod report;
 pub mod spire;
 pub mod streams;
+pub mod targets;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,12 +77,19 @@ pub struct BenchArgs {
     /// Client counts, each client on its own connection.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     pub clients: Vec<usize>,
-    /// Concurrent FetchX509SVID streams (default 10,000; `--quick`: 1,000).
+    /// Concurrent FetchX509SVID streams (default 10,000; `--quick`: 1,000). Above 10,000 the
+    /// daemon's RSS is also read once the first 10,000 are open (the memory target's count).
     #[arg(long)]
     pub streams: Option<usize>,
-    /// Connections the streams are spread over.
+    /// Connections the streams are spread over. The stream daemon's `[limits]` are raised to
+    /// hold them (`max_streams_per_connection` tops out at 10,000).
     #[arg(long, default_value_t = 100)]
     pub stream_connections: usize,
+    /// CA lifetime (seconds) of the stream daemon: its successor signs at three quarters of
+    /// it, which must come after every stream is open (default 40, `--quick` 16, longer
+    /// above 10,000 streams).
+    #[arg(long)]
+    pub rotation_ca_ttl: Option<u64>,
     /// Where report.md and chart.png go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -113,10 +122,13 @@ pub struct Settings {
     pub stream_connections: usize,
     /// CA lifetime of the rotation daemon; a new CA signs at three quarters of it.
     pub rotation_ca_ttl: Duration,
+    /// `--only`: the latency rows run are those whose name contains one of these.
+    pub only: Vec<String>,
 }
 
 impl Settings {
     pub fn from_args(a: &BenchArgs) -> Self {
+        let streams = a.streams.unwrap_or(if a.quick { 1_000 } else { 10_000 });
         let (duration, max_calls) = if a.quick {
             (a.duration.unwrap_or(2.0), a.max_calls.or(Some(300)))
         } else {
@@ -134,20 +146,96 @@ impl Settings {
                 },
             },
             clients: a.clients.iter().copied().filter(|&c| c > 0).collect(),
-            streams: a.streams.unwrap_or(if a.quick { 1_000 } else { 10_000 }),
+            streams,
             stream_connections: a.stream_connections.max(1),
-            rotation_ca_ttl: if a.quick {
-                Duration::from_secs(16)
-            } else {
-                Duration::from_secs(40)
+            rotation_ca_ttl: match a.rotation_ca_ttl {
+                Some(s) => Duration::from_secs(s),
+                None => default_rotation_ca_ttl(a.quick, streams),
             },
+            only: a.only.clone(),
         }
+    }
+
+    /// Whether `--only` lets row `w` run.
+    pub fn selected(&self, w: Workload) -> bool {
+        let name = w.name().to_lowercase();
+        self.only.is_empty() || self.only.iter().any(|o| name.contains(&o.to_lowercase()))
     }
 }
 
-fn selected(only: &[String], w: Workload) -> bool {
-    let name = w.name().to_lowercase();
-    only.is_empty() || only.iter().any(|o| name.contains(&o.to_lowercase()))
+/// Streams the bench opens per second, at least, on a 2-core machine shared with the daemon
+/// (about twice that is usual): what the default CA lifetime of the stream daemon allows for.
+const STREAM_OPEN_RATE_FLOOR: f64 = 2_000.0;
+
+/// The stream daemon's CA lifetime: 40 s (`--quick`: 16 s), or long enough that three
+/// quarters of it cover opening `streams` at [`STREAM_OPEN_RATE_FLOOR`] plus a settle per stage
+/// and 10 s to spare.
+fn default_rotation_ca_ttl(quick: bool, streams: usize) -> Duration {
+    let base: f64 = if quick { 16.0 } else { 40.0 };
+    let open = streams as f64 / STREAM_OPEN_RATE_FLOOR + 12.0;
+    Duration::from_secs(base.max(open * 4.0 / 3.0).ceil() as u64)
+}
+
+/// The daemon's ceiling of `[limits] max_streams_per_connection`.
+const MAX_STREAMS_PER_CONNECTION_CEILING: usize = 10_000;
+/// The daemon's default `[limits] max_streams_per_connection`.
+const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 128;
+
+/// Why the streams cannot all open with these settings, if they cannot.
+fn streams_unreachable(s: &Settings) -> Option<String> {
+    let per_connection = s.streams.div_ceil(s.stream_connections);
+    (per_connection > MAX_STREAMS_PER_CONNECTION_CEILING).then(|| {
+        format!(
+            "{} streams on {} connections is {per_connection} a connection, above the daemon's ceiling of [limits] max_streams_per_connection ({MAX_STREAMS_PER_CONNECTION_CEILING}): pass --stream-connections {} or more",
+            s.streams,
+            s.stream_connections,
+            s.streams.div_ceil(MAX_STREAMS_PER_CONNECTION_CEILING)
+        )
+    })
+}
+
+/// The daemon's default `[limits] max_connections_per_uid` and `max_connections`.
+const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
+const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+
+/// `[limits] new_connections_per_uid_per_second` and `_burst` of the bench's daemons: the
+/// ceiling. The first-SVID row opens a new connection for every call, thousands a second, and
+/// the default 200 a second (burst 400) closed all but 200 of them at once, failing that row
+/// and the rows after it while the bucket refilled.
+const CONNECTION_RATE: u32 = 1_000_000;
+
+/// The `[limits]` table of a daemon the bench starts: the connection rate at
+/// [`CONNECTION_RATE`]; for the stream daemon (`streams`), also enough concurrent streams per
+/// connection and connections for the bench's uid when the defaults cannot hold the streams.
+/// (The bench opens at most [`streams::OPENING_AT_ONCE`] streams at a time, so the
+/// pending-request budget per uid is not in the way.) `None` when `--extra-config` has its own
+/// `[limits]`.
+fn daemon_limits(s: &Settings, streams: bool, extra_config: Option<&str>) -> Option<String> {
+    if extra_config.is_some_and(|c| c.contains("[limits]")) {
+        return None;
+    }
+    let mut t = format!(
+        "new_connections_per_uid_per_second = {CONNECTION_RATE}\nnew_connections_per_uid_burst = {CONNECTION_RATE}\n"
+    );
+    if !streams {
+        return Some(t);
+    }
+    let per_connection = s.streams.div_ceil(s.stream_connections);
+    if per_connection > DEFAULT_MAX_STREAMS_PER_CONNECTION {
+        t.push_str(&format!(
+            "max_streams_per_connection = {}\n",
+            per_connection.min(MAX_STREAMS_PER_CONNECTION_CEILING)
+        ));
+    }
+    // The latency rows' clients are gone by then; a few connections to spare.
+    let connections = s.stream_connections + 64;
+    if connections > DEFAULT_MAX_CONNECTIONS_PER_UID {
+        t.push_str(&format!("max_connections_per_uid = {connections}\n"));
+    }
+    if connections > DEFAULT_MAX_CONNECTIONS {
+        t.push_str(&format!("max_connections = {connections}\n"));
+    }
+    Some(t)
 }
 
 /// Runs the whole benchmark, writes the report and returns it (Markdown).
@@ -157,7 +245,12 @@ fn selected(only: &[String], w: Workload) -> bool {
 /// are reported as such, not as errors.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let settings = Settings::from_args(&args);
-    procfs::raise_nofile_limit();
+    // Every connection (streams' and rows' clients) costs the bench one descriptor and the
+    // daemon two; the daemon inherits the limit.
+    procfs::raise_nofile_limit(
+        (settings.stream_connections * 2 + settings.clients.iter().sum::<usize>() * 2 + 1024)
+            as u64,
+    );
     let extra_config = match &args.extra_config {
         Some(p) => {
             Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?)
@@ -172,6 +265,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 None => daemon::default_binary()?,
             },
             ca_ttl: None,
+            limits: daemon_limits(&settings, false, extra_config.as_deref()),
             extra_config: extra_config.clone(),
         }),
     };
@@ -193,8 +287,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         facts.startup = daemon.startup;
         facts.idle_rss_kib = daemon.idle_rss_kib;
         facts.broker_config_note = daemon.note.clone();
+        if let Target::Start(DaemonOptions {
+            limits: Some(l), ..
+        }) = &target
+        {
+            facts.limits_note = Some(format!(
+                "the bench's daemons run with [limits] {}: the first-SVID row opens a new connection for every call, above the default rate of 200 a second (burst 400)",
+                l.trim().replace('\n', ", ")
+            ));
+        }
+        // Before any load: what one durable audit record costs on this disk.
+        facts.disk = match &daemon.dir {
+            Some(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    disk::probe(&dir, disk::RECORDS, disk::RECORD_BYTES)
+                })
+                .await
+                .ok()
+            }
+            None => None,
+        };
         for workload in Workload::BROKER_ROWS {
-            if !selected(&args.only, *workload) {
+            if !settings.selected(*workload) {
                 continue;
             }
             for &clients in &settings.clients {
@@ -218,7 +333,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         }
         if Workload::BROKER_ROWS
             .iter()
-            .any(|w| w.needs_assertions() && selected(&args.only, *w))
+            .any(|w| w.needs_assertions() && settings.selected(*w))
         {
             facts.oauth_note = Some(format!(
                 "oauth token / oauth introspect: each call spends one single-use client assertion (a JWT-SVID for the issuer and a unique second audience), fetched over the Workload API before the row and not timed; so these rows stop after at most {} measured calls per client count (or the duration, whichever comes first), plus {} warm-up calls per client",
@@ -234,11 +349,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         daemon.stop().await;
     }
 
-    // 10,000 streams and a CA rotation, on a daemon whose CA lives `rotation_ca_ttl`.
-    if !args.no_streams {
+    // 10,000 streams and a CA rotation, on a daemon whose CA lives `rotation_ca_ttl` and
+    // whose `[limits]` let the streams in.
+    if args.no_streams {
+        facts.streams_skipped = Some("--no-streams".into());
+    } else if let Some(why) = streams_unreachable(&settings) {
+        facts.streams_skipped = Some(why);
+    } else {
         let rotation_target = match &target {
             Target::Start(o) => Target::Start(DaemonOptions {
                 ca_ttl: Some(settings.rotation_ca_ttl),
+                limits: daemon_limits(&settings, true, o.extra_config.as_deref()),
                 ..o.clone()
             }),
             Target::Running(s) => Target::Running(s.clone()),
@@ -247,21 +368,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         let rotation_at = daemon
             .started_at
             .map(|t| t + settings.rotation_ca_ttl * 3 / 4);
-        facts.streams = Some(
-            streams::run(
-                &daemon,
-                settings.streams,
-                settings.stream_connections,
-                rotation_at,
-            )
-            .await,
-        );
+        let mut st = streams::run(
+            &daemon,
+            settings.streams,
+            settings.stream_connections,
+            rotation_at,
+            &[targets::STREAMS_FOR_RSS],
+        )
+        .await;
+        st.limits = match &rotation_target {
+            Target::Start(o) => o.limits.clone(),
+            Target::Running(_) => None,
+        };
+        facts.streams = Some(st);
         daemon.stop().await;
     }
 
     // The same fresh-audience FetchJWTSVID workload against a SPIRE agent.
-    if args.no_spire || !selected(&args.only, Workload::SpireJwtFreshAudience) {
+    if args.no_spire {
         facts.spire_note = Some("SPIRE comparison skipped (--no-spire)".into());
+    } else if !settings.selected(Workload::SpireJwtFreshAudience) {
+        facts.spire_note = Some("SPIRE comparison skipped (filtered out by --only)".into());
     } else {
         match spire::find_binaries(args.spire_bin.as_deref()) {
             Ok(bins) => match spire::start(&bins).await {

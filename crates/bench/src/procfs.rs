@@ -45,21 +45,42 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
         .ok()
 }
 
-/// Raises the soft open-files limit to the hard limit (children inherit it).
-pub fn raise_nofile_limit() {
+/// Raises the open-files limit (children inherit it): the soft limit to the hard one, and
+/// both to `want` when the hard limit is lower and the process may raise it
+/// (`CAP_SYS_RESOURCE`, up to `/proc/sys/fs/nr_open`). Returns the soft limit in effect.
+pub fn raise_nofile_limit(want: u64) -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: a valid rlimit out-pointer.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
+        return None;
+    }
+    if lim.rlim_max < want {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(want);
+        let raised = libc::rlimit {
+            rlim_cur: want.min(nr_open),
+            rlim_max: want.min(nr_open),
+        };
+        // SAFETY: a valid rlimit with cur <= max; refused (EPERM) without the capability.
+        if raised.rlim_max > lim.rlim_max
+            && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0
+        {
+            return Some(raised.rlim_cur);
+        }
     }
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: a valid rlimit with cur <= max.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return None;
+        }
     }
+    Some(lim.rlim_cur)
 }
 
 /// The PID of the process serving a Unix socket (`SO_PEERCRED` of a fresh connection).

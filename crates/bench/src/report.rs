@@ -1,12 +1,15 @@
 //! The Markdown report: the latency table (with a ratio to the no-op baseline), the
-//! single-value measurements, and the targets of issue 6 marked PASS or MISS.
+//! single-value measurements, and (last, so a terminal shows it at the end of the run) the
+//! targets of [`crate::targets`] marked PASS or MISS.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::calls::Workload;
+use super::disk::FsyncProbe;
 use super::load::{AttestationProbe, RowResult, RowStatus};
 use super::streams::StreamsResult;
+use super::targets;
 use super::Settings;
 
 pub const FACT_START: &str = "start to serving";
@@ -17,6 +20,7 @@ pub const FACT_LATER_CALL: &str = "later calls on that connection";
 pub const FACT_FULL_ATTEST: &str = "full attestation, daemon-timed";
 pub const FACT_STREAMS_RSS: &str = "X.509 streams open: daemon RSS";
 pub const FACT_ROTATION: &str = "CA rotation reaches all streams";
+pub const FACT_FSYNC: &str = "append + fdatasync in the audit log's directory";
 
 pub const FACT_NAMES: &[&str] = &[
     FACT_START,
@@ -27,6 +31,7 @@ pub const FACT_NAMES: &[&str] = &[
     FACT_FULL_ATTEST,
     FACT_STREAMS_RSS,
     FACT_ROTATION,
+    FACT_FSYNC,
 ];
 
 /// Measurements that are one number each.
@@ -35,10 +40,16 @@ pub struct Facts {
     pub startup: Option<Duration>,
     pub idle_rss_kib: Option<u64>,
     pub broker_config_note: Option<String>,
+    /// The `[limits]` the bench gave its daemons.
+    pub limits_note: Option<String>,
     /// Mean daemon-timed re-check of a known caller, µs.
     pub recheck: Option<f64>,
     pub attestation: Option<AttestationProbe>,
     pub streams: Option<StreamsResult>,
+    /// Why the streams were not measured.
+    pub streams_skipped: Option<String>,
+    /// One small append + fdatasync beside the audit log.
+    pub disk: Option<FsyncProbe>,
     pub spire_note: Option<String>,
     /// How the OAuth rows with client assertions were bounded.
     pub oauth_note: Option<String>,
@@ -53,39 +64,8 @@ pub struct Report {
     pub facts: Facts,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Verdict {
-    Pass,
-    Miss,
-    NotMeasured,
-}
-
-impl Verdict {
-    fn of(ok: bool) -> Self {
-        if ok {
-            Verdict::Pass
-        } else {
-            Verdict::Miss
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Pass => "PASS",
-            Verdict::Miss => "MISS",
-            Verdict::NotMeasured => "n/a",
-        }
-    }
-}
-
-/// One target: what it asks, what was measured, the verdict.
-pub struct Target {
-    pub goal: &'static str,
-    pub measured: String,
-    pub verdict: Verdict,
-}
-
-fn mb(kib: u64) -> f64 {
+/// KiB to MB (10^6 bytes), the unit the report and the targets use.
+pub fn mb(kib: u64) -> f64 {
     kib as f64 * 1024.0 / 1e6
 }
 
@@ -131,10 +111,11 @@ impl Report {
         s.push_str(&self.latency_table());
         s.push('\n');
         s.push_str(&self.facts_table());
-        s.push('\n');
-        s.push_str(&self.targets_table());
         let mut notes = Vec::new();
         if let Some(n) = &self.facts.broker_config_note {
+            notes.push(n.clone());
+        }
+        if let Some(n) = &self.facts.limits_note {
             notes.push(n.clone());
         }
         if let Some(n) = &self.facts.spire_note {
@@ -165,7 +146,8 @@ impl Report {
                 let _ = writeln!(s, "- {n}");
             }
         }
-        s.push_str("\nChart (`chart.png`): one group of bars per row of the latency table, in table order; left bar 1 client, right bar 64 clients (blue: svid-broker, orange: SPIRE); bar height = throughput relative to the no-op baseline at the same client count (grey line = 1.0, i.e. as fast as the no-op).\n");
+        s.push_str("\nChart (`chart.png`): one group of bars per row of the latency table, in table order; left bar 1 client, right bar 64 clients (blue: svid-broker, orange: SPIRE); bar height = throughput relative to the no-op baseline at the same client count (grey line = 1.0, i.e. as fast as the no-op).\n\n");
+        s.push_str(&targets::section(self));
         s
     }
 
@@ -219,23 +201,34 @@ impl Report {
         );
         line(
             FACT_RECHECK,
-            f.recheck.map_or(
-                "— (daemon exposes no svid_broker_caller_recheck_seconds)".into(),
-                |v| format!("{v:.1} µs mean (svid_broker_caller_recheck_seconds)"),
+            f.recheck.map_or_else(
+                || {
+                    if self.row(Workload::JwtSameAudience, 1).is_some() {
+                        "— (daemon exposes no svid_broker_caller_recheck_seconds)".into()
+                    } else {
+                        "— (read during the FetchJWTSVID same audience 1-client row, which did not run)".into()
+                    }
+                },
+                |v| format!("{v:.2} µs mean (svid_broker_caller_recheck_seconds)"),
             ),
         );
         let a = f.attestation.clone().unwrap_or_default();
         line(
             FACT_FIRST_CALL,
             format!(
-                "{} µs p50 over {} connections (FetchJWTSVID, cached audience)",
+                "{} µs p50, {} µs p99 over {} connections (FetchJWTSVID, cached audience; connect not included)",
                 opt(a.first_call_p50_us, 0),
+                opt(a.first_call_p99_us, 0),
                 a.connections
             ),
         );
         line(
             FACT_LATER_CALL,
-            format!("{} µs p50", opt(a.later_call_p50_us, 0)),
+            format!(
+                "{} µs p50, {} µs p99",
+                opt(a.later_call_p50_us, 0),
+                opt(a.later_call_p99_us, 0)
+            ),
         );
         line(
             FACT_FULL_ATTEST,
@@ -247,211 +240,104 @@ impl Report {
         let st = f.streams.clone().unwrap_or_default();
         line(
             FACT_STREAMS_RSS,
-            format!(
-                "{} MB with {} of {} streams on {} connections (before: {} MB; all open in {})",
-                st.rss_kib.map_or("—".into(), |k| format!("{:.1}", mb(k))),
-                st.opened,
-                st.wanted,
-                st.connections,
-                st.rss_before_kib
-                    .map_or("—".into(), |k| format!("{:.1}", mb(k))),
-                st.open_time
-                    .map_or("—".into(), |d| format!("{:.2} s", d.as_secs_f64()))
-            ),
+            streams_line(&st, f.streams_skipped.as_deref()),
         );
         line(
             FACT_ROTATION,
             st.rotation.as_ref().map_or_else(
-                || format!("— ({})", st.note.clone().unwrap_or_else(|| "not measured".into())),
+                || {
+                    format!(
+                        "— ({})",
+                        st.note
+                            .clone()
+                            .or_else(|| f.streams_skipped.clone())
+                            .unwrap_or_else(|| "not measured".into())
+                    )
+                },
                 |r| {
                     format!(
-                        "{:.0} ms first→last, {} of {} streams; last arrival {:.0} ms after the scheduled activation (CA ttl {} s)",
+                        "{:.0} ms first→last, {} of {} streams; last arrival {:.0} ms after the scheduled activation (CA ttl {} s); CPU from 0.2 s before the activation to the last arrival ({:.2} s): daemon {} s, bench {} s, of {} cores",
                         r.spread.as_secs_f64() * 1e3,
-                        r.reached,
-                        st.opened,
+                        thousands(r.reached),
+                        thousands(st.opened),
                         r.last_after_schedule.as_secs_f64() * 1e3,
-                        self.settings.rotation_ca_ttl.as_secs()
+                        self.settings.rotation_ca_ttl.as_secs(),
+                        r.cpu.wall.as_secs_f64(),
+                        r.cpu.daemon.map_or("?".into(), |d| format!("{:.2}", d.as_secs_f64())),
+                        r.cpu.bench.map_or("?".into(), |d| format!("{:.2}", d.as_secs_f64())),
+                        std::thread::available_parallelism().map_or(0, usize::from)
                     )
+                },
+            ),
+        );
+        line(
+            FACT_FSYNC,
+            f.disk.as_ref().map_or_else(
+                || "— (not measured: the daemon was already running, its directory unknown)".into(),
+                |d| match (d.p50_us, d.p99_us, d.max_us) {
+                    (Some(p50), Some(p99), Some(max)) => format!(
+                        "{p50:.0} µs p50, {p99:.0} µs p99, {max:.0} µs max over {} appends of {} bytes, each followed by fdatasync ({}; the audit log holds every token until its record is synced)",
+                        d.records,
+                        d.record_bytes,
+                        d.dir.display()
+                    ),
+                    _ => format!(
+                        "— ({})",
+                        d.error.as_deref().unwrap_or("no samples")
+                    ),
                 },
             ),
         );
         s
     }
+}
 
-    pub fn targets(&self) -> Vec<Target> {
-        let mut out = Vec::new();
-        let many = self.settings.clients.iter().copied().max().unwrap_or(1);
-
-        // MintTaskToken ≥ 50 % of the no-op rate at 64 clients.
-        let mint = self.row(Workload::MintTaskToken, many);
-        out.push(match mint.and_then(|r| self.ratio(r)) {
-            Some(ratio) => Target {
-                goal: "MintTaskToken ≥ 50 % of no-op rate at 64 clients",
-                measured: format!("{:.0} % at {many} clients", ratio * 100.0),
-                verdict: Verdict::of(ratio >= 0.5),
-            },
-            None => Target {
-                goal: "MintTaskToken ≥ 50 % of no-op rate at 64 clients",
-                measured: "no MintTaskToken numbers (TaskBroker unavailable or failing)".into(),
-                verdict: Verdict::NotMeasured,
-            },
-        });
-
-        // Single-client p99 ≤ no-op p99 + 100 µs, every single-call row.
-        let goal = "single-client p99 ≤ no-op p99 + 100 µs";
-        let noop_p99 = self
-            .row(Workload::Noop, 1)
-            .and_then(|r| r.quantile_us(0.99));
-        let worst = self
-            .rows
-            .iter()
-            .filter(|r| r.clients == 1 && r.workload.is_single_call())
-            .filter_map(|r| Some((r.workload.name(), r.quantile_us(0.99)?)))
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        out.push(match (noop_p99, worst) {
-            (Some(base), Some((name, p99))) => Target {
-                goal,
-                measured: format!(
-                    "worst: {name} p99 {p99:.0} µs = no-op {base:.0} µs + {:.0} µs",
-                    p99 - base
-                ),
-                verdict: Verdict::of(p99 <= base + 100.0),
-            },
-            _ => Target {
-                goal,
-                measured: "not measured".into(),
-                verdict: Verdict::NotMeasured,
-            },
-        });
-
-        // Attestation cost per call on a known connection ≤ 20 µs.
-        let goal = "attestation cost per call on a known connection ≤ 20 µs";
-        out.push(match self.facts.recheck {
-            Some(us) => Target {
-                goal,
-                measured: format!("{us:.1} µs (daemon-timed re-check)"),
-                verdict: Verdict::of(us <= 20.0),
-            },
-            None => Target {
-                goal,
-                measured: "not measured (no re-check metric)".into(),
-                verdict: Verdict::NotMeasured,
-            },
-        });
-
-        // 10,000 streams ≤ 150 MB RSS, rotation reaching all within 2 s.
-        let st = self.facts.streams.clone().unwrap_or_default();
-        let goal = "10,000 streams ≤ 150 MB RSS";
-        out.push(match st.rss_kib {
-            Some(k) if st.opened >= 10_000 => Target {
-                goal,
-                measured: format!("{:.1} MB", mb(k)),
-                verdict: Verdict::of(mb(k) <= 150.0),
-            },
-            Some(k) => Target {
-                goal,
-                measured: format!("{:.1} MB with only {} streams", mb(k), st.opened),
-                verdict: Verdict::NotMeasured,
-            },
-            None => Target {
-                goal,
-                measured: "not measured".into(),
-                verdict: Verdict::NotMeasured,
-            },
-        });
-        let goal = "CA rotation reaches all streams within 2 s";
-        out.push(match &st.rotation {
-            Some(r) => Target {
-                goal,
-                measured: format!(
-                    "{:.0} ms, {} of {} streams",
-                    r.spread.as_secs_f64() * 1e3,
-                    r.reached,
-                    st.opened
-                ),
-                verdict: Verdict::of(r.reached == st.opened && r.spread <= Duration::from_secs(2)),
-            },
-            None => Target {
-                goal,
-                measured: "not measured".into(),
-                verdict: Verdict::NotMeasured,
-            },
-        });
-
-        let goal = "idle RSS ≤ 20 MB";
-        out.push(match self.facts.idle_rss_kib {
-            Some(k) => Target {
-                goal,
-                measured: format!("{:.1} MB", mb(k)),
-                verdict: Verdict::of(mb(k) <= 20.0),
-            },
-            None => Target {
-                goal,
-                measured: "not measured".into(),
-                verdict: Verdict::NotMeasured,
-            },
-        });
-
-        let goal = "first SVID ≤ 5 ms after connect";
-        out.push(
-            match self
-                .row(Workload::X509FirstMessage, 1)
-                .and_then(|r| Some((r.quantile_us(0.5)?, r.quantile_us(0.99)?)))
-            {
-                Some((p50, p99)) => Target {
-                    goal,
-                    measured: format!(
-                        "p99 {:.2} ms (p50 {:.2} ms), 1 client",
-                        p99 / 1e3,
-                        p50 / 1e3
-                    ),
-                    verdict: Verdict::of(p99 <= 5_000.0),
-                },
-                None => Target {
-                    goal,
-                    measured: "not measured".into(),
-                    verdict: Verdict::NotMeasured,
-                },
-            },
-        );
-
-        let goal = "FetchJWTSVID fresh audiences ≥ 20× SPIRE agent's rate";
-        let ours = self
-            .row(Workload::JwtFreshAudience, many)
-            .and_then(RowResult::throughput);
-        let theirs = self
-            .row(Workload::SpireJwtFreshAudience, many)
-            .and_then(RowResult::throughput);
-        out.push(match (ours, theirs) {
-            (Some(o), Some(t)) => Target {
-                goal,
-                measured: format!("{:.1}× at {many} clients ({o:.0}/s vs {t:.0}/s)", o / t),
-                verdict: Verdict::of(o >= 20.0 * t),
-            },
-            _ => Target {
-                goal,
-                measured: "not measured (SPIRE not run)".into(),
-                verdict: Verdict::NotMeasured,
-            },
-        });
-        out
+/// The streams measurement: RSS at every checkpoint, how the streams were spread, and the
+/// `[limits]` the daemon was given for them.
+fn streams_line(st: &StreamsResult, skipped: Option<&str>) -> String {
+    if let Some(why) = skipped {
+        return format!("— (not measured: {why})");
     }
+    let mut parts: Vec<String> = st
+        .checkpoints
+        .iter()
+        .map(|c| {
+            format!(
+                "{} MB with {} of {} streams (open in {:.2} s)",
+                c.rss_kib.map_or("—".into(), |k| format!("{:.1}", mb(k))),
+                thousands(c.opened),
+                thousands(c.wanted),
+                c.open_time.as_secs_f64()
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        parts.push(format!("— with 0 of {} streams", thousands(st.wanted)));
+    }
+    format!(
+        "{}; on {} connections; before: {} MB{}",
+        parts.join("; "),
+        st.connections,
+        st.rss_before_kib
+            .map_or("—".into(), |k| format!("{:.1}", mb(k))),
+        st.limits.as_ref().map_or(String::new(), |l| format!(
+            "; stream daemon [limits]: {}",
+            l.trim().replace('\n', ", ")
+        ))
+    )
+}
 
-    fn targets_table(&self) -> String {
-        let mut s = String::from(
-            "Targets (issue 6, on a 2-core machine; informational, the exit code stays 0):\n\n| Target | Measured | |\n|---|---|---|\n",
-        );
-        for t in self.targets() {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} |",
-                t.goal,
-                t.measured,
-                t.verdict.as_str()
-            );
+/// `100000` → `100,000`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
         }
-        s
+        out.push(c);
     }
+    out
 }
 
 /// The first three fields of `/proc/loadavg`.
@@ -480,4 +366,18 @@ fn machine_line() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     format!("Machine: {cpu}, {cores} cores available, Linux {kernel}. Load generator and daemon share these cores.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(10_000), "10,000");
+        assert_eq!(thousands(100_000), "100,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::Status;
 
 use super::calls::connect;
@@ -19,10 +19,20 @@ use svid_broker::client::with_header;
 use svid_broker::proto::workload as pb;
 use svid_broker::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
-/// How long opening all streams may take.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long opening all `n` streams may take: 120 s, or 2 ms a stream if that is longer.
+fn open_timeout(n: usize) -> Duration {
+    Duration::from_secs(120).max(Duration::from_millis(2) * n as u32)
+}
+/// Streams waiting for their first SVID at once. The daemon counts every request whose body
+/// has not arrived against `[limits] max_pending_request_bytes_per_uid` (32 MiB by default)
+/// at the Workload API's largest request (130 KiB): opening all streams in one burst is
+/// refused with `ResourceExhausted` past about 250 in flight. 128 (17 MB) stays well below,
+/// and the daemon keeps its default limits.
+pub const OPENING_AT_ONCE: usize = 128;
 /// How long after the scheduled rotation the last stream may take before we stop waiting.
 const ROTATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long before the scheduled activation the CPU counters are read.
+const CPU_LEAD: Duration = Duration::from_millis(200);
 /// Pause after the last stream opened before RSS is read.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -35,9 +45,23 @@ pub struct StreamsResult {
     pub open_time: Option<Duration>,
     pub rss_before_kib: Option<u64>,
     pub rss_kib: Option<u64>,
+    /// RSS with the first `wanted` streams open, at each stage (the last one is all of them).
+    pub checkpoints: Vec<Checkpoint>,
     pub rotation: Option<RotationResult>,
     pub first_error: Option<String>,
     pub note: Option<String>,
+    /// The `[limits]` the bench gave the stream daemon (`None`: its defaults).
+    pub limits: Option<String>,
+}
+
+/// The daemon's RSS once the first `wanted` streams were open.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub wanted: usize,
+    pub opened: usize,
+    /// From the first open to the last of these streams' first message.
+    pub open_time: Duration,
+    pub rss_kib: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +72,25 @@ pub struct RotationResult {
     pub spread: Duration,
     /// Scheduled activation of the new CA to the last arrival.
     pub last_after_schedule: Duration,
+    pub cpu: CpuWindow,
+}
+
+/// CPU time (user + system) of the daemon and of the bench over `wall`: from just before the
+/// scheduled activation to the last arrival.
+#[derive(Debug, Clone)]
+pub struct CpuWindow {
+    pub wall: Duration,
+    pub daemon: Option<Duration>,
+    pub bench: Option<Duration>,
+}
+
+impl StreamsResult {
+    fn add_note(&mut self, n: String) {
+        self.note = Some(match self.note.take() {
+            Some(old) => format!("{old}; {n}"),
+            None => n,
+        });
+    }
 }
 
 enum Event {
@@ -58,11 +101,16 @@ enum Event {
 
 /// Opens `n` streams over `connections` connections, reads the daemon's RSS, then (when
 /// `rotation_at` is known) waits for the new CA's SVID on every stream.
+///
+/// The streams open in stages: first up to each of `checkpoints` (those below `n`), where
+/// the daemon's RSS is read once they are all open, then up to `n`. Stream `i` always goes to
+/// connection `i % connections`, so a checkpoint reads what a run of that many streams would.
 pub async fn run(
     daemon: &Daemon,
     n: usize,
     connections: usize,
     rotation_at: Option<Instant>,
+    checkpoints: &[usize],
 ) -> StreamsResult {
     let connections = connections.clamp(1, n.max(1));
     let mut out = StreamsResult {
@@ -82,52 +130,90 @@ pub async fn run(
         }
     }
 
+    let mut stages: Vec<usize> = checkpoints.iter().copied().filter(|&c| c < n).collect();
+    stages.sort_unstable();
+    stages.dedup();
+    stages.push(n);
+
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let opening = Arc::new(Semaphore::new(OPENING_AT_ONCE));
     let started = Instant::now();
+    let open_deadline = started + open_timeout(n);
     let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let client = SpiffeWorkloadApiClient::new(with_header(channels[i % connections].clone()));
-        tasks.push(tokio::spawn(one_stream(
-            client,
-            events_tx.clone(),
-            stop_rx.clone(),
-        )));
-    }
-    drop(events_tx);
-
     let mut opened = 0usize;
     let mut failed = 0usize;
     let mut arrivals: Vec<Instant> = Vec::new();
-    let open_deadline = started + OPEN_TIMEOUT;
-    while opened + failed < n {
-        match tokio::time::timeout_at(open_deadline.into(), events.recv()).await {
-            Ok(Some(Event::Opened)) => opened += 1,
-            Ok(Some(Event::Failed(s))) => {
-                failed += 1;
-                out.first_error
-                    .get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
+    for &stage in &stages {
+        for i in tasks.len()..stage {
+            let client =
+                SpiffeWorkloadApiClient::new(with_header(channels[i % connections].clone()));
+            tasks.push(tokio::spawn(one_stream(
+                client,
+                opening.clone(),
+                events_tx.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        while opened + failed < stage {
+            match tokio::time::timeout_at(open_deadline.into(), events.recv()).await {
+                Ok(Some(Event::Opened)) => opened += 1,
+                Ok(Some(Event::Failed(s))) => {
+                    failed += 1;
+                    out.first_error
+                        .get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
+                }
+                Ok(Some(Event::Rotated(t))) => arrivals.push(t),
+                Ok(None) | Err(_) => break,
             }
-            Ok(Some(Event::Rotated(t))) => arrivals.push(t),
-            Ok(None) | Err(_) => break,
+        }
+        let open_time = started.elapsed();
+        tokio::time::sleep(SETTLE).await;
+        out.checkpoints.push(Checkpoint {
+            wanted: stage,
+            opened,
+            open_time,
+            rss_kib: procfs::rss_kib(daemon.pid),
+        });
+        if opened + failed < stage {
+            // Timed out: the later stages would only wait again.
+            break;
         }
     }
-    out.opened = opened;
-    out.open_time = Some(started.elapsed());
-    tokio::time::sleep(SETTLE).await;
-    out.rss_kib = procfs::rss_kib(daemon.pid);
+    drop(events_tx);
+    if let Some(last) = out.checkpoints.last() {
+        out.opened = last.opened;
+        out.open_time = Some(last.open_time);
+        out.rss_kib = last.rss_kib;
+    }
+    if opened + failed < n {
+        out.add_note(format!(
+            "{} streams still waiting for their first SVID after {:.0} s",
+            n - opened - failed,
+            open_timeout(n).as_secs_f64()
+        ));
+    }
 
     match rotation_at {
         None => {
-            out.note = Some("rotation not measured (the CA lifetime is unknown)".into());
+            out.add_note("rotation not measured (the CA lifetime is unknown)".into());
         }
         Some(at) if at <= Instant::now() => {
-            out.note = Some(
-                "rotation not measured: the new CA was scheduled before all streams were open"
+            out.add_note(
+                "rotation not measured: the new CA was scheduled before all streams were open (a longer --rotation-ca-ttl leaves more time)"
                     .into(),
             );
         }
         Some(at) => {
+            // CPU both sides spend from just before the activation to the last arrival: with
+            // the bench on the same cores, it tells whether the cores were the limit.
+            tokio::time::sleep_until(at.checked_sub(CPU_LEAD).unwrap_or(at).into()).await;
+            let me = std::process::id() as i32;
+            let before = (
+                Instant::now(),
+                procfs::cpu_time(daemon.pid),
+                procfs::cpu_time(me),
+            );
             let deadline = at + ROTATION_TIMEOUT;
             while arrivals.len() < opened {
                 match tokio::time::timeout_at(deadline.into(), events.recv()).await {
@@ -140,14 +226,21 @@ pub async fn run(
                     Ok(None) | Err(_) => break,
                 }
             }
+            let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+            let cpu = CpuWindow {
+                wall: before.0.elapsed(),
+                daemon: diff(before.1, procfs::cpu_time(daemon.pid)),
+                bench: diff(before.2, procfs::cpu_time(me)),
+            };
             if let (Some(first), Some(last)) = (arrivals.iter().min(), arrivals.iter().max()) {
                 out.rotation = Some(RotationResult {
                     reached: arrivals.len(),
                     spread: *last - *first,
                     last_after_schedule: last.saturating_duration_since(at),
+                    cpu,
                 });
             } else {
-                out.note = Some("no stream received an SVID from a new CA".into());
+                out.add_note("no stream received an SVID from a new CA".into());
             }
         }
     }
@@ -160,10 +253,16 @@ pub async fn run(
 
 async fn one_stream(
     mut client: SpiffeWorkloadApiClient<svid_broker::client::HeaderChannel>,
+    opening: Arc<Semaphore>,
     events: mpsc::UnboundedSender<Event>,
     mut stop: watch::Receiver<bool>,
 ) {
     let first = async {
+        // Held until the first SVID arrives (dropped with this block).
+        let _opening = opening
+            .acquire()
+            .await
+            .map_err(|_| Status::cancelled("measurement over"))?;
         let mut stream = client
             .fetch_x509svid(pb::X509svidRequest {})
             .await?

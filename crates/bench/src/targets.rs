@@ -1,0 +1,531 @@
+//! The performance targets the report checks, in one table: each bound is a named constant,
+//! and [`TARGETS`] says which measurement it applies to. Change a number here and the report's
+//! "Targets" section follows.
+//!
+//! Throughput ratios are against the no-op row (gRPC health `Check`) at the same client count
+//! in the same run, so a loaded or slow machine moves both sides.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::calls::Workload;
+use super::load::{RowResult, RowStatus};
+use super::report::{mb, thousands, Report};
+
+/// A row is judged when at most one call in this many failed (else "not measured").
+const ONE_ERROR_IN: u64 = 1000;
+
+/// The client count of the "many clients" targets.
+pub const MANY_CLIENTS: usize = 64;
+
+/// MintTaskToken throughput at [`MANY_CLIENTS`], as a fraction of the no-op's.
+pub const MINT_VS_NOOP: f64 = 0.5;
+/// Daemon CPU (user + system) per MintTaskToken call at [`MANY_CLIENTS`], µs.
+pub const MINT_CPU_PER_CALL_US: f64 = 60.0;
+/// MintTaskToken p99 at 1 client may exceed the no-op's p99 by at most this, µs.
+pub const MINT_P99_OVER_NOOP_US: f64 = 100.0;
+/// OpenTask throughput at [`MANY_CLIENTS`], as a fraction of the no-op's.
+pub const OPEN_TASK_VS_NOOP: f64 = 0.4;
+/// IntrospectToken throughput at [`MANY_CLIENTS`], as a fraction of the no-op's.
+pub const INTROSPECT_VS_NOOP: f64 = 0.4;
+/// OpenTask+MintTaskToken+CloseTask throughput at [`MANY_CLIENTS`], as a fraction of the
+/// no-op's.
+pub const TASK_CYCLE_VS_NOOP: f64 = 0.2;
+/// FetchJWTSVID (fresh audience) throughput at [`MANY_CLIENTS`], as a fraction of the no-op's.
+pub const JWT_FRESH_VS_NOOP: f64 = 0.5;
+/// FetchJWTSVID (fresh audience) throughput at [`MANY_CLIENTS`], as a multiple of the SPIRE
+/// agent's on the same workload.
+pub const JWT_FRESH_VS_SPIRE: f64 = 50.0;
+/// Daemon-timed re-check of a known caller on every call, µs (mean).
+pub const RECHECK_MAX_US: f64 = 3.0;
+/// Open X.509-SVID streams the stream-memory target is stated for.
+pub const STREAMS_FOR_RSS: usize = 10_000;
+/// Daemon RSS with [`STREAMS_FOR_RSS`] streams open, MB (10^6 bytes).
+pub const STREAMS_RSS_MAX_MB: f64 = 50.0;
+/// Daemon RSS right after start-up, MB (10^6 bytes).
+pub const IDLE_RSS_MAX_MB: f64 = 12.0;
+/// p99 of the first X.509-SVID on a new connection (connect included), µs.
+pub const FIRST_SVID_P99_MAX_US: f64 = 500.0;
+/// A CA rotation reaches every open stream within this (first to last stream).
+pub const ROTATION_MAX: Duration = Duration::from_secs(2);
+
+/// What one target checks.
+#[derive(Clone, Copy, Debug)]
+pub enum Check {
+    /// Throughput of `row` at `clients` ≥ `min` × the no-op's at the same client count.
+    VsNoop {
+        row: Workload,
+        clients: usize,
+        min: f64,
+    },
+    /// Daemon CPU per successful call of `row` at `clients` ≤ `max_us`.
+    CpuPerCall {
+        row: Workload,
+        clients: usize,
+        max_us: f64,
+    },
+    /// p99 of `row` at `clients` ≤ the no-op's p99 at the same client count + `max_extra_us`.
+    /// Shown next to the p99 of one append + fdatasync in the audit log's directory: the
+    /// audit contract makes every token wait for one, so a slow disk puts this out of reach.
+    P99OverNoop {
+        row: Workload,
+        clients: usize,
+        max_extra_us: f64,
+    },
+    /// Throughput of `row` ≥ `min` × that of `other` at the same client count.
+    VsRow {
+        row: Workload,
+        other: Workload,
+        clients: usize,
+        min: f64,
+    },
+    /// Mean daemon-timed re-check of a known caller ≤ `max_us`.
+    Recheck { max_us: f64 },
+    /// Daemon RSS with `streams` X.509 streams open ≤ `max_mb`.
+    StreamsRss { streams: usize, max_mb: f64 },
+    /// Daemon RSS after start-up ≤ `max_mb`.
+    IdleRss { max_mb: f64 },
+    /// p99 of the first X.509-SVID on a new connection ≤ `max_us`.
+    FirstSvidP99 { max_us: f64 },
+    /// A CA rotation reaches every open stream within `max`.
+    Rotation { max: Duration },
+}
+
+/// Every target, in report order.
+pub const TARGETS: &[Check] = &[
+    Check::VsNoop {
+        row: Workload::MintTaskToken,
+        clients: MANY_CLIENTS,
+        min: MINT_VS_NOOP,
+    },
+    Check::CpuPerCall {
+        row: Workload::MintTaskToken,
+        clients: MANY_CLIENTS,
+        max_us: MINT_CPU_PER_CALL_US,
+    },
+    Check::P99OverNoop {
+        row: Workload::MintTaskToken,
+        clients: 1,
+        max_extra_us: MINT_P99_OVER_NOOP_US,
+    },
+    Check::VsNoop {
+        row: Workload::OpenTask,
+        clients: MANY_CLIENTS,
+        min: OPEN_TASK_VS_NOOP,
+    },
+    Check::VsNoop {
+        row: Workload::IntrospectToken,
+        clients: MANY_CLIENTS,
+        min: INTROSPECT_VS_NOOP,
+    },
+    Check::VsNoop {
+        row: Workload::TaskCycle,
+        clients: MANY_CLIENTS,
+        min: TASK_CYCLE_VS_NOOP,
+    },
+    Check::VsNoop {
+        row: Workload::JwtFreshAudience,
+        clients: MANY_CLIENTS,
+        min: JWT_FRESH_VS_NOOP,
+    },
+    Check::VsRow {
+        row: Workload::JwtFreshAudience,
+        other: Workload::SpireJwtFreshAudience,
+        clients: MANY_CLIENTS,
+        min: JWT_FRESH_VS_SPIRE,
+    },
+    Check::Recheck {
+        max_us: RECHECK_MAX_US,
+    },
+    Check::StreamsRss {
+        streams: STREAMS_FOR_RSS,
+        max_mb: STREAMS_RSS_MAX_MB,
+    },
+    Check::IdleRss {
+        max_mb: IDLE_RSS_MAX_MB,
+    },
+    Check::FirstSvidP99 {
+        max_us: FIRST_SVID_P99_MAX_US,
+    },
+    Check::Rotation { max: ROTATION_MAX },
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Miss,
+    /// Why there is no number (the row was filtered out, the daemon is not ours, ...).
+    NotMeasured(String),
+}
+
+impl Verdict {
+    fn of(pass: bool) -> Self {
+        if pass {
+            Verdict::Pass
+        } else {
+            Verdict::Miss
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => "MISS",
+            Verdict::NotMeasured(_) => "not measured",
+        }
+    }
+}
+
+/// One target checked against one run.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// What is measured, e.g. "MintTaskToken, 64 clients: throughput".
+    pub what: String,
+    /// The bound, e.g. "≥ 0.50× no-op".
+    pub goal: String,
+    /// The measured value (with what it is compared to), or why there is none.
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+impl Check {
+    /// What is measured and the bound, as the report states them.
+    pub fn describe(&self) -> (String, String) {
+        match *self {
+            Check::VsNoop { row, clients, min } => (
+                format!("{}, {}: throughput", row.name(), clients_label(clients)),
+                format!("≥ {min:.2}× no-op"),
+            ),
+            Check::CpuPerCall {
+                row,
+                clients,
+                max_us,
+            } => (
+                format!(
+                    "{}, {}: daemon CPU per call",
+                    row.name(),
+                    clients_label(clients)
+                ),
+                format!("≤ {max_us:.0} µs"),
+            ),
+            Check::P99OverNoop {
+                row,
+                clients,
+                max_extra_us,
+            } => (
+                format!("{}, {}: p99", row.name(), clients_label(clients)),
+                format!("≤ no-op p99 + {max_extra_us:.0} µs"),
+            ),
+            Check::VsRow {
+                row,
+                other,
+                clients,
+                min,
+            } => (
+                format!("{}, {}: throughput", row.name(), clients_label(clients)),
+                format!("≥ {min:.0}× {other}", other = other.name()),
+            ),
+            Check::Recheck { max_us } => (
+                "per-call re-check of a known caller (daemon-timed mean)".into(),
+                format!("≤ {max_us:.0} µs"),
+            ),
+            Check::StreamsRss { streams, max_mb } => (
+                format!("{} X.509 streams open: daemon RSS", thousands(streams)),
+                format!("≤ {max_mb:.0} MB"),
+            ),
+            Check::IdleRss { max_mb } => ("idle RSS".into(), format!("≤ {max_mb:.0} MB")),
+            Check::FirstSvidP99 { max_us } => (
+                "first X.509-SVID on a new connection: p99".into(),
+                format!("≤ {:.1} ms", max_us / 1e3),
+            ),
+            Check::Rotation { max } => (
+                "CA rotation reaches every stream".into(),
+                format!("≤ {:.0} s", max.as_secs_f64()),
+            ),
+        }
+    }
+
+    /// Checks this target against `report`.
+    pub fn evaluate(&self, report: &Report) -> Outcome {
+        let (what, goal) = self.describe();
+        let (measured, verdict) = match self.measure(report) {
+            Ok((measured, pass)) => (measured, Verdict::of(pass)),
+            Err(why) => ("—".to_string(), Verdict::NotMeasured(why)),
+        };
+        Outcome {
+            what,
+            goal,
+            measured,
+            verdict,
+        }
+    }
+
+    /// The measured value and whether it meets the bound, or why it was not measured.
+    fn measure(&self, r: &Report) -> Result<(String, bool), String> {
+        match *self {
+            Check::VsNoop { row, clients, min } => {
+                let ours = rate(r, row, clients)?;
+                let base = rate(r, row.baseline(), clients)?;
+                let ratio = ours / base;
+                Ok((
+                    format!("{ratio:.2}× ({ours:.0}/s vs {base:.0}/s)"),
+                    ratio >= min,
+                ))
+            }
+            Check::CpuPerCall {
+                row,
+                clients,
+                max_us,
+            } => {
+                let res = measured_row(r, row, clients)?;
+                let cpu = res
+                    .cpu_per_call_us()
+                    .ok_or("the daemon's CPU time was not readable")?;
+                Ok((format!("{cpu:.1} µs"), cpu <= max_us))
+            }
+            Check::P99OverNoop {
+                row,
+                clients,
+                max_extra_us,
+            } => {
+                let ours = p99(r, row, clients)?;
+                let base = p99(r, row.baseline(), clients)?;
+                let extra = ours - base;
+                let mut m = format!(
+                    "{} {} p99 − no-op p99 = {extra:.0} µs ({ours:.0} − {base:.0})",
+                    row.name(),
+                    clients_label(clients)
+                );
+                match r.facts.disk.as_ref() {
+                    Some(d) => match d.p99_us {
+                        Some(y) => {
+                            let _ = write!(m, "; one fdatasync p99 = {y:.0} µs");
+                        }
+                        None => {
+                            let _ = write!(
+                                m,
+                                "; one fdatasync: not measured ({})",
+                                d.error.as_deref().unwrap_or("no samples")
+                            );
+                        }
+                    },
+                    None => m.push_str("; one fdatasync: not measured"),
+                }
+                Ok((m, extra <= max_extra_us))
+            }
+            Check::VsRow {
+                row,
+                other,
+                clients,
+                min,
+            } => {
+                let ours = rate(r, row, clients)?;
+                let theirs = match rate(r, other, clients) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        return Err(r
+                            .facts
+                            .spire_note
+                            .clone()
+                            .filter(|_| other == Workload::SpireJwtFreshAudience)
+                            .filter(|_| r.row(other, clients).is_none())
+                            .unwrap_or(why))
+                    }
+                };
+                let ratio = ours / theirs;
+                Ok((
+                    format!("{ratio:.1}× ({ours:.0}/s vs {theirs:.0}/s)"),
+                    ratio >= min,
+                ))
+            }
+            Check::Recheck { max_us } => match r.facts.recheck {
+                Some(us) => Ok((format!("{us:.2} µs"), us <= max_us)),
+                None => Err(match measured_row(r, Workload::JwtSameAudience, 1) {
+                    Err(why) => format!(
+                        "measured during the FetchJWTSVID same audience 1-client row: {why}"
+                    ),
+                    Ok(_) => "the daemon exposes no svid_broker_caller_recheck_seconds".into(),
+                }),
+            },
+            Check::StreamsRss { streams, max_mb } => {
+                let st = r.facts.streams.as_ref().ok_or_else(|| {
+                    r.facts
+                        .streams_skipped
+                        .clone()
+                        .unwrap_or_else(|| "streams not run".into())
+                })?;
+                let cp = st
+                    .checkpoints
+                    .iter()
+                    .find(|c| c.wanted == streams)
+                    .ok_or_else(|| {
+                        format!(
+                            "this run opened {} streams (--streams), not {}",
+                            thousands(st.wanted),
+                            thousands(streams)
+                        )
+                    })?;
+                if cp.opened < streams {
+                    return Err(format!(
+                        "only {} of {} streams opened{}",
+                        thousands(cp.opened),
+                        thousands(streams),
+                        st.first_error
+                            .as_ref()
+                            .map_or(String::new(), |e| format!(" (first error: {e})"))
+                    ));
+                }
+                let k = cp.rss_kib.ok_or("the daemon's RSS was not readable")?;
+                Ok((format!("{:.1} MB", mb(k)), mb(k) <= max_mb))
+            }
+            Check::IdleRss { max_mb } => {
+                let k = r.facts.idle_rss_kib.ok_or(
+                    "the daemon was already running (--socket): its start-up was not seen",
+                )?;
+                Ok((format!("{:.1} MB", mb(k)), mb(k) <= max_mb))
+            }
+            Check::FirstSvidP99 { max_us } => {
+                let ours = p99(r, Workload::X509FirstMessage, 1)?;
+                Ok((
+                    format!(
+                        "{:.2} ms ({} row, 1 client)",
+                        ours / 1e3,
+                        Workload::X509FirstMessage.name()
+                    ),
+                    ours <= max_us,
+                ))
+            }
+            Check::Rotation { max } => {
+                let st = r.facts.streams.as_ref().ok_or_else(|| {
+                    r.facts
+                        .streams_skipped
+                        .clone()
+                        .unwrap_or_else(|| "streams not run".into())
+                })?;
+                let rot = st
+                    .rotation
+                    .as_ref()
+                    .ok_or_else(|| st.note.clone().unwrap_or_else(|| "no rotation seen".into()))?;
+                Ok((
+                    format!(
+                        "{:.0} ms first → last stream, {} of {} streams (last {:.0} ms after the scheduled activation)",
+                        rot.spread.as_secs_f64() * 1e3,
+                        thousands(rot.reached),
+                        thousands(st.opened),
+                        rot.last_after_schedule.as_secs_f64() * 1e3
+                    ),
+                    rot.reached == st.opened && rot.spread <= max,
+                ))
+            }
+        }
+    }
+}
+
+/// Every target of [`TARGETS`] checked against `report`.
+pub fn evaluate(report: &Report) -> Vec<Outcome> {
+    TARGETS.iter().map(|t| t.evaluate(report)).collect()
+}
+
+/// The "Targets" section: the run's load average, then one line per target.
+pub fn section(report: &Report) -> String {
+    let mut s = String::from("## Targets\n\n");
+    let _ = writeln!(
+        s,
+        "Load average (1/5/15 min) at start: {}; at end: {}. Informational: the exit code stays 0.\n",
+        report.facts.load_average.0.as_deref().unwrap_or("?"),
+        report.facts.load_average.1.as_deref().unwrap_or("?")
+    );
+    s.push_str("| Target | Measured | Goal | Verdict |\n|---|---|---|---|\n");
+    for o in evaluate(report) {
+        let verdict = match &o.verdict {
+            Verdict::NotMeasured(why) => format!("not measured: {}", why.replace('|', "/")),
+            v => v.as_str().to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            o.what,
+            o.measured.replace('|', "/"),
+            o.goal,
+            verdict
+        );
+    }
+    s
+}
+
+fn clients_label(n: usize) -> String {
+    if n == 1 {
+        "1 client".into()
+    } else {
+        format!("{n} clients")
+    }
+}
+
+/// The row of `w` at `clients` with at least one successful call, or why there is none.
+fn measured_row(r: &Report, w: Workload, clients: usize) -> Result<&RowResult, String> {
+    let Some(row) = r.row(w, clients) else {
+        return Err(if !r.settings.selected(w) {
+            format!("row {:?} filtered out by --only", w.name())
+        } else if !r.settings.clients.contains(&clients) {
+            format!(
+                "no {} run (--clients {})",
+                clients_label(clients),
+                r.settings
+                    .clients
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        } else {
+            format!(
+                "row {:?} at {} did not run",
+                w.name(),
+                clients_label(clients)
+            )
+        });
+    };
+    // A row whose calls failed in numbers measures the failures, not the service.
+    if row.calls > row.errors && row.errors * ONE_ERROR_IN <= row.calls {
+        return Ok(row);
+    }
+    Err(match &row.status {
+        RowStatus::Unavailable => format!("{} is unavailable (Unimplemented)", w.name()),
+        RowStatus::Failed { code, message } => {
+            format!(
+                "{} at {}: {} of {} calls failed; first: {code:?}: {message}",
+                w.name(),
+                clients_label(clients),
+                row.errors,
+                row.calls
+            )
+        }
+        RowStatus::Ok => format!("{} made no call", w.name()),
+    })
+}
+
+fn rate(r: &Report, w: Workload, clients: usize) -> Result<f64, String> {
+    measured_row(r, w, clients)?
+        .throughput()
+        .ok_or_else(|| format!("{} has no throughput", w.name()))
+}
+
+fn p99(r: &Report, w: Workload, clients: usize) -> Result<f64, String> {
+    measured_row(r, w, clients)?
+        .quantile_us(0.99)
+        .ok_or_else(|| format!("{} has no latency", w.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_describes_its_bound() {
+        for t in TARGETS {
+            let (what, goal) = t.describe();
+            assert!(!what.is_empty());
+            assert!(goal.starts_with('≥') || goal.starts_with('≤'), "{goal}");
+        }
+    }
+}
