@@ -245,11 +245,10 @@ fn daemon_limits(s: &Settings, streams: bool, extra_config: Option<&str>) -> Opt
 /// are reported as such, not as errors.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let settings = Settings::from_args(&args);
-    // Every connection (streams' and rows' clients) costs the bench one descriptor and the
-    // daemon two; the daemon inherits the limit.
+    // Every connection (the streams' and a row's clients) costs the daemon three descriptors
+    // (socket, pidfd, /proc/<pid>) and the bench one; the daemon inherits this limit.
     procfs::raise_nofile_limit(
-        (settings.stream_connections * 2 + settings.clients.iter().sum::<usize>() * 2 + 1024)
-            as u64,
+        ((settings.stream_connections + settings.clients.iter().sum::<usize>()) * 3 + 1024) as u64,
     );
     let extra_config = match &args.extra_config {
         Some(p) => {
