@@ -389,7 +389,10 @@ impl PolicyEngine {
     /// The request of `req` checked against the schema, as every request was before
     /// [`Self::request`] stopped checking: for tests.
     #[cfg(test)]
-    pub(crate) fn check_request_against_schema(&self, req: &PolicyRequest<'_>) -> Result<(), String> {
+    pub(crate) fn check_request_against_schema(
+        &self,
+        req: &PolicyRequest<'_>,
+    ) -> Result<(), String> {
         let schema = parse_schema().map_err(|e| e.to_string())?;
         self.request_checked(req, Some(&schema)).map(drop)
     }

@@ -299,9 +299,16 @@ mod tests {
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
         );
         let r = k.broker.introspect(&Who::Admin, &tampered).await.unwrap();
-        assert!(!active(&r), "a rewritten payload must fail the signature check");
+        assert!(
+            !active(&r),
+            "a rewritten payload must fail the signature check"
+        );
         // The genuine bytes are still active.
-        let r = k.broker.introspect(&Who::Admin, &token.token).await.unwrap();
+        let r = k
+            .broker
+            .introspect(&Who::Admin, &token.token)
+            .await
+            .unwrap();
         assert!(active(&r));
     }
 }

@@ -84,12 +84,15 @@ impl StoreKey {
     }
 }
 
+/// The stores whose keys hash alike.
+type Bucket = Vec<(StoreKey, Arc<Entities>)>;
+
 /// Entity stores by request shape, bounded by [`MAX_CACHED_ENTITY_STORES`].
 #[derive(Default)]
 struct EntityCache {
     /// Keyed per process, so nobody can aim requests at one bucket.
     hasher: RandomState,
-    stores: Mutex<HashMap<u64, Vec<(StoreKey, Arc<Entities>)>>>,
+    stores: Mutex<HashMap<u64, Bucket>>,
     len: std::sync::atomic::AtomicUsize,
 }
 
@@ -127,7 +130,6 @@ impl EntityCache {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
     }
-
 }
 
 impl Vocabulary {

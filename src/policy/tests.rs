@@ -742,7 +742,10 @@ fn every_action_request_fits_the_schema() {
         Action::Delegate,
         Action::FetchJwtSvid,
     ] {
-        for audience in ["spiffe://example.org/svc/billing", "https://tool.example/mcp"] {
+        for audience in [
+            "spiffe://example.org/svc/billing",
+            "https://tool.example/mcp",
+        ] {
             let req = PolicyRequest {
                 principal: Principal {
                     spiffe_id: "spiffe://example.org/agent/a",
@@ -783,12 +786,45 @@ fn remembered_entities_never_answer_for_another_request() {
         who: "spiffe://example.org/agent/other",
         ..BASE
     };
-    assert!(decide(&e, &Case { action: Action::MintTaskToken, ..other }).allowed);
+    assert!(
+        decide(
+            &e,
+            &Case {
+                action: Action::MintTaskToken,
+                ..other
+            }
+        )
+        .allowed
+    );
     for (name, c) in [
-        ("other selectors", Case { selectors: &["unix:uid:1001"], ..BASE }),
-        ("one more selector is still uid 1000", Case { selectors: &["unix:uid:1000", "unix:gid:5"], ..BASE }),
-        ("another audience", Case { audience: "spiffe://example.org/svc/billing", ..BASE }),
-        ("another action", Case { action: Action::MintTaskToken, ..BASE }),
+        (
+            "other selectors",
+            Case {
+                selectors: &["unix:uid:1001"],
+                ..BASE
+            },
+        ),
+        (
+            "one more selector is still uid 1000",
+            Case {
+                selectors: &["unix:uid:1000", "unix:gid:5"],
+                ..BASE
+            },
+        ),
+        (
+            "another audience",
+            Case {
+                audience: "spiffe://example.org/svc/billing",
+                ..BASE
+            },
+        ),
+        (
+            "another action",
+            Case {
+                action: Action::MintTaskToken,
+                ..BASE
+            },
+        ),
     ] {
         let d = decide(&e, &c);
         let expect = name.starts_with("one more");
@@ -796,7 +832,16 @@ fn remembered_entities_never_answer_for_another_request() {
     }
     // The same questions again, now from the cache: the same answers.
     assert!(decide(&e, &BASE).allowed);
-    assert!(!decide(&e, &Case { selectors: &["unix:uid:1001"], ..BASE }).allowed);
+    assert!(
+        !decide(
+            &e,
+            &Case {
+                selectors: &["unix:uid:1001"],
+                ..BASE
+            }
+        )
+        .allowed
+    );
 }
 
 #[test]

@@ -92,7 +92,13 @@ mod tests {
     #[test]
     fn encoders_and_decoders_report_the_small_buffers() {
         let mut c = SmallBufferCodec::<pb::X509svidResponse, pb::X509svidRequest>::default();
-        assert_eq!(format!("{:?}", c.encoder().buffer_settings()), format!("{:?}", settings()));
-        assert_eq!(format!("{:?}", c.decoder().buffer_settings()), format!("{:?}", settings()));
+        assert_eq!(
+            format!("{:?}", c.encoder().buffer_settings()),
+            format!("{:?}", settings())
+        );
+        assert_eq!(
+            format!("{:?}", c.decoder().buffer_settings()),
+            format!("{:?}", settings())
+        );
     }
 }

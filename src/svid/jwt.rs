@@ -449,7 +449,13 @@ mod tests {
         let retired = sign_es256(
             &f.key,
             "k0",
-            &svid_claims(&f.id, &["aud1".into()], SystemTime::now(), Duration::from_secs(60), "j"),
+            &svid_claims(
+                &f.id,
+                &["aud1".into()],
+                SystemTime::now(),
+                Duration::from_secs(60),
+                "j",
+            ),
         )
         .unwrap();
         assert!(matches!(
