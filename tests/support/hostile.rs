@@ -58,17 +58,30 @@ pub fn daemon_with_limits(limits: &str) -> Daemon {
     Daemon::start_in(dir, socket, &config)
 }
 
+/// The directory of [`legit_binary`]'s copy, removed when the test process exits.
+static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_bin_dir() {
+    if let Some(dir) = BIN_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// A copy of the CLI that uid nobody may run, whatever the permissions of the build tree.
+/// A `static` is never dropped, so the copy (as large as the binary) is removed at exit
+/// instead; otherwise every run of these tests would leave one in the temp dir.
 fn legit_binary() -> &'static Path {
-    static BIN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = BIN.get_or_init(|| {
-        let dir = open_dir();
-        let path = dir.path().join("svid-broker");
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = open_dir().keep();
+        BIN_DIR.set(dir.clone()).expect("set once");
+        // SAFETY: registers a handler with no preconditions; it only removes a directory.
+        unsafe { libc::atexit(remove_bin_dir) };
+        let path = dir.join("svid-broker");
         std::fs::copy(daemon::bin(), &path).expect("copy the CLI");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir, path)
-    });
-    path
+        path
+    })
 }
 
 /// One FetchJWTSVID by the legitimate caller; its latency, or the CLI's stderr.
