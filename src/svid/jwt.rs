@@ -384,6 +384,18 @@ mod tests {
         sign_es256(&f.key, "k1", &claims).unwrap()
     }
 
+    /// A 60 s JWT-SVID for `aud1`, issued at `issued`, signed by the fixture's key under `kid`.
+    fn signed_at(f: &Fixture, kid: &str, issued: SystemTime) -> String {
+        let claims = svid_claims(
+            &f.id,
+            &["aud1".into()],
+            issued,
+            Duration::from_secs(60),
+            "j",
+        );
+        sign_es256(&f.key, kid, &claims).unwrap()
+    }
+
     fn check(f: &Fixture, tok: &str, aud: &str) -> Result<VerifiedJwt, JwtError> {
         verify(tok, aud, SystemTime::now(), |td| {
             (td == &f.bundle.trust_domain).then_some(&f.bundle)
@@ -437,27 +449,10 @@ mod tests {
             at(&token(&f, 300), "aud2").unwrap_err(),
             JwtError::Audience("aud2".into())
         );
-        let old = SystemTime::now() - Duration::from_secs(3600);
-        let expired = sign_es256(
-            &f.key,
-            "k1",
-            &svid_claims(&f.id, &["aud1".into()], old, Duration::from_secs(60), "j"),
-        )
-        .unwrap();
+        let expired = signed_at(&f, "k1", SystemTime::now() - Duration::from_secs(3600));
         assert_eq!(at(&expired, "aud1").unwrap_err(), JwtError::Expired);
         // A key that left the bundle vouches for nothing, even for bytes we signed.
-        let retired = sign_es256(
-            &f.key,
-            "k0",
-            &svid_claims(
-                &f.id,
-                &["aud1".into()],
-                SystemTime::now(),
-                Duration::from_secs(60),
-                "j",
-            ),
-        )
-        .unwrap();
+        let retired = signed_at(&f, "k0", SystemTime::now());
         assert!(matches!(
             at(&retired, "aud1").unwrap_err(),
             JwtError::UnknownKey { .. }
@@ -488,13 +483,7 @@ mod tests {
         let evil_claims = URL_SAFE_NO_PAD.encode(claims.replace("/a", "/admin"));
         tampered[1] = &evil_claims;
         let tampered = tampered.join(".");
-        let old = SystemTime::now() - Duration::from_secs(3600);
-        let expired = sign_es256(
-            &f.key,
-            "k1",
-            &svid_claims(&f.id, &["aud1".into()], old, Duration::from_secs(60), "j"),
-        )
-        .unwrap();
+        let expired = signed_at(&f, "k1", SystemTime::now() - Duration::from_secs(3600));
         let cases: Vec<(String, &str, JwtError)> = vec![
             (String::new(), "aud1", JwtError::Empty),
             ("a.b".into(), "aud1", JwtError::Malformed),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::calls::Workload;
 use super::load::{RowResult, RowStatus};
 use super::report::{mb, thousands, Report};
+use super::streams::StreamsResult;
 
 /// A row is judged when at most one call in this many failed (else "not measured").
 const ONE_ERROR_IN: u64 = 1000;
@@ -348,12 +349,7 @@ impl Check {
                 }),
             },
             Check::StreamsRss { streams, max_mb } => {
-                let st = r.facts.streams.as_ref().ok_or_else(|| {
-                    r.facts
-                        .streams_skipped
-                        .clone()
-                        .unwrap_or_else(|| "streams not run".into())
-                })?;
+                let st = streams_result(r)?;
                 let cp = st
                     .checkpoints
                     .iter()
@@ -396,12 +392,7 @@ impl Check {
                 ))
             }
             Check::Rotation { max } => {
-                let st = r.facts.streams.as_ref().ok_or_else(|| {
-                    r.facts
-                        .streams_skipped
-                        .clone()
-                        .unwrap_or_else(|| "streams not run".into())
-                })?;
+                let st = streams_result(r)?;
                 let rot = st
                     .rotation
                     .as_ref()
@@ -462,6 +453,16 @@ fn clients_label(n: usize) -> String {
 }
 
 /// The row of `w` at `clients` with at least one successful call, or why there is none.
+/// The stream measurement, or why it did not run.
+fn streams_result(r: &Report) -> Result<&StreamsResult, String> {
+    r.facts.streams.as_ref().ok_or_else(|| {
+        r.facts
+            .streams_skipped
+            .clone()
+            .unwrap_or_else(|| "streams not run".into())
+    })
+}
+
 fn measured_row(r: &Report, w: Workload, clients: usize) -> Result<&RowResult, String> {
     let Some(row) = r.row(w, clients) else {
         return Err(if !r.settings.selected(w) {
