@@ -392,6 +392,85 @@ async fn oversize_and_undecodable_requests_get_invalid_argument() {
     assert_eq!(bad.as_deref(), Some("3"), "{observed}");
 }
 
+/// `MAX_EMPTY_REQUEST_BYTES` in src/server/limits.rs: the most a FetchX509SVID (or any
+/// Workload API request with no fields) may carry.
+const MAX_EMPTY_REQUEST_BYTES: usize = 1024;
+
+/// A whole request of `len` bytes: one unknown length-delimited field (number 15), which a
+/// request with no fields skips.
+fn unknown_field_message(len: usize) -> Vec<u8> {
+    assert!((131..=16_385).contains(&len), "a two-byte length");
+    let payload = len - 3;
+    let mut m = vec![0x7a, (payload as u8 & 0x7f) | 0x80, (payload >> 7) as u8];
+    m.resize(len, b'x');
+    let mut body = grpc_prefix(len as u32);
+    body.extend_from_slice(&m);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_stream_opens_fits_the_budget_and_their_requests_stay_small() {
+    let d = daemon_with_limits(LIMITS);
+    // Every stream a uid may open at once on all but one of its connections (15 × 8), none
+    // sending its request. Counted at the Workload API's largest request (130 KB), the 1 MiB
+    // budget held 7 of them and refused the rest; a request with no fields counts 1 KiB.
+    // The last connection the uid may open is for the requests at the bound.
+    let mut pending = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..15 {
+        let (mut c, conn) = h2_connect(&d).await;
+        for _ in 0..8 {
+            if let Some(r) = unfinished_call(&mut c, "/SpiffeWorkloadAPI/FetchX509SVID", 1, 0).await
+            {
+                pending.push(r);
+            }
+        }
+        conns.push((c, conn));
+    }
+    let opened = pending.len();
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    for r in pending {
+        let s = grpc_status(r).await.unwrap_or_else(|| "none".into());
+        *statuses.entry(s).or_default() += 1;
+    }
+    // At the bound and one byte over it (the caller, root, holds no identity: 7 means the
+    // request was read and the call went on to attestation).
+    let (c, _conn) = h2_connect(&d).await;
+    let send = |body: Vec<u8>| {
+        let c = c.clone();
+        async move {
+            let mut c = c.ready().await.unwrap();
+            let req = http::Request::post("http://localhost/SpiffeWorkloadAPI/FetchX509SVID")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("workload.spiffe.io", "true")
+                .body(())
+                .unwrap();
+            let (resp, mut tx) = c.send_request(req, false).unwrap();
+            tx.reserve_capacity(body.len());
+            tx.send_data(Bytes::from(body), true).unwrap();
+            grpc_status(resp).await
+        }
+    };
+    let at_bound = send(unknown_field_message(MAX_EMPTY_REQUEST_BYTES)).await;
+    let over = send(unknown_field_message(MAX_EMPTY_REQUEST_BYTES + 1)).await;
+    let observed = format!(
+        "{opened} of 120 unfinished FetchX509SVID streams opened; grpc-status counts \
+         {statuses:?}; a {MAX_EMPTY_REQUEST_BYTES}-byte request: {at_bound:?}; one byte more: \
+         {over:?}"
+    );
+    report(
+        "a burst of stream opens, every one unfinished, on every connection a uid may open",
+        "all fit the pending-bytes budget (a request with no fields counts 1 KiB) and end with \
+         DeadlineExceeded; a request over 1 KiB gets InvalidArgument",
+        &observed,
+    );
+    assert_eq!(opened, 120, "{observed}");
+    assert_eq!(statuses.get("4"), Some(&120), "{observed}");
+    assert_eq!(at_bound.as_deref(), Some("7"), "{observed}");
+    assert_eq!(over.as_deref(), Some("3"), "{observed}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_exactly_what_each_socket_serves() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;

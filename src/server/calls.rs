@@ -76,7 +76,9 @@ where
             let fut = self.inner.call(req);
             return Box::pin(async move { fut.await.map(to_invalid_argument) });
         };
-        let max = ConnectionLimits::max_request_bytes(req.uri().path());
+        let path = req.uri().path();
+        let max = ConnectionLimits::max_request_bytes(path);
+        let body_cap = ConnectionLimits::max_request_body_bytes(path);
         let activity = &info.activity;
         let reservation = match activity.gate().reserve(activity.uid(), max) {
             Ok(r) => r,
@@ -97,6 +99,8 @@ where
         let body = Body::new(BoundedRequest {
             inner: body,
             reservation: Some(reservation),
+            body_cap,
+            received: 0,
             deadline: Box::pin(tokio::time::sleep(self.request_timeout)),
             timeout: self.request_timeout,
         });
@@ -113,11 +117,15 @@ where
     }
 }
 
-/// A request body holding its uid's reservation until it ends, and failing with
-/// `DeadlineExceeded` if it does not end in time.
+/// A request body holding its uid's reservation until it ends, failing with
+/// `DeadlineExceeded` if it does not end in time, and with `InvalidArgument` once it is
+/// longer than its RPC's bound (when that bound is below tonic's per-service limit, the
+/// reservation was sized by it, so it must hold).
 struct BoundedRequest {
     inner: Body,
     reservation: Option<Reservation>,
+    body_cap: Option<usize>,
+    received: usize,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
 }
@@ -137,6 +145,16 @@ impl HttpBody for BoundedRequest {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => {
+                if let (Some(cap), Ok(f)) = (this.body_cap, &frame) {
+                    this.received += f.data_ref().map_or(0, Bytes::len);
+                    if this.received > cap {
+                        this.reservation = None;
+                        return Poll::Ready(Some(Err(Status::invalid_argument(format!(
+                            "request body over {cap} bytes, the most this RPC takes (its \
+                             request message has no fields)"
+                        )))));
+                    }
+                }
                 if this.inner.is_end_stream() {
                     this.reservation = None;
                 }

@@ -28,6 +28,25 @@ pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
 pub const MAX_WORKLOAD_REQUEST_BYTES: usize =
     MAX_AUDIENCES * (MAX_AUDIENCE_BYTES + 4) + MAX_SPIFFE_ID_BYTES + 4;
 
+/// Largest request message of the Workload API RPCs whose request has no fields
+/// (FetchX509SVID, FetchX509Bundles, FetchJWTBundles, FetchWITBundles). A client sends an
+/// empty message; the room is for fields a newer client may add, which are skipped. Counting
+/// these calls at this size instead of [`MAX_WORKLOAD_REQUEST_BYTES`] lets a client open
+/// thousands of streams at once within the default
+/// `max_pending_request_bytes_per_uid` (about 250 before).
+pub const MAX_EMPTY_REQUEST_BYTES: usize = 1024;
+
+/// Workload API RPCs whose request message has no fields.
+const EMPTY_REQUEST_RPCS: [&str; 4] = [
+    "/SpiffeWorkloadAPI/FetchX509SVID",
+    "/SpiffeWorkloadAPI/FetchX509Bundles",
+    "/SpiffeWorkloadAPI/FetchJWTBundles",
+    "/SpiffeWorkloadAPI/FetchWITBundles",
+];
+
+/// Bytes before each gRPC message on the wire: a compression flag and a 4-byte length.
+pub const GRPC_MESSAGE_PREFIX_BYTES: usize = 5;
+
 /// Largest TaskBroker or Admin request message. OpenTask is the largest: purpose (1 KiB),
 /// 16 audiences of 2 KiB, 32 scopes of 128 bytes, a parent and a subject token of 8 KiB each,
 /// with field overhead ≈ 54 KiB.
@@ -180,9 +199,22 @@ impl ConnectionLimits {
         Ok(())
     }
 
+    /// The most request body bytes (messages with their prefixes) a call to `path` may send,
+    /// when tonic's per-service message limit is larger than the RPC's own: every Workload
+    /// API RPC takes exactly one request message, so its body is that message and its
+    /// prefix. `None`: the service's limit is the RPC's (streaming requests, such as
+    /// reflection's, send many messages).
+    pub fn max_request_body_bytes(path: &str) -> Option<usize> {
+        EMPTY_REQUEST_RPCS
+            .contains(&path)
+            .then_some(MAX_EMPTY_REQUEST_BYTES + GRPC_MESSAGE_PREFIX_BYTES)
+    }
+
     /// The largest request message of the RPC at `path` (`/package.Service/Method`).
     pub fn max_request_bytes(path: &str) -> usize {
-        if path.starts_with("/SpiffeWorkloadAPI/") {
+        if EMPTY_REQUEST_RPCS.contains(&path) {
+            MAX_EMPTY_REQUEST_BYTES
+        } else if path.starts_with("/SpiffeWorkloadAPI/") {
             MAX_WORKLOAD_REQUEST_BYTES
         } else if path.starts_with("/svidbroker.") {
             MAX_BROKER_REQUEST_BYTES
@@ -299,6 +331,33 @@ mod tests {
             ConnectionLimits::max_request_bytes("/grpc.health.v1.Health/Check"),
             MAX_SMALL_REQUEST_BYTES
         );
+        for rpc in EMPTY_REQUEST_RPCS {
+            assert_eq!(
+                ConnectionLimits::max_request_bytes(rpc),
+                MAX_EMPTY_REQUEST_BYTES
+            );
+            assert_eq!(
+                ConnectionLimits::max_request_body_bytes(rpc),
+                Some(MAX_EMPTY_REQUEST_BYTES + GRPC_MESSAGE_PREFIX_BYTES)
+            );
+        }
+        assert_eq!(
+            ConnectionLimits::max_request_body_bytes("/SpiffeWorkloadAPI/FetchJWTSVID"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_empty_requests_have_no_fields() {
+        use crate::proto::workload::{
+            JwtBundlesRequest, WitBundlesRequest, X509BundlesRequest, X509svidRequest,
+        };
+        use prost::Message;
+        // Adding a field to one of these would make its bound too small: this fails first.
+        assert_eq!(X509svidRequest {}.encoded_len(), 0);
+        assert_eq!(X509BundlesRequest {}.encoded_len(), 0);
+        assert_eq!(JwtBundlesRequest {}.encoded_len(), 0);
+        assert_eq!(WitBundlesRequest {}.encoded_len(), 0);
     }
 
     #[test]

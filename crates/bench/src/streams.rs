@@ -24,11 +24,10 @@ fn open_timeout(n: usize) -> Duration {
     Duration::from_secs(120).max(Duration::from_millis(2) * n as u32)
 }
 /// Streams waiting for their first SVID at once. The daemon counts every request whose body
-/// has not arrived against `[limits] max_pending_request_bytes_per_uid` (32 MiB by default)
-/// at the Workload API's largest request (130 KiB): opening all streams in one burst is
-/// refused with `ResourceExhausted` past about 250 in flight. 128 (17 MB) stays well below,
+/// has not arrived against `[limits] max_pending_request_bytes_per_uid` (32 MiB by default),
+/// a FetchX509SVID request at 1 KiB (it has no fields): 1,024 opening at once count 1 MiB,
 /// and the daemon keeps its default limits.
-pub const OPENING_AT_ONCE: usize = 128;
+pub const OPENING_AT_ONCE: usize = 1024;
 /// How long after the scheduled rotation the last stream may take before we stop waiting.
 const ROTATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long before the scheduled activation the CPU counters are read.
