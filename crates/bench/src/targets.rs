@@ -268,10 +268,7 @@ impl Check {
                 let ours = rate(r, row, clients)?;
                 let base = rate(r, row.baseline(), clients)?;
                 let ratio = ours / base;
-                Ok((
-                    format!("{ratio:.2}× ({ours:.0}/s vs {base:.0}/s)"),
-                    ratio >= min,
-                ))
+                Ok((vs_noop_text(ratio, ours, base), ratio >= min))
             }
             Check::CpuPerCall {
                 row,
@@ -335,7 +332,7 @@ impl Check {
                 };
                 let ratio = ours / theirs;
                 Ok((
-                    format!("{ratio:.1}× ({ours:.0}/s vs {theirs:.0}/s)"),
+                    format!("{ratio:.2}× ({ours:.0}/s vs {theirs:.0}/s)"),
                     ratio >= min,
                 ))
             }
@@ -517,9 +514,22 @@ fn p99(r: &Report, w: Workload, clients: usize) -> Result<f64, String> {
         .ok_or_else(|| format!("{} has no latency", w.name()))
 }
 
+/// A ratio to the no-op, with one decimal more than the goals have, so that a miss never
+/// prints as its goal (0.4987 reads "0.499×", not "0.50×").
+fn vs_noop_text(ratio: f64, ours: f64, base: f64) -> String {
+    format!("{ratio:.3}× ({ours:.0}/s vs {base:.0}/s)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ratio_just_under_its_goal_does_not_print_as_the_goal() {
+        let text = vs_noop_text(0.4987, 4987.0, 10000.0);
+        assert!(text.starts_with("0.499×"), "{text}");
+        assert!(!text.starts_with(&format!("{:.2}×", 0.5)), "{text}");
+    }
 
     #[test]
     fn every_target_describes_its_bound() {
