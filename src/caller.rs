@@ -67,6 +67,38 @@ pub struct Caller {
     /// Set when the issuer, not our registry, decides the caller's identities and keeps them
     /// current: entries added or removed upstream reach open streams.
     pub upstream: Option<Arc<dyn LiveIdentities>>,
+    /// The X.509-SVIDs last recorded as handed to this caller.
+    pub delivered: Delivered,
+}
+
+/// The record of the X.509-SVIDs last handed to a caller (one connection's attestation), by
+/// their state (serials and bundle): every stream of the connection sends the same SVIDs, and
+/// their records would say the same thing (which SVIDs, which process) once per stream —
+/// 100,000 identical lines for 100,000 streams at each rotation. The first stream to send a
+/// state writes its records; the others wait until those are on disk, then send. Holds one
+/// state, the latest.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    last: std::sync::Mutex<Option<(Vec<String>, Arc<Written>)>>,
+}
+
+/// Set once some records are on disk; concurrent writers wait for the first.
+pub type Written = tokio::sync::OnceCell<()>;
+
+impl Delivered {
+    /// Set once the records of handing out `state` are on disk: the same cell for the same
+    /// state, until another state replaces it.
+    pub fn cell(&self, state: &[String]) -> Arc<Written> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_ref() {
+            Some((s, cell)) if s.as_slice() == state => cell.clone(),
+            _ => {
+                let cell = Arc::new(Written::new());
+                *last = Some((state.to_vec(), cell.clone()));
+                cell
+            }
+        }
+    }
 }
 
 impl Caller {

@@ -18,7 +18,8 @@ use crate::telemetry::Metrics;
 
 mod streams;
 mod validated;
-use streams::{jwt_issued_record, record_issued, with_federated, BoxStream, Made};
+use crate::server::caller::{with_attestation_written, AttestationRecord};
+use streams::{jwt_issued_record, record_issued, with_federated, BoxStream, Made, Records};
 use validated::ValidatedTokens;
 
 pub use crate::server::limits::{MAX_AUDIENCES, MAX_AUDIENCE_BYTES, MAX_SPIFFE_ID_BYTES};
@@ -69,35 +70,45 @@ impl WorkloadApi {
     }
 
     /// The caller's X.509-SVIDs, the state key (serials and bundle sequence), and the audit
-    /// records of handing each SVID to this caller.
+    /// records of handing each SVID to this caller: once per state and connection (see
+    /// `caller::Delivered`), so they are built only while nobody has written them.
     fn x509_response(&self, caller: &Caller) -> Result<Made<pb::X509svidResponse>, Status> {
         let bundle = self.issuer.current_bundle();
         let identities = caller.current_identities()?;
-        let mut svids = Vec::with_capacity(identities.len());
+        let mut issued = Vec::with_capacity(identities.len());
         let mut serials = Vec::with_capacity(identities.len() + 1);
-        let mut records = Vec::with_capacity(identities.len());
         for identity in &identities {
             let svid = self.issuer.x509_svid(identity)?;
             self.metrics.x509_issued(svid.not_after);
             serials.push(svid.serial.clone());
-            records.push(AuditEvent::SvidIssued {
-                spiffe_id: identity.spiffe_id.to_string(),
-                svid: SvidKind::X509,
-                serial: Some(svid.serial.clone()),
-                jti: None,
-                audiences: Vec::new(),
-                expires_at: crate::svid::unix_seconds(svid.not_after).max(0) as u64,
-                pid: Some(caller.pid),
-            });
-            svids.push(pb::X509svid {
+            issued.push((identity, svid));
+        }
+        serials.push(bundle.sequence.to_string());
+        let once = caller.delivered.cell(&serials);
+        let mut records = Vec::new();
+        if !once.initialized() {
+            for (identity, svid) in &issued {
+                records.push(AuditEvent::SvidIssued {
+                    spiffe_id: identity.spiffe_id.to_string(),
+                    svid: SvidKind::X509,
+                    serial: Some(svid.serial.clone()),
+                    jti: None,
+                    audiences: Vec::new(),
+                    expires_at: crate::svid::unix_seconds(svid.not_after).max(0) as u64,
+                    pid: Some(caller.pid),
+                });
+            }
+        }
+        let svids = issued
+            .into_iter()
+            .map(|(identity, svid)| pb::X509svid {
                 spiffe_id: identity.spiffe_id.to_string(),
                 x509_svid: svid.chain.concat(),
                 x509_svid_key: svid.key.der().to_vec(),
                 bundle: bundle.x509_der.clone(),
                 hint: identity.hint.clone(),
-            });
-        }
-        serials.push(bundle.sequence.to_string());
+            })
+            .collect();
         Ok((
             pb::X509svidResponse {
                 svids,
@@ -105,8 +116,33 @@ impl WorkloadApi {
                 federated_bundles: self.issuer.federated_x509_for(caller),
             },
             serials,
-            records,
+            Records::once(records, once),
         ))
+    }
+}
+
+impl WorkloadApi {
+    /// The caller's X.509-SVID stream; its first message is recorded (with the caller's
+    /// attestation when that is not on disk yet) before this returns.
+    async fn x509_stream(
+        &self,
+        caller: Arc<Caller>,
+        attestation: Option<&AttestationRecord>,
+    ) -> Result<Response<BoxStream<pb::X509svidResponse>>, Status> {
+        caller.require_identities()?;
+        let api = Self {
+            resolver: self.resolver.clone(),
+            issuer: self.issuer.clone(),
+            audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            audience_gate: None,
+            validated: self.validated.clone(),
+        };
+        let stream = self
+            .watch_stream(attestation, move || api.x509_response(&caller))
+            .await?;
+        Ok(Response::new(stream))
     }
 }
 
@@ -119,21 +155,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let r = async {
-            let caller = self.resolver.resolve(&request).await?;
-            caller.require_identities()?;
-            let api = Self {
-                resolver: self.resolver.clone(),
-                issuer: self.issuer.clone(),
-                audit: self.audit.clone(),
-                metrics: self.metrics.clone(),
-                shutdown: self.shutdown.clone(),
-                audience_gate: None,
-                validated: self.validated.clone(),
-            };
-            let stream = self
-                .watch_stream(move || api.x509_response(&caller))
-                .await?;
-            Ok(Response::new(stream))
+            let (caller, attestation) = self.resolver.resolve_deferring(&request).await?;
+            let r = self.x509_stream(caller, attestation.as_deref()).await;
+            with_attestation_written(attestation.as_deref(), r).await
         }
         .await;
         self.record("FetchX509SVID", r)
@@ -166,45 +190,55 @@ impl SpiffeWorkloadApi for WorkloadApi {
             } else {
                 Some(parse_spiffe_id(&req.spiffe_id)?)
             };
-            let caller = self.resolver.resolve(&request).await?;
-            let identities = caller.require_identities()?;
-            let chosen: Vec<_> = match &wanted {
-                Some(id) => {
-                    let found: Vec<_> = identities.iter().filter(|i| &i.spiffe_id == id).collect();
-                    if found.is_empty() {
-                        return Err(Status::permission_denied(format!(
-                            "no identity issued: caller does not hold {id}"
-                        )));
+            let (caller, attestation) = self.resolver.resolve_deferring(&request).await?;
+            let r: Result<Response<pb::JwtsvidResponse>, Status> = async {
+                let identities = caller.require_identities()?;
+                let chosen: Vec<_> = match &wanted {
+                    Some(id) => {
+                        let found: Vec<_> =
+                            identities.iter().filter(|i| &i.spiffe_id == id).collect();
+                        if found.is_empty() {
+                            return Err(Status::permission_denied(format!(
+                                "no identity issued: caller does not hold {id}"
+                            )));
+                        }
+                        found
                     }
-                    found
-                }
-                None => identities.iter().collect(),
-            };
-            let mut svids = Vec::with_capacity(chosen.len());
-            let mut records = Vec::with_capacity(chosen.len());
-            for identity in chosen {
-                if let Some(gate) = &self.audience_gate {
-                    for aud in &req.audience {
-                        gate.check(&caller, &identity.spiffe_id, aud)?;
+                    None => identities.iter().collect(),
+                };
+                let mut svids = Vec::with_capacity(chosen.len());
+                let mut records = Vec::with_capacity(chosen.len());
+                for identity in chosen {
+                    if let Some(gate) = &self.audience_gate {
+                        for aud in &req.audience {
+                            gate.check(&caller, &identity.spiffe_id, aud)?;
+                        }
                     }
+                    let token = self
+                        .issuer
+                        .jwt_svid(&caller, identity, &req.audience)
+                        .await?;
+                    records.push(jwt_issued_record(&caller, identity, &token));
+                    svids.push(pb::Jwtsvid {
+                        spiffe_id: identity.spiffe_id.to_string(),
+                        svid: token.token.to_string(),
+                        hint: identity.hint.clone(),
+                    });
                 }
-                let token = self
-                    .issuer
-                    .jwt_svid(&caller, identity, &req.audience)
-                    .await?;
-                records.push(jwt_issued_record(&caller, identity, &token));
-                svids.push(pb::Jwtsvid {
-                    spiffe_id: identity.spiffe_id.to_string(),
-                    svid: token.token.to_string(),
-                    hint: identity.hint.clone(),
-                });
+                // Every hand-out is recorded, cached token or not, before any token leaves.
+                record_issued(
+                    self.audit.as_ref(),
+                    attestation.as_deref(),
+                    Records::each(records),
+                )
+                .await?;
+                for _ in &svids {
+                    self.metrics.jwt_issued();
+                }
+                Ok(Response::new(pb::JwtsvidResponse { svids }))
             }
-            // Every hand-out is recorded, cached token or not, before any token leaves.
-            record_issued(self.audit.as_ref(), records).await?;
-            for _ in &svids {
-                self.metrics.jwt_issued();
-            }
-            Ok(Response::new(pb::JwtsvidResponse { svids }))
+            .await;
+            with_attestation_written(attestation.as_deref(), r).await
         }
         .await;
         self.record("FetchJWTSVID", r)

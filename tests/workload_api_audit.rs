@@ -131,6 +131,37 @@ async fn every_jwt_svid_on_one_connection_is_recorded_before_it_is_returned() {
     assert_eq!(x509[0]["spiffe_id"], ID);
     assert!(x509[0]["serial"].as_str().is_some_and(|s| !s.is_empty()));
 
+    // More streams on the same connection hand the same SVID to the same process: recorded
+    // once per connection, not once per stream (100,000 streams would write 100,000 identical
+    // lines at every rotation). Another connection is another attestation: recorded again.
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        let mut s = c
+            .fetch_x509svid(req(pb::X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.next().await.unwrap().unwrap(), first);
+        more.push(s);
+    }
+    let x509_records = |recs: &[serde_json::Value]| {
+        recs.iter()
+            .filter(|r| r["kind"] == "svid_issued" && r["svid"] == "x509")
+            .count()
+    };
+    assert_eq!(x509_records(&records(&audit)), 1);
+    let mut other = client(&d).await;
+    let mut s = other
+        .fetch_x509svid(req(pb::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.next().await.unwrap().unwrap().svids, first.svids);
+    let recs = records(&audit);
+    assert_eq!(x509_records(&recs), 2, "{recs:#?}");
+    let attestations = recs.iter().filter(|r| r["kind"] == "attestation").count();
+    assert_eq!(attestations, 2, "{recs:#?}");
+
     let out = d.cli_ok(&["audit", "verify", audit.to_str().unwrap()]);
     assert!(out.starts_with("ok: "), "{out}");
 }

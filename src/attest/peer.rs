@@ -44,6 +44,9 @@ pub struct ProcessFingerprint {
     /// runs now (exec, and `PR_SET_MM_EXE_FILE`, change it).
     exe_dev: u64,
     exe_ino: u64,
+    /// Its inode change time: a rename (which changes the `unix:path` selector), a chmod or
+    /// chown of the executable moves it, at no extra cost (the same `stat`).
+    exe_ctime: (i64, i64),
     /// Owner of `/proc/<pid>`: the effective uid and gid of the process now.
     proc_uid: u32,
     proc_gid: u32,
@@ -173,6 +176,7 @@ impl PinnedProcess {
         Ok(ProcessFingerprint {
             exe_dev: exe.st_dev,
             exe_ino: exe.st_ino,
+            exe_ctime: (exe.st_ctime, exe.st_ctime_nsec),
             proc_uid: owner.st_uid,
             proc_gid: owner.st_gid,
         })
@@ -414,6 +418,7 @@ mod tests {
             ProcessFingerprint {
                 exe_dev: exe.dev(),
                 exe_ino: exe.ino(),
+                exe_ctime: (exe.ctime(), exe.ctime_nsec()),
                 proc_uid: owner.uid(),
                 proc_gid: owner.gid(),
             }

@@ -62,6 +62,7 @@ pub fn caller(spiffe_id: &str) -> Arc<Caller> {
             hint: String::new(),
         }],
         upstream: None,
+        delivered: Default::default(),
     })
 }
 

@@ -417,6 +417,7 @@ impl ClientAuth {
                 selectors,
                 identities: vec![identity],
                 upstream: None,
+                delivered: Default::default(),
             }),
             spiffe_id,
             assertion_jti,

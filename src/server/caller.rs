@@ -8,20 +8,26 @@ use tonic::{Request, Status};
 
 use crate::attest::peer::{PinnedProcess, ProcessFingerprint};
 use crate::attest::{AttestError, Attestation, Attestors};
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::{AuditError, AuditEvent, AuditLog};
 use crate::authority::Issuer;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 
 pub use crate::caller::{Caller, NO_IDENTITY};
 
+/// A caller attested on a connection: under which fingerprint, and its attestation record.
+struct Known {
+    fingerprint: ProcessFingerprint,
+    caller: Arc<Caller>,
+    record: Option<Arc<AttestationRecord>>,
+}
+
 /// Per-connection state, in the request extensions.
 pub struct CallerHandle {
     pinned: Result<PinnedProcess, String>,
-    /// The caller attested on this connection, with the fingerprint it was attested under.
-    /// Every call reads it: a plain mutex, held only to compare and clone, never across an
-    /// await.
-    known: Mutex<Option<(ProcessFingerprint, Arc<Caller>)>>,
+    /// The caller attested on this connection. Every call reads it: a plain mutex, held only
+    /// to compare and clone, never across an await.
+    known: Mutex<Option<Known>>,
     /// Held while attesting, so that concurrent calls on a new connection attest once.
     attesting: tokio::sync::Mutex<()>,
 }
@@ -39,19 +45,114 @@ impl CallerHandle {
         self.pinned.as_ref().ok()
     }
 
-    fn known(&self) -> MutexGuard<'_, Option<(ProcessFingerprint, Arc<Caller>)>> {
+    fn known(&self) -> MutexGuard<'_, Option<Known>> {
         self.known
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The cached caller, if it was attested under `now`.
-    fn known_as(&self, now: &ProcessFingerprint) -> Option<Arc<Caller>> {
+    /// The cached caller and its attestation record, if it was attested under `now`.
+    fn known_as(&self, now: &ProcessFingerprint) -> Option<Resolved> {
         match self.known().as_ref() {
-            Some((fp, caller)) if fp == now => Some(caller.clone()),
+            Some(k) if &k.fingerprint == now => Some((k.caller.clone(), k.record.clone())),
             _ => None,
         }
     }
+}
+
+/// A caller, and its attestation record when that may not be on disk yet.
+pub type Resolved = (Arc<Caller>, Option<Arc<AttestationRecord>>);
+
+/// The record of attesting a connection's caller, written once: together with the records of
+/// the first SVIDs handed out on the connection when its first call hands some out (so that
+/// call waits for the disk once, not twice), otherwise on its own before the call goes on.
+/// Nothing leaves the daemon on the strength of an attestation before its record is on disk.
+pub struct AttestationRecord {
+    log: AuditLog,
+    event: AuditEvent,
+    written: tokio::sync::OnceCell<()>,
+}
+
+impl AttestationRecord {
+    fn new(log: AuditLog, event: AuditEvent) -> Self {
+        Self {
+            log,
+            event,
+            written: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Returns once the record is on disk, writing it if no call has.
+    ///
+    /// # Errors
+    /// The log refused it; a later call tries again.
+    pub async fn written(&self) -> Result<(), AuditError> {
+        self.written
+            .get_or_try_init(|| async move { self.log.append(self.event.clone()).await.map(drop) })
+            .await
+            .map(drop)
+    }
+
+    /// Writes `events` after this record and returns once all are on disk; in one batch with
+    /// the record when it is not written yet (concurrent calls wait for that batch).
+    ///
+    /// # Errors
+    /// The log refused them: none may be acted on.
+    pub async fn written_with(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+        let mut events = Some(events);
+        let pending = &mut events;
+        self.written
+            .get_or_try_init(|| async move {
+                let mut batch = Vec::with_capacity(1 + pending.as_ref().map_or(0, Vec::len));
+                batch.push(self.event.clone());
+                batch.extend(pending.take().unwrap_or_default());
+                self.log.append_all(batch).await
+            })
+            .await?;
+        match events {
+            Some(rest) if !rest.is_empty() => self.log.append_all(rest).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes the records of handing something to a caller, with the caller's attestation
+/// record when that is not on disk yet, and returns once all are. Without a log, nothing to
+/// do.
+///
+/// # Errors
+/// The log refused them: nothing may be handed out.
+pub async fn record_for(
+    log: Option<&AuditLog>,
+    attestation: Option<&AttestationRecord>,
+    events: Vec<AuditEvent>,
+) -> Result<(), AuditError> {
+    match (attestation, log) {
+        (Some(a), _) => a.written_with(events).await,
+        (None, Some(log)) if !events.is_empty() => log.append_all(events).await,
+        _ => Ok(()),
+    }
+}
+
+/// The end of a call that resolved its caller with [`CallerResolver::resolve_deferring`]: the
+/// attestation record is on disk before the call's answer leaves, whatever the answer
+/// (usually it went with the first SVIDs' records already, and this returns at once).
+///
+/// # Errors
+/// `r`'s, or `Unavailable` when the log refuses the record.
+pub async fn with_attestation_written<T>(
+    attestation: Option<&AttestationRecord>,
+    r: Result<T, Status>,
+) -> Result<T, Status> {
+    let Some(a) = attestation else { return r };
+    match a.written().await {
+        Ok(()) => r,
+        Err(e) => r.and(Err(audit_unavailable(e))),
+    }
+}
+
+fn audit_unavailable(e: AuditError) -> Status {
+    Status::unavailable(format!("audit log unavailable: {e}"))
 }
 
 /// Turns connections into callers.
@@ -92,25 +193,47 @@ impl CallerResolver {
     /// `Unavailable` when the caller cannot be pinned or attested (retryable),
     /// `FailedPrecondition` when an attestor refuses to guess.
     pub async fn resolve<T>(&self, req: &Request<T>) -> Result<Arc<Caller>, Status> {
+        let (caller, record) = self.resolve_deferring(req).await?;
+        if let Some(record) = record {
+            record.written().await.map_err(audit_unavailable)?;
+        }
+        Ok(caller)
+    }
+
+    /// The caller of `req`, and its attestation record if that may not be on disk yet: the
+    /// call must write it (with [`record_for`], or [`AttestationRecord::written`]) before it
+    /// hands anything out or returns.
+    ///
+    /// # Errors
+    /// As [`CallerResolver::resolve`].
+    pub async fn resolve_deferring<T>(&self, req: &Request<T>) -> Result<Resolved, Status> {
         let handle = req
             .extensions()
             .get::<Arc<CallerHandle>>()
             .ok_or_else(|| Status::unavailable("caller unknown: not a Unix socket connection"))?;
-        self.resolve_handle(handle).await
+        self.resolve_handle_deferring(handle).await
     }
 
     /// # Errors
     /// As [`CallerResolver::resolve`].
     pub async fn resolve_handle(&self, handle: &CallerHandle) -> Result<Arc<Caller>, Status> {
+        let (caller, record) = self.resolve_handle_deferring(handle).await?;
+        if let Some(record) = record {
+            record.written().await.map_err(audit_unavailable)?;
+        }
+        Ok(caller)
+    }
+
+    async fn resolve_handle_deferring(&self, handle: &CallerHandle) -> Result<Resolved, Status> {
         let checking = std::time::Instant::now();
         let process = handle
             .pinned
             .as_ref()
             .map_err(|e| Status::unavailable(format!("cannot identify caller: {e}")))?;
         let now = current_fingerprint(process)?;
-        if let Some(caller) = handle.known_as(&now) {
+        if let Some(known) = handle.known_as(&now) {
             self.metrics.observe_recheck(checking.elapsed());
-            return Ok(caller);
+            return Ok(known);
         }
         self.attest(handle, process).await
     }
@@ -120,12 +243,12 @@ impl CallerResolver {
         &self,
         handle: &CallerHandle,
         process: &PinnedProcess,
-    ) -> Result<Arc<Caller>, Status> {
+    ) -> Result<Resolved, Status> {
         let _attesting = handle.attesting.lock().await;
         // Taken after the wait: another call on this connection may have attested meanwhile.
         let before = current_fingerprint(process)?;
-        if let Some(caller) = handle.known_as(&before) {
-            return Ok(caller);
+        if let Some(known) = handle.known_as(&before) {
+            return Ok(known);
         }
         if handle.known().is_some() {
             tracing::info!(
@@ -155,11 +278,15 @@ impl CallerResolver {
                 selectors: attestation.selectors,
                 identities,
                 upstream: Some(live),
+                delivered: Default::default(),
             },
         });
+        let mut record = None;
         if let Some(log) = &self.audit {
-            // Once per connection, so waiting for the disk costs nothing on later calls. A
-            // caller with no identity is recorded once per uid and window, then counted.
+            // Once per connection. A caller with no identity is recorded once per uid and
+            // window, then counted; it is handed nothing, so its call waits for that. Any
+            // other's record goes to disk with the first SVIDs the call hands out, or before
+            // the call returns (see `AttestationRecord`).
             let event = AuditEvent::Attestation {
                 pid: caller.pid,
                 selectors: caller.selector_strings(),
@@ -169,9 +296,13 @@ impl CallerResolver {
                     .map(|i| i.spiffe_id.to_string())
                     .collect(),
             };
-            log.append_attestation(process.uid(), event)
-                .await
-                .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))?;
+            if caller.identities.is_empty() {
+                log.append_attestation(process.uid(), event)
+                    .await
+                    .map_err(audit_unavailable)?;
+            } else {
+                record = Some(Arc::new(AttestationRecord::new(log.clone(), event)));
+            }
         }
         tracing::debug!(
             pid = caller.pid,
@@ -179,8 +310,12 @@ impl CallerResolver {
             identities = caller.identities.len(),
             "caller attested"
         );
-        *handle.known() = Some((after, caller.clone()));
-        Ok(caller)
+        *handle.known() = Some(Known {
+            fingerprint: after,
+            caller: caller.clone(),
+            record: record.clone(),
+        });
+        Ok((caller, record))
     }
 
     pub fn caller_from(&self, attestation: Attestation) -> Caller {
@@ -190,6 +325,7 @@ impl CallerResolver {
             selectors: attestation.selectors,
             identities,
             upstream: None,
+            delivered: Default::default(),
         }
     }
 }
@@ -378,6 +514,150 @@ mod tests {
         ));
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         stop(child);
+    }
+
+    /// A resolver whose registry gives our uid an identity, writing to a real audit log.
+    async fn recording_resolver(dir: &std::path::Path) -> (CallerResolver, AuditLog) {
+        let uid = unsafe { libc::geteuid() };
+        let td = TrustDomain::new("example.org").unwrap();
+        let entry = crate::registry::EntryConfig {
+            spiffe_id: "spiffe://example.org/me".into(),
+            selectors: vec![format!("unix:uid:{uid}")],
+            x509_ttl: None,
+            jwt_ttl: None,
+            hint: String::new(),
+        };
+        let (log, _) = AuditLog::open(&dir.join("audit.log"), Default::default())
+            .await
+            .unwrap();
+        let resolver = CallerResolver::new(
+            Attestors::new(vec![Arc::new(UnixAttestor::new(
+                UnixAttestorConfig::default(),
+                false,
+            ))]),
+            Arc::new(Registry::new(&td, vec![entry]).unwrap()),
+            Arc::new(Metrics::default()),
+            FakeIssuer::new("example.org"),
+            Some(log.clone()),
+        );
+        (resolver, log)
+    }
+
+    fn kinds_in(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["kind"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    fn handed_out() -> AuditEvent {
+        AuditEvent::SvidIssued {
+            spiffe_id: "spiffe://example.org/me".into(),
+            svid: crate::audit::SvidKind::X509,
+            serial: Some("01".into()),
+            jti: None,
+            audiences: Vec::new(),
+            expires_at: 1,
+            pid: Some(std::process::id() as i32),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_attestation_record_goes_to_disk_with_the_first_svid_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (resolver, _log) = recording_resolver(dir.path()).await;
+        let handle = handle_for(std::process::id());
+        let (caller, record) = resolver.resolve_handle_deferring(&handle).await.unwrap();
+        assert_eq!(caller.identities.len(), 1);
+        let record = record.expect("a caller with an identity defers its record");
+        assert!(
+            kinds_in(dir.path()).is_empty(),
+            "nothing written before the first SVID"
+        );
+        // Concurrent first calls on the connection: one batch holds the attestation and both
+        // calls' records follow it; the attestation is written once.
+        let (again, same) = resolver.resolve_handle_deferring(&handle).await.unwrap();
+        assert!(Arc::ptr_eq(&caller, &again));
+        let same = same.unwrap();
+        assert!(Arc::ptr_eq(&record, &same));
+        let (a, b) = tokio::join!(
+            record_for(None, Some(&*record), vec![handed_out()]),
+            record_for(None, Some(&*same), vec![handed_out()]),
+        );
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(
+            kinds_in(dir.path()),
+            ["attestation", "svid_issued", "svid_issued"]
+        );
+        // Later calls find it written: nothing more.
+        record.written().await.unwrap();
+        resolver.resolve_handle(&handle).await.unwrap();
+        assert_eq!(kinds_in(dir.path()).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_hands_out_nothing_writes_the_attestation_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (resolver, _log) = recording_resolver(dir.path()).await;
+        let handle = handle_for(std::process::id());
+        // The undeferred resolve (every service but the SVID fetches): on disk at return.
+        resolver.resolve_handle(&handle).await.unwrap();
+        assert_eq!(kinds_in(dir.path()), ["attestation"]);
+        // A deferred one that fails before any SVID: the call's end writes it.
+        let dir = tempfile::tempdir().unwrap();
+        let (resolver, _log) = recording_resolver(dir.path()).await;
+        let handle = handle_for(std::process::id());
+        let (_, record) = resolver.resolve_handle_deferring(&handle).await.unwrap();
+        let failed: Result<(), Status> = Err(Status::permission_denied("no"));
+        let r = with_attestation_written(record.as_deref(), failed).await;
+        assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(kinds_in(dir.path()), ["attestation"]);
+    }
+
+    #[tokio::test]
+    async fn a_caller_whose_executable_is_renamed_is_attested_again() {
+        let (resolver, runs, _) = resolver();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::copy(which_sleep(), &a).unwrap();
+        let child = Command::new(&a)
+            .arg("30")
+            .spawn()
+            .expect("spawn the copy of sleep");
+        let handle = handle_for(child.id());
+        let before = resolver.resolve_handle(&handle).await.unwrap();
+        assert!(
+            has(&before, &format!("unix:path:{}", a.display())),
+            "{before:?}"
+        );
+        // Same program, same inode, another path: the `unix:path` selector no longer holds.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::rename(&a, &b).unwrap();
+        let after = resolver.resolve_handle(&handle).await.unwrap();
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert!(
+            has(&after, &format!("unix:path:{}", b.display())),
+            "{after:?}"
+        );
+        assert!(!has(&after, &format!("unix:path:{}", a.display())));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        stop(child);
+    }
+
+    /// The `sleep` binary itself (not a symlink to a multi-call binary, whose copy would
+    /// not know its name).
+    fn which_sleep() -> std::path::PathBuf {
+        let found = ["/usr/bin/sleep", "/bin/sleep"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .expect("sleep in /usr/bin or /bin");
+        std::fs::canonicalize(found).unwrap()
     }
 
     #[tokio::test]

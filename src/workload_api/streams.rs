@@ -11,16 +11,41 @@ use tonic::{Request, Response, Status};
 use super::WorkloadApi;
 use crate::audit::{AuditEvent, AuditLog, SvidKind};
 use crate::authority::{IssuedJwt, Issuer};
-use crate::caller::Caller;
+use crate::caller::{Caller, Written};
+use crate::server::caller::{record_for, AttestationRecord};
 use crate::svid::bundle::TrustBundle;
 
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A stream message, the state it shows (to skip repeats), and the audit records of what it
 /// hands out.
-pub(super) type Made<T, K = Vec<String>> = (T, K, Vec<AuditEvent>);
+pub(super) type Made<T, K = Vec<String>> = (T, K, Records);
 
-/// Writes the records of SVIDs handed to a caller and returns once they are on disk: an SVID
+/// The audit records of handing something out.
+pub(super) struct Records {
+    events: Vec<AuditEvent>,
+    /// Set when the same records may already have been written for another stream of the
+    /// connection (`caller::Delivered`): written once, the first time.
+    once: Option<Arc<Written>>,
+}
+
+impl Records {
+    /// Written for every hand-out.
+    pub(super) fn each(events: Vec<AuditEvent>) -> Self {
+        Self { events, once: None }
+    }
+
+    /// Written once for all the hand-outs `once` stands for.
+    pub(super) fn once(events: Vec<AuditEvent>, once: Arc<Written>) -> Self {
+        Self {
+            events,
+            once: Some(once),
+        }
+    }
+}
+
+/// Writes the records of SVIDs handed to a caller (after its attestation record, when that
+/// is not on disk yet: one disk wait for both) and returns once they are on disk: an SVID
 /// leaves only with its record. Without an audit log, nothing to do.
 ///
 /// # Errors
@@ -28,17 +53,17 @@ pub(super) type Made<T, K = Vec<String>> = (T, K, Vec<AuditEvent>);
 /// handed out.
 pub(super) async fn record_issued(
     audit: Option<&AuditLog>,
-    events: Vec<AuditEvent>,
+    attestation: Option<&AttestationRecord>,
+    records: Records,
 ) -> Result<(), Status> {
-    let Some(log) = audit else {
-        return Ok(());
+    let written = match records.once {
+        Some(once) => once
+            .get_or_try_init(|| record_for(audit, attestation, records.events))
+            .await
+            .map(drop),
+        None => record_for(audit, attestation, records.events).await,
     };
-    if events.is_empty() {
-        return Ok(());
-    }
-    log.append_all(events)
-        .await
-        .map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))
+    written.map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))
 }
 
 impl WorkloadApi {
@@ -54,6 +79,7 @@ impl WorkloadApi {
     /// The first `make()` failed, or its records could not be written.
     pub(super) async fn watch_stream<T, K>(
         &self,
+        attestation: Option<&AttestationRecord>,
         make: impl Fn() -> Result<Made<T, K>, Status> + Send + Sync + 'static,
     ) -> Result<BoxStream<T>, Status>
     where
@@ -64,7 +90,7 @@ impl WorkloadApi {
         let svid_rx = self.issuer.changes();
         let shutdown = self.shutdown.clone();
         let (first, key, records) = make()?;
-        record_issued(self.audit.as_ref(), records).await?;
+        record_issued(self.audit.as_ref(), attestation, records).await?;
         let state = (bundle_rx, svid_rx, shutdown, Some(key), false, Some(first));
         let make = Arc::new(make);
         let audit = self.audit.clone();
@@ -96,7 +122,7 @@ impl WorkloadApi {
                                         continue;
                                     }
                                     if let Err(status) =
-                                        record_issued(audit.as_ref(), records).await
+                                        record_issued(audit.as_ref(), None, records).await
                                     {
                                         return Some((Err(status), (b, s, stop, last, true, None)));
                                     }
@@ -154,9 +180,13 @@ impl WorkloadApi {
         caller.require_identities()?;
         let issuer = self.issuer.clone();
         let stream = self
-            .watch_stream(move || {
+            .watch_stream(None, move || {
                 let b = issuer.current_bundle();
-                Ok((message(issuer.as_ref(), &b), b.sequence, Vec::new()))
+                Ok((
+                    message(issuer.as_ref(), &b),
+                    b.sequence,
+                    Records::each(Vec::new()),
+                ))
             })
             .await?;
         Ok(Response::new(stream))
