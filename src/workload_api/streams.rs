@@ -121,9 +121,12 @@ impl WorkloadApi {
                                     if last.as_ref() == Some(&key) {
                                         continue;
                                     }
-                                    if let Err(status) =
-                                        record_issued(audit.as_ref(), None, records).await
-                                    {
+                                    // Boxed: the write is rare (once per connection and
+                                    // state), and inline its future would make every idle
+                                    // stream about 1 KiB larger.
+                                    let written =
+                                        Box::pin(record_issued(audit.as_ref(), None, records));
+                                    if let Err(status) = written.await {
                                         return Some((Err(status), (b, s, stop, last, true, None)));
                                     }
                                     last = Some(key);
