@@ -40,7 +40,7 @@ use crate::server::limits::{
 };
 use crate::server::{listener, socket};
 use crate::telemetry::Metrics;
-use crate::workload_api::{AudienceGate, WorkloadApi};
+use crate::workload_api::{AudienceGate, WorkloadApi, WorkloadApiService};
 
 pub use crate::policy::DEVELOPMENT_POLICY;
 
@@ -211,8 +211,9 @@ impl App {
             stop_rx.clone(),
             gate,
         );
-        let workload = SpiffeWorkloadApiServer::new(workload)
-            .max_decoding_message_size(MAX_WORKLOAD_REQUEST_BYTES);
+        let workload = WorkloadApiService::new(workload, |s| {
+            s.max_decoding_message_size(MAX_WORKLOAD_REQUEST_BYTES)
+        });
         let task_broker = TaskBrokerServer::new(TaskBrokerService::new(
             self.broker.clone(),
             self.resolver.clone(),
