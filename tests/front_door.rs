@@ -135,6 +135,26 @@ async fn h2_connect(
     (client, tokio::spawn(conn))
 }
 
+/// One whole call to `path` with `body` as its request body (prefixes included); its
+/// grpc-status.
+async fn whole_call(
+    c: &h2::client::SendRequest<Bytes>,
+    path: &str,
+    body: Vec<u8>,
+) -> Option<String> {
+    let mut c = c.clone().ready().await.unwrap();
+    let req = http::Request::post(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("workload.spiffe.io", "true")
+        .body(())
+        .unwrap();
+    let (resp, mut send) = c.send_request(req, false).unwrap();
+    send.reserve_capacity(body.len());
+    send.send_data(Bytes::from(body), true).unwrap();
+    grpc_status(resp).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_messages_cannot_balloon_memory() {
     let d = daemon_with_limits(LIMITS);
@@ -358,30 +378,14 @@ fn connections_over_the_uid_cap_are_refused_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_and_undecodable_requests_get_invalid_argument() {
     let d = daemon_with_limits(LIMITS);
-    let (mut c, _conn) = h2_connect(&d).await;
-    let call = |body: Vec<u8>| {
-        let c = c.clone();
-        async move {
-            let mut c = c.ready().await.unwrap();
-            let req = http::Request::post("http://localhost/SpiffeWorkloadAPI/FetchJWTSVID")
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .header("workload.spiffe.io", "true")
-                .body(())
-                .unwrap();
-            let (resp, mut send) = c.send_request(req, false).unwrap();
-            send.reserve_capacity(body.len());
-            send.send_data(Bytes::from(body), true).unwrap();
-            grpc_status(resp).await
-        }
-    };
+    let (c, _conn) = h2_connect(&d).await;
+    let call = |body: Vec<u8>| whole_call(&c, "/SpiffeWorkloadAPI/FetchJWTSVID", body);
     let mut oversize = grpc_prefix(200_000);
     oversize.resize(5 + 200_000, 0x0a);
     let mut garbage = grpc_prefix(3);
     garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
     let big = call(oversize).await;
     let bad = call(garbage).await;
-    let _ = &mut c;
     let observed = format!("200 KB request: status {big:?}; undecodable bytes: status {bad:?}");
     report(
         "a Workload API request of 200 KB; bytes that are not the request message",
@@ -436,28 +440,20 @@ async fn a_burst_of_stream_opens_fits_the_budget_and_their_requests_stay_small()
     // At the bound and one byte over it (the caller, root, holds no identity: 7 means the
     // request was read and the call went on to attestation).
     let (c, _conn) = h2_connect(&d).await;
-    let send = |body: Vec<u8>| {
-        let c = c.clone();
-        async move {
-            let mut c = c.ready().await.unwrap();
-            let req = http::Request::post("http://localhost/SpiffeWorkloadAPI/FetchX509SVID")
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .header("workload.spiffe.io", "true")
-                .body(())
-                .unwrap();
-            let (resp, mut tx) = c.send_request(req, false).unwrap();
-            tx.reserve_capacity(body.len());
-            tx.send_data(Bytes::from(body), true).unwrap();
-            grpc_status(resp).await
-        }
-    };
+    let send = |body: Vec<u8>| whole_call(&c, "/SpiffeWorkloadAPI/FetchX509SVID", body);
     let at_bound = send(unknown_field_message(MAX_EMPTY_REQUEST_BYTES)).await;
     let over = send(unknown_field_message(MAX_EMPTY_REQUEST_BYTES + 1)).await;
+    // FetchX509SVID's own reading of its request (src/workload_api/frames.rs): no message,
+    // two messages, a compressed one, bytes that are not the message.
+    let none = send(Vec::new()).await;
+    let two = send([grpc_prefix(0), grpc_prefix(0)].concat()).await;
+    let compressed = send(vec![1, 0, 0, 0, 0]).await;
+    let garbage = send([grpc_prefix(1), vec![0xff]].concat()).await;
     let observed = format!(
         "{opened} of 120 unfinished FetchX509SVID streams opened; grpc-status counts \
          {statuses:?}; a {MAX_EMPTY_REQUEST_BYTES}-byte request: {at_bound:?}; one byte more: \
-         {over:?}"
+         {over:?}; no message {none:?}, two {two:?}, compressed {compressed:?}, undecodable \
+         {garbage:?}"
     );
     report(
         "a burst of stream opens, every one unfinished, on every connection a uid may open",
@@ -469,6 +465,10 @@ async fn a_burst_of_stream_opens_fits_the_budget_and_their_requests_stay_small()
     assert_eq!(statuses.get("4"), Some(&120), "{observed}");
     assert_eq!(at_bound.as_deref(), Some("7"), "{observed}");
     assert_eq!(over.as_deref(), Some("3"), "{observed}");
+    assert_eq!(none.as_deref(), Some("3"), "{observed}");
+    assert_eq!(two.as_deref(), Some("3"), "{observed}");
+    assert_eq!(compressed.as_deref(), Some("12"), "{observed}");
+    assert_eq!(garbage.as_deref(), Some("3"), "{observed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
