@@ -625,10 +625,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::copy(which_sleep(), &a).unwrap();
-        let child = Command::new(&a)
-            .arg("30")
-            .spawn()
-            .expect("spawn the copy of sleep");
+        let child = spawn_fresh_copy(&a);
         let handle = handle_for(child.id());
         let before = resolver.resolve_handle(&handle).await.unwrap();
         assert!(
@@ -647,6 +644,22 @@ mod tests {
         assert!(!has(&after, &format!("unix:path:{}", a.display())));
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         stop(child);
+    }
+
+    /// Runs `exe 30`, just written. Another test thread may fork while the copy's descriptor
+    /// is open, and its child holds the file open for writing until it execs: the kernel
+    /// refuses to run it meanwhile (ETXTBSY), so try again briefly.
+    fn spawn_fresh_copy(exe: &std::path::Path) -> Child {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Command::new(exe).arg("30").spawn() {
+                Ok(child) => return child,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("spawn {}: {e}", exe.display()),
+            }
+        }
     }
 
     /// The `sleep` binary itself (not a symlink to a multi-call binary, whose copy would
