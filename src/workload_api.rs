@@ -124,13 +124,28 @@ impl WorkloadApi {
 }
 
 impl WorkloadApi {
-    /// The caller's X.509-SVID stream; its first message is recorded (with the caller's
-    /// attestation when that is not on disk yet) before this returns.
+    /// FetchX509SVID for the caller of `request`, whichever way its bytes travel (the
+    /// generated server, or `frames`): the caller's stream, whose first message is recorded
+    /// (with the caller's attestation when that is not on disk yet) before this returns. The
+    /// attestation record is on disk before any answer, the stream or an error.
+    async fn fetch_x509svid_stream<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<BoxStream<pb::X509svidResponse>, Status> {
+        let r = async {
+            let (caller, attestation) = self.resolver.resolve_deferring(request).await?;
+            let r = self.x509_stream(caller, attestation.as_deref()).await;
+            with_attestation_written(attestation.as_deref(), r).await
+        }
+        .await;
+        self.record("FetchX509SVID", r)
+    }
+
     async fn x509_stream(
         &self,
         caller: Arc<Caller>,
         attestation: Option<&AttestationRecord>,
-    ) -> Result<Response<BoxStream<pb::X509svidResponse>>, Status> {
+    ) -> Result<BoxStream<pb::X509svidResponse>, Status> {
         caller.require_identities()?;
         let api = Self {
             resolver: self.resolver.clone(),
@@ -141,10 +156,8 @@ impl WorkloadApi {
             audience_gate: None,
             validated: self.validated.clone(),
         };
-        let stream = self
-            .watch_stream(attestation, move || api.x509_response(&caller))
-            .await?;
-        Ok(Response::new(stream))
+        self.watch_stream(attestation, move || api.x509_response(&caller))
+            .await
     }
 }
 
@@ -156,13 +169,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let r = async {
-            let (caller, attestation) = self.resolver.resolve_deferring(&request).await?;
-            let r = self.x509_stream(caller, attestation.as_deref()).await;
-            with_attestation_written(attestation.as_deref(), r).await
-        }
-        .await;
-        self.record("FetchX509SVID", r)
+        self.fetch_x509svid_stream(&request)
+            .await
+            .map(Response::new)
     }
 
     type FetchX509BundlesStream = BoxStream<pb::X509BundlesResponse>;

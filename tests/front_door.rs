@@ -75,6 +75,16 @@ fn grpc_prefix(len: u32) -> Vec<u8> {
     p
 }
 
+/// The headers of a gRPC call to `path`, with the Workload API's security header.
+fn grpc_request(path: &str) -> http::Request<()> {
+    http::Request::post(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("workload.spiffe.io", "true")
+        .body(())
+        .unwrap()
+}
+
 /// Opens a stream for `path` whose request announces `announce` bytes and sends `send` of
 /// them, never finishing; returns the response future.
 async fn unfinished_call(
@@ -87,13 +97,7 @@ async fn unfinished_call(
     let Ok(Ok(mut c)) = ready else {
         return None; // the server's stream cap: the client must wait.
     };
-    let req = http::Request::post(format!("http://localhost{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("workload.spiffe.io", "true")
-        .body(())
-        .unwrap();
-    let (resp, mut body) = c.send_request(req, false).ok()?;
+    let (resp, mut body) = c.send_request(grpc_request(path), false).ok()?;
     let mut data = grpc_prefix(announce);
     data.resize(5 + send, b'a');
     body.reserve_capacity(data.len());
@@ -143,13 +147,7 @@ async fn whole_call(
     body: Vec<u8>,
 ) -> Option<String> {
     let mut c = c.clone().ready().await.unwrap();
-    let req = http::Request::post(format!("http://localhost{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("workload.spiffe.io", "true")
-        .body(())
-        .unwrap();
-    let (resp, mut send) = c.send_request(req, false).unwrap();
+    let (resp, mut send) = c.send_request(grpc_request(path), false).unwrap();
     send.reserve_capacity(body.len());
     send.send_data(Bytes::from(body), true).unwrap();
     grpc_status(resp).await

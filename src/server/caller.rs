@@ -13,6 +13,7 @@ use crate::authority::Issuer;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 
+use crate::caller::Written;
 pub use crate::caller::{Caller, NO_IDENTITY};
 
 /// A caller attested on a connection: under which fingerprint, and its attestation record.
@@ -70,7 +71,7 @@ pub type Resolved = (Arc<Caller>, Option<Arc<AttestationRecord>>);
 pub struct AttestationRecord {
     log: AuditLog,
     event: AuditEvent,
-    written: tokio::sync::OnceCell<()>,
+    written: Written,
 }
 
 impl AttestationRecord {
@@ -78,7 +79,7 @@ impl AttestationRecord {
         Self {
             log,
             event,
-            written: tokio::sync::OnceCell::new(),
+            written: Written::new(),
         }
     }
 
@@ -87,10 +88,7 @@ impl AttestationRecord {
     /// # Errors
     /// The log refused it; a later call tries again.
     pub async fn written(&self) -> Result<(), AuditError> {
-        self.written
-            .get_or_try_init(|| async move { self.log.append(self.event.clone()).await.map(drop) })
-            .await
-            .map(drop)
+        self.written_with(Vec::new()).await
     }
 
     /// Writes `events` after this record and returns once all are on disk; in one batch with
@@ -151,7 +149,8 @@ pub async fn with_attestation_written<T>(
     }
 }
 
-fn audit_unavailable(e: AuditError) -> Status {
+/// The status of a call whose audit records the log refused: nothing was handed out.
+pub fn audit_unavailable(e: AuditError) -> Status {
     Status::unavailable(format!("audit log unavailable: {e}"))
 }
 
@@ -193,11 +192,7 @@ impl CallerResolver {
     /// `Unavailable` when the caller cannot be pinned or attested (retryable),
     /// `FailedPrecondition` when an attestor refuses to guess.
     pub async fn resolve<T>(&self, req: &Request<T>) -> Result<Arc<Caller>, Status> {
-        let (caller, record) = self.resolve_deferring(req).await?;
-        if let Some(record) = record {
-            record.written().await.map_err(audit_unavailable)?;
-        }
-        Ok(caller)
+        self.resolve_handle(handle_of(req)?).await
     }
 
     /// The caller of `req`, and its attestation record if that may not be on disk yet: the
@@ -207,11 +202,7 @@ impl CallerResolver {
     /// # Errors
     /// As [`CallerResolver::resolve`].
     pub async fn resolve_deferring<T>(&self, req: &Request<T>) -> Result<Resolved, Status> {
-        let handle = req
-            .extensions()
-            .get::<Arc<CallerHandle>>()
-            .ok_or_else(|| Status::unavailable("caller unknown: not a Unix socket connection"))?;
-        self.resolve_handle_deferring(handle).await
+        self.resolve_handle_deferring(handle_of(req)?).await
     }
 
     /// # Errors
@@ -328,6 +319,14 @@ impl CallerResolver {
             delivered: Default::default(),
         }
     }
+}
+
+/// The connection state the call layer put in `req`.
+fn handle_of<T>(req: &Request<T>) -> Result<&CallerHandle, Status> {
+    req.extensions()
+        .get::<Arc<CallerHandle>>()
+        .map(|h| &**h)
+        .ok_or_else(|| Status::unavailable("caller unknown: not a Unix socket connection"))
 }
 
 /// The pinned process's fingerprint. A fingerprint is only ever taken from the live process

@@ -26,7 +26,6 @@ use super::streams::BoxStream;
 use super::WorkloadApi;
 use crate::proto::workload as pb;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use crate::server::caller::with_attestation_written;
 use crate::server::limits::{GRPC_MESSAGE_PREFIX_BYTES, MAX_EMPTY_REQUEST_BYTES};
 
 /// The RPC served here.
@@ -79,19 +78,18 @@ impl tower::Service<http::Request<Body>> for WorkloadApiService {
 impl WorkloadApi {
     async fn fetch_x509svid_frames(&self, req: http::Request<Body>) -> http::Response<Body> {
         let (parts, body) = req.into_parts();
-        let r = async {
-            read_empty_request(body).await?;
-            let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
-            let (caller, attestation) = self.resolver.resolve_deferring(&request).await?;
-            let r = self.x509_stream(caller, attestation.as_deref()).await;
-            with_attestation_written(attestation.as_deref(), r).await
-        }
-        .await;
-        match self.record("FetchX509SVID", r) {
+        let stream = match read_empty_request(body).await {
+            Ok(()) => {
+                let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
+                self.fetch_x509svid_stream(&request).await
+            }
+            Err(status) => self.record("FetchX509SVID", Err(status)),
+        };
+        match stream {
             Ok(stream) => http::Response::builder()
                 .status(http::StatusCode::OK)
                 .header(http::header::CONTENT_TYPE, "application/grpc")
-                .body(Body::new(Frames::Streaming(stream.into_inner())))
+                .body(Body::new(Frames::Streaming(stream)))
                 .unwrap_or_else(|_| Status::internal("building the response").into_http()),
             Err(status) => status.into_http(),
         }

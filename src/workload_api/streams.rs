@@ -12,7 +12,7 @@ use super::WorkloadApi;
 use crate::audit::{AuditEvent, AuditLog, SvidKind};
 use crate::authority::{IssuedJwt, Issuer};
 use crate::caller::{Caller, Written};
-use crate::server::caller::{record_for, AttestationRecord};
+use crate::server::caller::{audit_unavailable, record_for, AttestationRecord};
 use crate::svid::bundle::TrustBundle;
 
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -63,7 +63,7 @@ pub(super) async fn record_issued(
             .map(drop),
         None => record_for(audit, attestation, records.events).await,
     };
-    written.map_err(|e| Status::unavailable(format!("audit log unavailable: {e}")))
+    written.map_err(audit_unavailable)
 }
 
 impl WorkloadApi {
