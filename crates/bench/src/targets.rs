@@ -449,7 +449,6 @@ fn clients_label(n: usize) -> String {
     }
 }
 
-/// The row of `w` at `clients` with at least one successful call, or why there is none.
 /// The stream measurement, or why it did not run.
 fn streams_result(r: &Report) -> Result<&StreamsResult, String> {
     r.facts.streams.as_ref().ok_or_else(|| {
@@ -460,6 +459,7 @@ fn streams_result(r: &Report) -> Result<&StreamsResult, String> {
     })
 }
 
+/// The row of `w` at `clients` with at least one successful call, or why there is none.
 fn measured_row(r: &Report, w: Workload, clients: usize) -> Result<&RowResult, String> {
     let Some(row) = r.row(w, clients) else {
         return Err(if !r.settings.selected(w) {
