@@ -97,8 +97,9 @@ impl WorkloadApi {
 }
 
 /// Reads a request that must hold exactly one message with no fields (fields a newer client
-/// adds are skipped). The body is already bounded in size and time by the call layer
-/// (`server::calls`); the bound is checked again for callers that bypass it.
+/// adds are skipped). The call layer (`server::calls`) bounds the body in size and time before
+/// it is read, which is what bounds memory; the size is checked again here only so that the
+/// answer to an oversize request does not depend on that layer being in place.
 ///
 /// # Errors
 /// `InvalidArgument` for no message, more than one, one over the bound, or bytes that are not
