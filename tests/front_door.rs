@@ -108,12 +108,18 @@ async fn unfinished_call(
     Some(resp)
 }
 
-/// The grpc-status of a response (trailers-only or in trailers).
+/// The grpc-status of a response (trailers-only or in trailers), or "refused" for a stream
+/// the server reset with REFUSED_STREAM before running anything (the client opened it past
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` before it had seen the setting): an answer, at once.
 async fn grpc_status(resp: h2::client::ResponseFuture) -> Option<String> {
-    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+    let resp = match tokio::time::timeout(Duration::from_secs(5), resp)
         .await
         .ok()?
-        .ok()?;
+    {
+        Ok(resp) => resp,
+        Err(e) if e.reason() == Some(h2::Reason::REFUSED_STREAM) => return Some("refused".into()),
+        Err(_) => return None,
+    };
     if let Some(s) = resp.headers().get("grpc-status") {
         return Some(s.to_str().ok()?.to_string());
     }
