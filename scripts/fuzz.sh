@@ -25,7 +25,7 @@ cd "$repo"
 
 # Keep in step with `afl` in fuzz/Cargo.toml.
 CARGO_AFL_VERSION=0.18.2
-TARGETS=(authority_rewriter jwt x509 cgroup kubelet_pods config)
+TARGETS=(authority_rewriter jwt x509 cgroup kubelet_pods config grpc_request)
 
 seconds=${FUZZ_SECONDS:-20}
 timeout_ms=${FUZZ_TIMEOUT_MS:-1000}

@@ -11,6 +11,7 @@ pub mod authority_rewriter;
 pub mod cgroup;
 pub mod config;
 mod fixtures;
+pub mod grpc_request;
 pub mod jwt;
 pub mod kubelet_pods;
 pub mod seeds;
@@ -27,6 +28,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("cgroup", cgroup::check),
     ("kubelet_pods", kubelet_pods::check),
     ("config", config::check),
+    ("grpc_request", grpc_request::check),
 ];
 
 /// The target called `name`.

@@ -20,7 +20,7 @@ mod frames;
 mod streams;
 mod validated;
 use crate::server::caller::{with_attestation_written, AttestationRecord};
-pub use frames::{WorkloadApiService, FETCH_X509_SVID_PATH};
+pub use frames::{parse_empty_request, WorkloadApiService, FETCH_X509_SVID_PATH};
 use streams::{jwt_issued_record, record_issued, with_federated, BoxStream, Made, Records};
 use validated::ValidatedTokens;
 

@@ -96,16 +96,25 @@ impl WorkloadApi {
     }
 }
 
-/// Reads a request that must hold exactly one message with no fields (fields a newer client
-/// adds are skipped). The call layer (`server::calls`) bounds the body in size and time before
-/// it is read, which is what bounds memory; the size is checked again here only so that the
-/// answer to an oversize request does not depend on that layer being in place.
+/// Reads a request that must hold exactly one message with no fields; see
+/// [`parse_empty_request`].
+async fn read_empty_request(body: Body) -> Result<(), Status> {
+    let bytes = body.collect().await?.to_bytes();
+    parse_empty_request(&bytes)
+}
+
+/// Checks a request body that must hold exactly one message with no fields (fields a newer
+/// client adds are skipped). The call layer (`server::calls`) bounds the body in size and time
+/// before it is read, which is what bounds memory; the size is checked again here only so that
+/// the answer to an oversize request does not depend on that layer being in place.
+///
+/// These are a caller's bytes read before it is known, so this parser is a fuzz target
+/// (`svid_broker::fuzzing::grpc_request`).
 ///
 /// # Errors
 /// `InvalidArgument` for no message, more than one, one over the bound, or bytes that are not
 /// the message; `Unimplemented` for a compressed one (we offer no compression).
-async fn read_empty_request(body: Body) -> Result<(), Status> {
-    let bytes = body.collect().await?.to_bytes();
+pub fn parse_empty_request(bytes: &[u8]) -> Result<(), Status> {
     if bytes.len() > GRPC_MESSAGE_PREFIX_BYTES + MAX_EMPTY_REQUEST_BYTES {
         return Err(Status::invalid_argument(format!(
             "request message over {MAX_EMPTY_REQUEST_BYTES} bytes, the most this RPC takes"
@@ -208,6 +217,14 @@ mod tests {
         assert_eq!(
             code(&[0, 0, 0, 0, 1, 0xff]).await,
             tonic::Code::InvalidArgument
+        );
+        // At the bound: one unknown length-delimited field filling all 1,024 bytes.
+        let mut at = vec![0u8, 0, 0, 0x04, 0x00, 0x12, 0xfd, 0x07];
+        at.resize(GRPC_MESSAGE_PREFIX_BYTES + MAX_EMPTY_REQUEST_BYTES, b'a');
+        assert!(
+            parse_empty_request(&at).is_ok(),
+            "{:?}",
+            parse_empty_request(&at)
         );
         let mut over = vec![0u8; GRPC_MESSAGE_PREFIX_BYTES + MAX_EMPTY_REQUEST_BYTES + 1];
         over[1..5].copy_from_slice(&((MAX_EMPTY_REQUEST_BYTES + 1) as u32).to_be_bytes());
