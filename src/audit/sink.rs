@@ -26,12 +26,18 @@ impl AuditSink for AuditLog {
 pub struct RecordingSink {
     records: std::sync::Mutex<Vec<AuditEvent>>,
     fail: std::sync::atomic::AtomicBool,
+    appends: std::sync::atomic::AtomicUsize,
 }
 
 #[cfg(test)]
 impl RecordingSink {
     pub fn records(&self) -> Vec<AuditEvent> {
         self.records.lock().unwrap().clone()
+    }
+
+    /// Appends that succeeded: each is one write and one wait for the disk in the real log.
+    pub fn appends(&self) -> usize {
+        self.appends.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// From now on, every append fails (as a full disk would).
@@ -50,6 +56,8 @@ impl AuditSink for RecordingSink {
             });
         }
         self.records.lock().unwrap().extend(events);
+        self.appends
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 }

@@ -59,13 +59,19 @@ impl Broker {
             let revoked = table.live_tokens_of(&closed, self.clock.unix_seconds());
             (closed, revoked)
         };
-        for child in closed.iter().filter(|c| c.as_str() != task_id) {
-            self.audit(AuditEvent::Revocation {
+        // Every descendant's revocation in one write: closing a tree waits for the disk twice
+        // (the close before it takes effect, the revocations after), not once per task.
+        let revocations: Vec<AuditEvent> = closed
+            .iter()
+            .filter(|c| c.as_str() != task_id)
+            .map(|child| AuditEvent::Revocation {
                 task_id: child.clone(),
                 reason: "an ancestor task was closed".into(),
                 cause_task_id: Some(task_id.to_string()),
             })
-            .await?;
+            .collect();
+        if !revocations.is_empty() {
+            self.audit_all(revocations).await?;
         }
         Ok(pb::CloseTaskResponse {
             closed_task_ids: closed,
@@ -98,6 +104,45 @@ mod tests {
             .unwrap();
         assert_eq!(resp.closed_task_ids, vec![task.task_id.clone()]);
         assert_eq!(kinds(&k.sink.records()).last().unwrap(), "task_close");
+    }
+
+    #[tokio::test]
+    async fn closing_a_tree_waits_for_the_disk_twice_whatever_its_size() {
+        let k = kit();
+        let root = k
+            .broker
+            .open_task(
+                &caller(AGENT),
+                super::super::testkit::open_request(&[OTHER], &[], 300),
+            )
+            .await
+            .unwrap();
+        let token = k
+            .broker
+            .mint(&caller(AGENT), mint_request(&root.task_id, OTHER, &[]))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let mut req = super::super::testkit::open_request(&[OTHER], &[], 60);
+            req.parent_token = token.token.clone();
+            k.broker.open_task(&caller(OTHER), req).await.unwrap();
+        }
+        let (appends, records) = (k.sink.appends(), k.sink.records().len());
+        let resp = k
+            .broker
+            .close(&Who::Workload(caller(AGENT)), &root.task_id, "")
+            .await
+            .unwrap();
+        assert_eq!(resp.closed_task_ids.len(), 4);
+        assert_eq!(
+            kinds(&k.sink.records()[records..]),
+            ["task_close", "revocation", "revocation", "revocation"]
+        );
+        assert_eq!(
+            k.sink.appends(),
+            appends + 2,
+            "the close, then the revocations"
+        );
     }
 
     #[tokio::test]

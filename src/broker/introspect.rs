@@ -155,21 +155,22 @@ impl Broker {
             };
             (active, uses_left, counted)
         };
+        // The counted use and the answer go to disk together: one disk wait, not two.
+        let mut records = Vec::with_capacity(2);
         if let Some(uses) = counted {
-            self.audit(AuditEvent::TokenUsed {
+            records.push(AuditEvent::TokenUsed {
                 task_id: claims.task_id.clone(),
                 jti: claims.jti.clone(),
                 by: by.clone(),
                 uses,
-            })
-            .await?;
+            });
         }
-        self.audit(AuditEvent::Introspection {
+        records.push(AuditEvent::Introspection {
             by,
             jti: Some(claims.jti.clone()),
             active,
-        })
-        .await?;
+        });
+        self.audit_all(records).await?;
         if !active {
             return Ok(inactive);
         }
@@ -206,6 +207,27 @@ mod tests {
             .await
             .unwrap();
         (task, token)
+    }
+
+    #[tokio::test]
+    async fn counting_a_use_and_answering_wait_for_the_disk_once() {
+        let k = kit();
+        let task = open_task(&k).await;
+        let mut req = mint_request(&task.task_id, TOOL, &["read"]);
+        req.max_uses = 2;
+        let token = k.broker.mint(&caller(AGENT), req).await.unwrap();
+        let (appends, records) = (k.sink.appends(), k.sink.records().len());
+        let r = k
+            .broker
+            .introspect(&Who::Admin, &token.token)
+            .await
+            .unwrap();
+        assert!(active(&r));
+        assert_eq!(k.sink.appends(), appends + 1);
+        assert_eq!(
+            super::super::testkit::kinds(&k.sink.records()[records..]),
+            ["token_used", "introspection"]
+        );
     }
 
     fn active(r: &pb::IntrospectTokenResponse) -> bool {

@@ -37,6 +37,68 @@ impl Broker {
         limits::scopes(&req.scopes)?;
         limits::token("parent_token", &req.parent_token)?;
         limits::token("subject_token", &req.subject_token)?;
+        let mut records = Vec::new();
+        let decided = self.decide_task(caller, &req, &mut records);
+        // Every record of the request goes to disk in one write (a spent use of the delegation
+        // token, the Delegate decision, each grant decision, the task), allowed or not, before
+        // the caller learns the outcome: one disk wait per OpenTask, not one per record.
+        if !records.is_empty() {
+            self.audit_all(records).await?;
+        }
+        let Decided {
+            task,
+            owner,
+            narrowed,
+        } = decided?;
+        let task_id = task.id.clone();
+        let now_secs = task.created_at;
+        let closed_meanwhile = {
+            let mut table = self.lock();
+            table
+                .insert(task.clone(), self.config.max_open_tasks, now_secs)
+                .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
+            table.get(&task_id).is_some_and(|t| t.closed)
+        };
+        if closed_meanwhile {
+            // The parent was closed after its token was checked: the child went in closed
+            // with it (as a replay of the log would have it), and nothing is handed out.
+            let parent_id = task.parent.clone().unwrap_or_default();
+            self.audit(AuditEvent::Revocation {
+                task_id: task_id.clone(),
+                reason: "its parent task was closed while it was being opened".into(),
+                cause_task_id: task.parent.clone(),
+            })
+            .await?;
+            return Err(Status::permission_denied(format!(
+                "parent_token rejected: its task {parent_id} was closed while this task was being opened"
+            )));
+        }
+        Ok(pb::OpenTaskResponse {
+            task_id,
+            spiffe_id: owner,
+            grants: task
+                .grants
+                .iter()
+                .map(|(a, s)| pb::AudienceGrant {
+                    audience: a.clone(),
+                    scopes: s.iter().cloned().collect(),
+                })
+                .collect(),
+            expires_at: task.expires_at,
+            narrowed,
+            delegation_depth: task.depth,
+            parent_task_id: task.parent.unwrap_or_default(),
+        })
+    }
+
+    /// Everything OpenTask decides before it writes: the task, or why not. Pushes onto
+    /// `records` what must be on disk before the caller hears either.
+    fn decide_task(
+        &self,
+        caller: &Arc<Caller>,
+        req: &pb::OpenTaskRequest,
+        records: &mut Vec<AuditEvent>,
+    ) -> Result<Decided, Status> {
         // One policy version for every decision of this request (Delegate and each pair).
         let policy = self.policy_or_deny()?.pin();
         let owner = choose_identity(caller, &req.spiffe_id)?;
@@ -50,13 +112,12 @@ impl Broker {
             Some(self.check_parent(&req.parent_token, &owner, now)?)
         };
         if let Some((task_id, jti, uses)) = parent.as_ref().and_then(|p| p.used.clone()) {
-            self.audit(AuditEvent::TokenUsed {
+            records.push(AuditEvent::TokenUsed {
                 task_id,
                 jti,
                 by: owner.to_string(),
                 uses,
-            })
-            .await?;
+            });
         }
         let obo = if req.subject_token.is_empty() {
             parent.as_ref().and_then(|p| p.task.obo.clone())
@@ -124,7 +185,7 @@ impl Broker {
                 issuance_rate: rate,
                 on_behalf_of: &obo_text,
             });
-            self.audit(decision_event(
+            records.push(decision_event(
                 &owner_str,
                 Action::Delegate,
                 &p.task.owner.to_string(),
@@ -133,8 +194,7 @@ impl Broker {
                 depth,
                 &d,
                 Some(&p.task.id),
-            ))
-            .await?;
+            ));
             if !d.allowed {
                 return Err(Status::permission_denied(format!(
                     "delegation from {} {}",
@@ -159,14 +219,14 @@ impl Broker {
         let outcome = grant::compute(&policy, &ctx, &req.audiences, &req.scopes, limit.as_ref());
         narrowed.extend(outcome.narrowed);
         let task_id = format!("task_{}", random_hex(16));
-        let mut records = outcome.decisions;
-        for d in &mut records {
+        let first_decision = records.len();
+        records.extend(outcome.decisions);
+        for d in &mut records[first_decision..] {
             if let AuditEvent::Decision { task_id: t, .. } = d {
                 *t = Some(task_id.clone());
             }
         }
         if outcome.grants.is_empty() {
-            self.audit_all(records).await?;
             return Err(Status::permission_denied(format!(
                 "nothing granted: {}",
                 narrowed.join("; ")
@@ -187,43 +247,10 @@ impl Broker {
             obo,
         };
         records.push(task_open_event(&task));
-        self.audit_all(records).await?;
-        let closed_meanwhile = {
-            let mut table = self.lock();
-            table
-                .insert(task.clone(), self.config.max_open_tasks, now_secs)
-                .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
-            table.get(&task_id).is_some_and(|t| t.closed)
-        };
-        if closed_meanwhile {
-            // The parent was closed after its token was checked: the child went in closed
-            // with it (as a replay of the log would have it), and nothing is handed out.
-            let parent_id = task.parent.clone().unwrap_or_default();
-            self.audit(AuditEvent::Revocation {
-                task_id: task_id.clone(),
-                reason: "its parent task was closed while it was being opened".into(),
-                cause_task_id: task.parent.clone(),
-            })
-            .await?;
-            return Err(Status::permission_denied(format!(
-                "parent_token rejected: its task {parent_id} was closed while this task was being opened"
-            )));
-        }
-        Ok(pb::OpenTaskResponse {
-            task_id,
-            spiffe_id: owner_str,
-            grants: task
-                .grants
-                .iter()
-                .map(|(a, s)| pb::AudienceGrant {
-                    audience: a.clone(),
-                    scopes: s.iter().cloned().collect(),
-                })
-                .collect(),
-            expires_at: task.expires_at,
+        Ok(Decided {
+            task,
+            owner: owner_str,
             narrowed,
-            delegation_depth: depth,
-            parent_task_id: task.parent.unwrap_or_default(),
         })
     }
 
@@ -300,6 +327,15 @@ impl Broker {
     }
 }
 
+/// A task OpenTask decided to open, and what the answer says about it.
+struct Decided {
+    task: Task,
+    /// The identity it was opened for, as text.
+    owner: String,
+    /// How the request was narrowed to the grant.
+    narrowed: Vec<String>,
+}
+
 pub(super) struct ParentInfo {
     task: Task,
     token_scopes: BTreeSet<String>,
@@ -314,6 +350,67 @@ mod tests {
     use super::super::testkit::{
         caller, kinds, kit, mint_request, open_request, AGENT, OTHER, TOOL,
     };
+
+    /// A task of AGENT that may delegate to OTHER, and a token for OTHER good for `uses`.
+    async fn delegation_token(k: &super::super::testkit::Kit, uses: u32) -> (String, String) {
+        let parent = k
+            .broker
+            .open_task(&caller(AGENT), open_request(&[OTHER], &[], 300))
+            .await
+            .unwrap();
+        let mut req = mint_request(&parent.task_id, OTHER, &[]);
+        req.max_uses = uses;
+        let token = k.broker.mint(&caller(AGENT), req).await.unwrap();
+        (parent.task_id, token.token)
+    }
+
+    #[tokio::test]
+    async fn a_delegated_open_waits_for_the_disk_once_for_all_its_records() {
+        let k = kit();
+        let (parent_id, token) = delegation_token(&k, 2).await;
+        let (appends, records) = (k.sink.appends(), k.sink.records().len());
+        let mut req = open_request(&[OTHER], &[], 60);
+        req.parent_token = token.clone();
+        let child = k.broker.open_task(&caller(OTHER), req).await.unwrap();
+        assert_eq!(child.parent_task_id, parent_id);
+        assert_eq!(
+            k.sink.appends(),
+            appends + 1,
+            "one write for the whole call"
+        );
+        assert_eq!(
+            kinds(&k.sink.records()[records..]),
+            ["token_used", "decision", "decision", "task_open"],
+            "the spent use, the Delegate decision, the grant decision, the task, in order"
+        );
+
+        // Refused (nothing of the parent's grant asked for): the spent use and the decisions
+        // are still written, once, before the refusal.
+        let (appends, records) = (k.sink.appends(), k.sink.records().len());
+        let mut req = open_request(&[TOOL], &[], 60);
+        req.parent_token = token;
+        let err = k.broker.open_task(&caller(OTHER), req).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(k.sink.appends(), appends + 1);
+        let written = kinds(&k.sink.records()[records..]);
+        assert_eq!(written[..2], ["token_used", "decision"], "{written:?}");
+        assert!(!written.contains(&"task_open".to_string()), "{written:?}");
+    }
+
+    #[tokio::test]
+    async fn a_delegated_open_whose_records_the_log_refuses_opens_nothing() {
+        let k = kit();
+        let (_, token) = delegation_token(&k, 1).await;
+        k.sink.fail_from_now(true);
+        let mut req = open_request(&[OTHER], &[], 60);
+        req.parent_token = token.clone();
+        let err = k.broker.open_task(&caller(OTHER), req).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "no record, no task: {err:?}");
+        assert!(
+            k.broker.list(true).iter().all(|t| t.delegation_depth == 0),
+            "no child"
+        );
+    }
 
     #[tokio::test]
     async fn a_task_is_recorded_before_it_is_answered() {
