@@ -54,6 +54,8 @@ pub enum Workload {
     X509FirstMessage,
     ValidateJwt,
     OpenTask,
+    /// OpenTask with a delegation token of the client's own task: a child task.
+    DelegatedOpenTask,
     MintTaskToken,
     IntrospectToken,
     /// OpenTask, MintTaskToken, CloseTask in sequence, timed as one.
@@ -78,6 +80,7 @@ impl Workload {
         Workload::X509FirstMessage,
         Workload::ValidateJwt,
         Workload::OpenTask,
+        Workload::DelegatedOpenTask,
         Workload::MintTaskToken,
         Workload::IntrospectToken,
         Workload::TaskCycle,
@@ -94,6 +97,7 @@ impl Workload {
             Workload::X509FirstMessage => "FetchX509SVID first message, new connection",
             Workload::ValidateJwt => "ValidateJWTSVID",
             Workload::OpenTask => "OpenTask",
+            Workload::DelegatedOpenTask => "OpenTask delegated (parent token)",
             Workload::MintTaskToken => "MintTaskToken",
             Workload::IntrospectToken => "IntrospectToken",
             Workload::TaskCycle => "OpenTask+MintTaskToken+CloseTask",
@@ -131,10 +135,31 @@ impl Workload {
         matches!(
             self,
             Workload::OpenTask
+                | Workload::DelegatedOpenTask
                 | Workload::MintTaskToken
                 | Workload::IntrospectToken
                 | Workload::TaskCycle
         )
+    }
+
+    /// RPCs one timed operation of the row makes.
+    pub fn rpcs_per_call(self) -> u32 {
+        match self {
+            Workload::TaskCycle => 3,
+            _ => 1,
+        }
+    }
+
+    /// ES256 signatures the daemon must make for one timed operation of the row.
+    pub fn signatures_per_call(self) -> u32 {
+        match self {
+            Workload::JwtFreshAudience
+            | Workload::SpireJwtFreshAudience
+            | Workload::MintTaskToken
+            | Workload::TaskCycle
+            | Workload::OAuthToken => 1,
+            _ => 0,
+        }
     }
 
     /// Rows that are a single RPC on a known connection (the p99 target applies to them).
@@ -145,6 +170,7 @@ impl Workload {
                 | Workload::JwtFreshAudience
                 | Workload::ValidateJwt
                 | Workload::OpenTask
+                | Workload::DelegatedOpenTask
                 | Workload::MintTaskToken
                 | Workload::IntrospectToken
         )
@@ -263,6 +289,12 @@ impl Client {
             Workload::MintTaskToken => {
                 c.task_id = c.open_task().await?;
             }
+            Workload::DelegatedOpenTask => {
+                // A delegation token must be addressed to the identity that presents it: the
+                // client's own task delegates to the client.
+                c.task_id = c.open_task().await?;
+                c.token = c.mint_for(BENCH_SPIFFE_ID).await?;
+            }
             Workload::IntrospectToken | Workload::OAuthIntrospect => {
                 // Only a token's audience (or an operator) may introspect it: mint one for
                 // ourselves.
@@ -309,6 +341,19 @@ impl Client {
             Workload::OpenTask => {
                 let id = self.open_task().await?;
                 self.opened.push(id);
+            }
+            Workload::DelegatedOpenTask => {
+                // Its children close with the parent task after the row.
+                self.broker
+                    .open_task(broker::OpenTaskRequest {
+                        purpose: "benchmark subtask".into(),
+                        audiences: vec![TASK_AUDIENCE.into()],
+                        scopes: vec![TASK_SCOPE.into()],
+                        ttl_seconds: 300,
+                        parent_token: self.token.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
             }
             Workload::MintTaskToken => {
                 self.mint().await?;

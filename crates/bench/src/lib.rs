@@ -10,6 +10,7 @@ pub mod calls;
 pub mod chart;
 pub mod daemon;
 pub mod disk;
+pub mod floor;
 pub mod load;
 pub mod metrics;
 pub mod procfs;
@@ -36,6 +37,7 @@ pub const ROW_NAMES: &[&str] = &[
     Workload::X509FirstMessage.name(),
     Workload::ValidateJwt.name(),
     Workload::OpenTask.name(),
+    Workload::DelegatedOpenTask.name(),
     Workload::MintTaskToken.name(),
     Workload::IntrospectToken.name(),
     Workload::TaskCycle.name(),
@@ -295,6 +297,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 l.trim().replace('\n', ", ")
             ));
         }
+        // Before any load: what one signature costs on this CPU.
+        facts.sign_us = Some(
+            tokio::task::spawn_blocking(|| floor::es256_sign_us(floor::SIGNATURES))
+                .await
+                .unwrap_or_else(|e| Err(format!("the timing thread failed: {e}"))),
+        );
         // Before any load: what one durable audit record costs on this disk.
         facts.disk = match &daemon.dir {
             Some(dir) => {

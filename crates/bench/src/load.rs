@@ -38,6 +38,8 @@ pub struct RowResult {
     pub latency: Histogram<u64>,
     /// Server CPU (user + system) over the measured interval.
     pub server_cpu: Option<Duration>,
+    /// This process's CPU over the same interval: what the clients spent on the calls.
+    pub client_cpu: Option<Duration>,
     /// Why the row has no numbers, or the first error seen.
     pub status: RowStatus,
 }
@@ -66,8 +68,16 @@ impl RowResult {
     }
 
     pub fn cpu_per_call_us(&self) -> Option<f64> {
+        self.per_call_us(self.server_cpu?)
+    }
+
+    /// The load generator's CPU per successful call.
+    pub fn client_cpu_per_call_us(&self) -> Option<f64> {
+        self.per_call_us(self.client_cpu?)
+    }
+
+    fn per_call_us(&self, cpu: Duration) -> Option<f64> {
         let ok = self.calls.saturating_sub(self.errors);
-        let cpu = self.server_cpu?;
         (ok > 0).then(|| cpu.as_secs_f64() * 1e6 / ok as f64)
     }
 
@@ -100,6 +110,7 @@ impl RowResult {
             elapsed: Duration::ZERO,
             latency: new_histogram(),
             server_cpu: None,
+            client_cpu: None,
             status,
         }
     }
@@ -235,6 +246,7 @@ pub async fn run_row(
     }
     start_gate.wait().await;
     let cpu_before = procfs::cpu_time_all(server_pids);
+    let own_before = procfs::cpu_time(std::process::id() as i32);
     let started = Instant::now();
     let mut row = RowResult::empty(workload, clients, RowStatus::Ok);
     let mut first_error = None;
@@ -257,7 +269,12 @@ pub async fn run_row(
     }
     row.elapsed = started.elapsed();
     let cpu_after = procfs::cpu_time_all(server_pids);
+    let own_after = procfs::cpu_time(std::process::id() as i32);
     row.server_cpu = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
+    row.client_cpu = match (own_before, own_after) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b)),
         _ => None,
     };

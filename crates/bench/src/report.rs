@@ -21,6 +21,7 @@ pub const FACT_FULL_ATTEST: &str = "full attestation, daemon-timed";
 pub const FACT_STREAMS_RSS: &str = "X.509 streams open: daemon RSS";
 pub const FACT_ROTATION: &str = "CA rotation reaches all streams";
 pub const FACT_FSYNC: &str = "append + fdatasync in the audit log's directory";
+pub const FACT_SIGN: &str = "one ES256 JWT signature (the daemon's signer, in the bench)";
 
 pub const FACT_NAMES: &[&str] = &[
     FACT_START,
@@ -32,6 +33,7 @@ pub const FACT_NAMES: &[&str] = &[
     FACT_STREAMS_RSS,
     FACT_ROTATION,
     FACT_FSYNC,
+    FACT_SIGN,
 ];
 
 /// Measurements that are one number each.
@@ -50,6 +52,8 @@ pub struct Facts {
     pub streams_skipped: Option<String>,
     /// One small append + fdatasync beside the audit log.
     pub disk: Option<FsyncProbe>,
+    /// Mean µs of one ES256 JWT signature ([`super::floor`]), or why not measured.
+    pub sign_us: Option<Result<f64, String>>,
     pub spire_note: Option<String>,
     /// How the OAuth rows with client assertions were bounded.
     pub oauth_note: Option<String>,
@@ -153,8 +157,8 @@ impl Report {
 
     fn latency_table(&self) -> String {
         let mut s = String::new();
-        s.push_str("| Row | Clients | Calls | Errors | Throughput (/s) | vs no-op | p50 (µs) | p99 (µs) | p99.9 (µs) | Server CPU/call (µs) | Note |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("| Row | Clients | Calls | Errors | Throughput (/s) | vs no-op | p50 (µs) | p99 (µs) | p99.9 (µs) | Server CPU/call (µs) | Bench CPU/call (µs) | Note |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.rows {
             let note = match &r.status {
                 RowStatus::Ok => String::new(),
@@ -165,7 +169,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.workload.name(),
                 r.clients,
                 r.calls,
@@ -176,6 +180,7 @@ impl Report {
                 opt(r.quantile_us(0.99), 0),
                 opt(r.quantile_us(0.999), 0),
                 opt(r.cpu_per_call_us(), 1),
+                opt(r.client_cpu_per_call_us(), 1),
                 note
             );
         }
@@ -287,6 +292,17 @@ impl Report {
                     ),
                 },
             ),
+        );
+        line(
+            FACT_SIGN,
+            match &f.sign_us {
+                Some(Ok(us)) => format!(
+                    "{us:.1} µs mean over {} signatures of task-token claims, one core: a floor under the daemon CPU of every call that signs (MintTaskToken, FetchJWTSVID for a new audience)",
+                    thousands(super::floor::SIGNATURES as usize)
+                ),
+                Some(Err(e)) => format!("— ({e})"),
+                None => "— (not measured)".into(),
+            },
         );
         s
     }

@@ -268,7 +268,18 @@ impl Check {
                 let ours = rate(r, row, clients)?;
                 let base = rate(r, row.baseline(), clients)?;
                 let ratio = ours / base;
-                Ok((vs_noop_text(ratio, ours, base), ratio >= min))
+                let mut text = vs_noop_text(ratio, ours, base);
+                let res = measured_row(r, row, clients)?;
+                if let (Some(daemon), Some(bench)) =
+                    (res.cpu_per_call_us(), res.client_cpu_per_call_us())
+                {
+                    let budget = Budget::at(cores(), min * base, bench);
+                    let _ = write!(text, "; {}, it spends {daemon:.1} µs", budget.text());
+                    if let Some(floor) = floor(r, row, clients) {
+                        let _ = write!(text, "; {}", floor.text(budget.daemon_us));
+                    }
+                }
+                Ok((text, ratio >= min))
             }
             Check::CpuPerCall {
                 row,
@@ -516,6 +527,99 @@ fn p99(r: &Report, w: Workload, clients: usize) -> Result<f64, String> {
 
 /// A ratio to the no-op, with one decimal more than the goals have, so that a miss never
 /// prints as its goal (0.4987 reads "0.499×", not "0.50×").
+/// The cores the daemon and the load generator share.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// What a throughput goal leaves the daemon when the cores are the limit (as with many
+/// clients, where the daemon and the load generator keep them busy): at `goal_rate` calls a
+/// second the cores give each call `cores / goal_rate` of CPU, of which the load generator
+/// spends `bench_us`.
+struct Budget {
+    cores: usize,
+    goal_rate: f64,
+    per_call_us: f64,
+    bench_us: f64,
+    daemon_us: f64,
+}
+
+impl Budget {
+    fn at(cores: usize, goal_rate: f64, bench_us: f64) -> Self {
+        let per_call_us = cores as f64 * 1e6 / goal_rate;
+        Self {
+            cores,
+            goal_rate,
+            per_call_us,
+            bench_us,
+            daemon_us: per_call_us - bench_us,
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "at the goal the daemon may spend {:.1} µs CPU per call ({} cores ÷ {:.0}/s = {:.1} µs, less the bench's {:.1} µs)",
+            self.daemon_us, self.cores, self.goal_rate, self.per_call_us, self.bench_us
+        )
+    }
+}
+
+/// Daemon CPU no implementation of a row can go below: its RPCs at the no-op's daemon CPU
+/// (same client count, same run) and its signatures at the bench's timing of the daemon's
+/// signer.
+struct Floor {
+    rpcs: u32,
+    noop_us: f64,
+    signatures: u32,
+    sign_us: f64,
+}
+
+impl Floor {
+    fn us(&self) -> f64 {
+        f64::from(self.rpcs) * self.noop_us + f64::from(self.signatures) * self.sign_us
+    }
+
+    /// The floor, and whether it already exceeds `budget_us`.
+    fn text(&self, budget_us: f64) -> String {
+        let mut s = format!(
+            "floor {:.1} µs ({} × the no-op's {:.1} µs",
+            self.us(),
+            self.rpcs,
+            self.noop_us
+        );
+        if self.signatures > 0 {
+            let _ = write!(
+                s,
+                " + {} × one signature's {:.1} µs",
+                self.signatures, self.sign_us
+            );
+        }
+        s.push(')');
+        if self.us() > budget_us {
+            s.push_str(": above the budget, so out of reach on this machine");
+        }
+        s
+    }
+}
+
+/// The floor of `row` at `clients`, when the no-op's CPU and (for a row that signs) the
+/// signature were measured.
+fn floor(r: &Report, row: Workload, clients: usize) -> Option<Floor> {
+    let noop_us = r.row(row.baseline(), clients)?.cpu_per_call_us()?;
+    let signatures = row.signatures_per_call();
+    let sign_us = match (&r.facts.sign_us, signatures) {
+        (_, 0) => 0.0,
+        (Some(Ok(us)), _) => *us,
+        _ => return None,
+    };
+    Some(Floor {
+        rpcs: row.rpcs_per_call(),
+        noop_us,
+        signatures,
+        sign_us,
+    })
+}
+
 fn vs_noop_text(ratio: f64, ours: f64, base: f64) -> String {
     format!("{ratio:.3}× ({ours:.0}/s vs {base:.0}/s)")
 }
@@ -523,6 +627,42 @@ fn vs_noop_text(ratio: f64, ours: f64, base: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_is_the_cores_share_per_call_less_the_load_generators() {
+        // 2 cores at 40,000 calls/s: 50 µs a call, 15 of them the bench's.
+        let b = Budget::at(2, 40_000.0, 15.0);
+        assert!((b.daemon_us - 35.0).abs() < 1e-9);
+        assert!(
+            b.text()
+                .starts_with("at the goal the daemon may spend 35.0 µs"),
+            "{}",
+            b.text()
+        );
+    }
+
+    #[test]
+    fn a_floor_above_the_budget_says_so_and_one_below_does_not() {
+        let f = Floor {
+            rpcs: 1,
+            noop_us: 12.0,
+            signatures: 1,
+            sign_us: 17.0,
+        };
+        assert!((f.us() - 29.0).abs() < 1e-9);
+        assert!(f.text(25.0).ends_with("out of reach on this machine"));
+        assert!(!f.text(30.0).contains("out of reach"), "{}", f.text(30.0));
+        let three_calls = Floor {
+            rpcs: 3,
+            noop_us: 10.0,
+            signatures: 0,
+            sign_us: 0.0,
+        };
+        assert_eq!(
+            three_calls.text(100.0),
+            "floor 30.0 µs (3 × the no-op's 10.0 µs)"
+        );
+    }
 
     #[test]
     fn a_ratio_just_under_its_goal_does_not_print_as_the_goal() {
