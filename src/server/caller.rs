@@ -70,7 +70,8 @@ pub type Resolved = (Arc<Caller>, Option<Arc<AttestationRecord>>);
 /// Nothing leaves the daemon on the strength of an attestation before its record is on disk.
 pub struct AttestationRecord {
     log: AuditLog,
-    event: AuditEvent,
+    /// Until it is on disk; dropped then, since the connection may live for days.
+    event: Mutex<Option<AuditEvent>>,
     written: Written,
 }
 
@@ -78,9 +79,13 @@ impl AttestationRecord {
     fn new(log: AuditLog, event: AuditEvent) -> Self {
         Self {
             log,
-            event,
+            event: Mutex::new(Some(event)),
             written: Written::new(),
         }
+    }
+
+    fn event(&self) -> MutexGuard<'_, Option<AuditEvent>> {
+        self.event.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Returns once the record is on disk, writing it if no call has.
@@ -102,9 +107,12 @@ impl AttestationRecord {
         self.written
             .get_or_try_init(|| async move {
                 let mut batch = Vec::with_capacity(1 + pending.as_ref().map_or(0, Vec::len));
-                batch.push(self.event.clone());
+                // Kept until the append succeeds: a refused batch is tried again by a later call.
+                batch.extend(self.event().clone());
                 batch.extend(pending.take().unwrap_or_default());
-                self.log.append_all(batch).await
+                self.log.append_all(batch).await?;
+                self.event().take();
+                Ok::<(), AuditError>(())
             })
             .await?;
         match events {
@@ -592,6 +600,10 @@ mod tests {
         assert_eq!(
             kinds_in(dir.path()),
             ["attestation", "svid_issued", "svid_issued"]
+        );
+        assert!(
+            record.event().is_none(),
+            "the event is not kept once on disk"
         );
         // Later calls find it written: nothing more.
         record.written().await.unwrap();
