@@ -217,17 +217,17 @@ mod tests {
         req.max_uses = 2;
         let token = k.broker.mint(&caller(AGENT), req).await.unwrap();
         let (appends, records) = (k.sink.appends(), k.sink.records().len());
-        let r = k
-            .broker
-            .introspect(&Who::Admin, &token.token)
-            .await
-            .unwrap();
+        let r = introspected_by_admin(&k, &token.token).await;
         assert!(active(&r));
         assert_eq!(k.sink.appends(), appends + 1);
         assert_eq!(
             super::super::testkit::kinds(&k.sink.records()[records..]),
             ["token_used", "introspection"]
         );
+    }
+
+    async fn introspected_by_admin(k: &Kit, token: &str) -> pb::IntrospectTokenResponse {
+        k.broker.introspect(&Who::Admin, token).await.unwrap()
     }
 
     fn active(r: &pb::IntrospectTokenResponse) -> bool {
@@ -238,11 +238,7 @@ mod tests {
     async fn a_live_token_is_active_until_its_expiry_on_the_clock() {
         let k = kit();
         let (_, token) = minted(&k).await;
-        let r = k
-            .broker
-            .introspect(&Who::Admin, &token.token)
-            .await
-            .unwrap();
+        let r = introspected_by_admin(&k, &token.token).await;
         assert!(active(&r));
         let claims = r.claims.unwrap().fields;
         assert_eq!(
@@ -251,11 +247,7 @@ mod tests {
         );
         let left = token.expires_at - crate::clock::Clock::unix_seconds(&k.clock);
         k.clock.advance(Duration::from_secs(left as u64 + 1));
-        let r = k
-            .broker
-            .introspect(&Who::Admin, &token.token)
-            .await
-            .unwrap();
+        let r = introspected_by_admin(&k, &token.token).await;
         assert!(!active(&r), "expired by the clock, no sleeping");
     }
 
@@ -267,11 +259,7 @@ mod tests {
             .close(&Who::Admin, &task.task_id, "done")
             .await
             .unwrap();
-        let r = k
-            .broker
-            .introspect(&Who::Admin, &token.token)
-            .await
-            .unwrap();
+        let r = introspected_by_admin(&k, &token.token).await;
         assert!(!active(&r));
     }
 
@@ -326,11 +314,7 @@ mod tests {
             "a rewritten payload must fail the signature check"
         );
         // The genuine bytes are still active.
-        let r = k
-            .broker
-            .introspect(&Who::Admin, &token.token)
-            .await
-            .unwrap();
+        let r = introspected_by_admin(&k, &token.token).await;
         assert!(active(&r));
     }
 }
