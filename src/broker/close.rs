@@ -59,8 +59,9 @@ impl Broker {
             let revoked = table.live_tokens_of(&closed, self.clock.unix_seconds());
             (closed, revoked)
         };
-        // Every descendant's revocation in one write: closing a tree waits for the disk twice
-        // (the close before it takes effect, the revocations after), not once per task.
+        // Every descendant's revocation in one batch: closing a tree waits for the disk twice
+        // (the close before it takes effect, the revocations after), not once per task, up to
+        // the writer's batch of `audit::MAX_BATCH_RECORDS`.
         let revocations: Vec<AuditEvent> = closed
             .iter()
             .filter(|c| c.as_str() != task_id)
@@ -107,7 +108,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn closing_a_tree_waits_for_the_disk_twice_whatever_its_size() {
+    async fn closing_a_tree_writes_its_revocations_together() {
         let k = kit();
         let root = k
             .broker
