@@ -16,6 +16,7 @@ use crate::server::caller::{Caller, CallerResolver};
 use crate::svid::jwt;
 use crate::telemetry::Metrics;
 
+mod changes;
 mod frames;
 mod streams;
 mod validated;
@@ -40,7 +41,8 @@ pub struct WorkloadApi {
     /// Every SVID handed out is recorded here first, when there is a log.
     audit: Option<AuditLog>,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    /// Bumped on every bundle or SVID change; closed at shutdown (see `changes`).
+    changes: watch::Receiver<u64>,
     audience_gate: Option<Arc<dyn AudienceGate>>,
     validated: Arc<ValidatedTokens>,
 }
@@ -54,12 +56,13 @@ impl WorkloadApi {
         shutdown: watch::Receiver<bool>,
         audience_gate: Option<Arc<dyn AudienceGate>>,
     ) -> Self {
+        let changes = changes::forwarded(&issuer, shutdown);
         Self {
             resolver,
             issuer,
             audit,
             metrics,
-            shutdown,
+            changes,
             audience_gate,
             validated: Arc::default(),
         }
@@ -152,7 +155,7 @@ impl WorkloadApi {
             issuer: self.issuer.clone(),
             audit: self.audit.clone(),
             metrics: self.metrics.clone(),
-            shutdown: self.shutdown.clone(),
+            changes: self.changes.clone(),
             audience_gate: None,
             validated: self.validated.clone(),
         };

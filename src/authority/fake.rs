@@ -63,6 +63,16 @@ impl FakeIssuer {
     }
 
     /// The next signing call fails with `e`.
+    /// Reports an SVID renewal, as an issuer does when it renews one.
+    pub fn renewed(&self) {
+        self.changes.send_modify(|g| *g += 1);
+    }
+
+    /// Reports a bundle change (the same bundle, sent again).
+    pub fn bundle_changed(&self) {
+        self.bundle.send_modify(|_| ());
+    }
+
     pub fn fail_next(&self, e: IssueError) {
         *self.fail_next.lock().unwrap() = Some(e);
     }

@@ -86,35 +86,32 @@ impl WorkloadApi {
         T: Send + 'static,
         K: PartialEq + Send + 'static,
     {
-        let bundle_rx = self.issuer.bundle();
-        let svid_rx = self.issuer.changes();
-        let shutdown = self.shutdown.clone();
+        // Subscribed before the first message is made, so no change after it is missed.
+        let mut changes = self.changes.clone();
+        changes.mark_unchanged();
         let (first, key, records) = make()?;
         record_issued(self.audit.as_ref(), attestation, records).await?;
-        let state = (bundle_rx, svid_rx, shutdown, Some(key), false, Some(first));
+        let state = (changes, Some(key), false, Some(first));
         let make = Arc::new(make);
         let audit = self.audit.clone();
         Ok(Box::pin(futures::stream::unfold(
             state,
-            move |(mut b, mut s, mut stop, last, done, pending)| {
+            move |(mut changes, last, done, pending)| {
                 let produced = {
                     let make = make.clone();
                     let audit = audit.clone();
                     async move {
                         if let Some(msg) = pending {
-                            return Some((Ok(msg), (b, s, stop, last, false, None)));
+                            return Some((Ok(msg), (changes, last, false, None)));
                         }
                         if done {
                             return None;
                         }
                         let mut last = last;
                         loop {
-                            if last.is_some() {
-                                tokio::select! {
-                                    r = b.changed() => if r.is_err() { return None },
-                                    r = s.changed() => if r.is_err() { return None },
-                                    _ = stop.changed() => return None,
-                                }
+                            if last.is_some() && changes.changed().await.is_err() {
+                                // Shutting down, or the issuer stopped reporting changes.
+                                return None;
                             }
                             match make() {
                                 Ok((msg, key, records)) => {
@@ -127,13 +124,13 @@ impl WorkloadApi {
                                     let written =
                                         Box::pin(record_issued(audit.as_ref(), None, records));
                                     if let Err(status) = written.await {
-                                        return Some((Err(status), (b, s, stop, last, true, None)));
+                                        return Some((Err(status), (changes, last, true, None)));
                                     }
                                     last = Some(key);
-                                    return Some((Ok(msg), (b, s, stop, last, false, None)));
+                                    return Some((Ok(msg), (changes, last, false, None)));
                                 }
                                 Err(status) => {
-                                    return Some((Err(status), (b, s, stop, last, true, None)))
+                                    return Some((Err(status), (changes, last, true, None)))
                                 }
                             }
                         }
