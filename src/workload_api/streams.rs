@@ -91,7 +91,9 @@ impl WorkloadApi {
         changes.mark_unchanged();
         let (first, key, records) = make()?;
         record_issued(self.audit.as_ref(), attestation, records).await?;
-        let state = (changes, Some(key), false, Some(first));
+        // The first message is boxed, and so is a later one while its record is written: an
+        // idle stream keeps a pointer, not a message-sized slot, in its state.
+        let state = (changes, Some(key), false, Some(Box::new(first)));
         let make = Arc::new(make);
         let audit = self.audit.clone();
         Ok(Box::pin(futures::stream::unfold(
@@ -102,7 +104,7 @@ impl WorkloadApi {
                     let audit = audit.clone();
                     async move {
                         if let Some(msg) = pending {
-                            return Some((Ok(msg), (changes, last, false, None)));
+                            return Some((Ok(*msg), (changes, last, false, None)));
                         }
                         if done {
                             return None;
@@ -121,11 +123,13 @@ impl WorkloadApi {
                                     // Boxed: the write is rare (once per connection and
                                     // state), and inline its future would make every idle
                                     // stream about 1 KiB larger.
+                                    let held = Box::new((msg, key));
                                     let written =
                                         Box::pin(record_issued(audit.as_ref(), None, records));
                                     if let Err(status) = written.await {
                                         return Some((Err(status), (changes, last, true, None)));
                                     }
+                                    let (msg, key) = *held;
                                     last = Some(key);
                                     return Some((Ok(msg), (changes, last, false, None)));
                                 }
