@@ -12,6 +12,7 @@
 pub mod embedded;
 #[cfg(test)]
 pub mod fake;
+pub mod jwt_cache;
 pub mod settings;
 pub mod spire;
 

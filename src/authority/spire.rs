@@ -38,6 +38,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::attest::Selector;
+use crate::authority::jwt_cache::{self, JwtCache};
 use crate::caller::NO_IDENTITY;
 use crate::proto::spire::api::agent::delegatedidentity::v1 as di;
 use crate::proto::spire::api::agent::delegatedidentity::v1::delegated_identity_client::DelegatedIdentityClient;
@@ -58,8 +59,6 @@ pub const MAX_SUBSCRIPTIONS: usize = 10_000;
 pub const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// Deadline of one FetchJWTSVIDs call.
 pub const JWT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most cached JWT-SVIDs (kept to serve during an agent outage).
-pub const MAX_CACHED_JWT_SVIDS: usize = 10_000;
 /// The second audience of a task token minted through SPIRE:
 /// `urn:svid-broker:task:<task_id>:<jti>`.
 /// Largest gRPC message decoded from the agent (a trusted peer; requests from local callers
@@ -80,6 +79,7 @@ impl Links {
     }
 }
 
+#[derive(Clone)]
 struct CachedJwt {
     token: Arc<str>,
     exp: i64,
@@ -96,7 +96,7 @@ pub struct SpireAuthority {
     /// Latest SVID per SPIFFE ID, from whichever subscription delivered it.
     svids: Mutex<HashMap<SpiffeId, Arc<X509Svid>>>,
     subscriptions: Mutex<HashMap<Vec<Selector>, Arc<Subscription>>>,
-    jwt_cache: Mutex<HashMap<(SpiffeId, Vec<String>), CachedJwt>>,
+    jwt_cache: JwtCache<CachedJwt>,
     /// Bumped whenever an SVID arrives.
     changes: watch::Sender<u64>,
     links: watch::Sender<Links>,
@@ -154,7 +154,7 @@ impl SpireAuthority {
             own: watch::channel(None).0,
             svids: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
-            jwt_cache: Mutex::new(HashMap::new()),
+            jwt_cache: JwtCache::default(),
             changes: watch::channel(0).0,
             links: watch::channel(Links::default()).0,
             tasks: Mutex::new(Vec::new()),
@@ -350,38 +350,29 @@ impl SpireAuthority {
         id: &SpiffeId,
         audiences: &[String],
     ) -> Result<Arc<str>, Status> {
-        let mut key_aud = audiences.to_vec();
-        key_aud.sort();
-        key_aud.dedup();
-        let key = (id.clone(), key_aud);
+        let key = jwt_cache::key(id, audiences);
         match self.fetch_jwt(selectors, id, audiences).await {
             Ok((token, exp)) => {
                 let token: Arc<str> = token.into();
-                let mut cache = lock(&self.jwt_cache);
-                if cache.len() >= MAX_CACHED_JWT_SVIDS {
-                    let now = unix_seconds(SystemTime::now());
-                    cache.retain(|_, c| c.exp > now);
-                    if cache.len() >= MAX_CACHED_JWT_SVIDS {
-                        cache.clear();
-                    }
-                }
-                cache.insert(
+                let now = unix_seconds(SystemTime::now());
+                self.jwt_cache.insert(
                     key,
                     CachedJwt {
                         token: token.clone(),
                         exp,
                     },
+                    |c| c.exp > now,
                 );
                 Ok(token)
             }
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 let now = unix_seconds(SystemTime::now());
-                match lock(&self.jwt_cache).get(&key) {
-                    Some(c) if c.exp > now + 1 => {
+                match self.jwt_cache.get(&key, |c| c.exp > now + 1) {
+                    Some(c) => {
                         tracing::debug!(spiffe_id = %id, "SPIRE agent unreachable: serving a cached JWT-SVID");
-                        Ok(c.token.clone())
+                        Ok(c.token)
                     }
-                    _ => Err(status),
+                    None => Err(status),
                 }
             }
             Err(status) => Err(status),
@@ -434,7 +425,7 @@ async fn janitor(me: std::sync::Weak<SpireAuthority>) {
         let now = SystemTime::now();
         lock(&me.svids).retain(|_, s| s.not_after > now);
         let now_s = unix_seconds(now);
-        lock(&me.jwt_cache).retain(|_, c| c.exp > now_s);
+        me.jwt_cache.retain(|c| c.exp > now_s);
     }
 }
 

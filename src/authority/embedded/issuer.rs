@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::schedule::svid_refresh_in;
 use super::{AuthorityError, EmbeddedAuthority};
+use crate::authority::jwt_cache::{self, JwtCache};
 use crate::authority::{IssuedJwt, Issuer, SignedToken};
 use crate::caller::{Caller, IssueError};
 use crate::clock::Clock;
@@ -25,9 +26,6 @@ use crate::svid::x509::X509Svid;
 /// Most distinct X.509-SVIDs held at once; past it, SVIDs nobody fetched since their last
 /// renewal are dropped first.
 pub const MAX_CACHED_X509_SVIDS: usize = 100_000;
-/// Most cached JWT-SVIDs (per SPIFFE ID and audience set).
-pub const MAX_CACHED_JWT_SVIDS: usize = 10_000;
-
 struct CachedX509 {
     svid: Arc<X509Svid>,
     ttl: Duration,
@@ -36,6 +34,7 @@ struct CachedX509 {
     wanted: bool,
 }
 
+#[derive(Clone)]
 struct CachedJwt {
     token: IssuedJwt,
     refresh_at: Instant,
@@ -45,7 +44,7 @@ pub struct EmbeddedIssuer {
     authority: Arc<EmbeddedAuthority>,
     clock: Arc<dyn Clock>,
     x509: Mutex<HashMap<SpiffeId, CachedX509>>,
-    jwt: Mutex<HashMap<(SpiffeId, Vec<String>), CachedJwt>>,
+    jwt: JwtCache<CachedJwt>,
     /// Bumped whenever any X.509-SVID is renewed.
     generation: watch::Sender<u64>,
     wake: Notify,
@@ -71,7 +70,7 @@ impl EmbeddedIssuer {
             authority,
             clock,
             x509: Mutex::new(HashMap::new()),
-            jwt: Mutex::new(HashMap::new()),
+            jwt: JwtCache::default(),
             generation: watch::channel(0).0,
             wake: Notify::new(),
         })
@@ -121,15 +120,10 @@ impl EmbeddedIssuer {
         identity: &Identity,
         audiences: &[String],
     ) -> Result<IssuedJwt, AuthorityError> {
-        let mut key_aud = audiences.to_vec();
-        key_aud.sort();
-        key_aud.dedup();
-        let key = (identity.spiffe_id.clone(), key_aud);
+        let key = jwt_cache::key(&identity.spiffe_id, audiences);
         let now = Instant::now();
-        if let Some(c) = self.jwt_cache().get(&key) {
-            if c.refresh_at > now {
-                return Ok(c.token.clone());
-            }
+        if let Some(c) = self.jwt.get(&key, |c| c.refresh_at > now) {
+            return Ok(c.token);
         }
         let jti = random_hex(16);
         let issued = self.clock.now();
@@ -143,19 +137,13 @@ impl EmbeddedIssuer {
                 .and_then(Value::as_i64)
                 .map_or(0, |e| e.max(0) as u64),
         };
-        let mut cache = self.jwt_cache();
-        if cache.len() >= MAX_CACHED_JWT_SVIDS {
-            cache.retain(|_, c| c.refresh_at > now);
-            if cache.len() >= MAX_CACHED_JWT_SVIDS {
-                cache.clear();
-            }
-        }
-        cache.insert(
+        self.jwt.insert(
             key,
             CachedJwt {
                 token: token.clone(),
                 refresh_at: now + identity.jwt_ttl / 2,
             },
+            |c| c.refresh_at > now,
         );
         Ok(token)
     }
@@ -196,7 +184,7 @@ impl EmbeddedIssuer {
             }
         }
         if rotation.x509_signer_changed || rotation.bundle_changed {
-            self.jwt_cache().clear();
+            self.jwt.clear();
         }
         if renewed > 0 {
             tracing::debug!(renewed, "X.509-SVIDs renewed");
@@ -212,10 +200,6 @@ impl EmbeddedIssuer {
 
     fn x509_cache(&self) -> std::sync::MutexGuard<'_, HashMap<SpiffeId, CachedX509>> {
         self.x509.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn jwt_cache(&self) -> std::sync::MutexGuard<'_, HashMap<(SpiffeId, Vec<String>), CachedJwt>> {
-        self.jwt.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
