@@ -1,6 +1,5 @@
 //! What operators do beside revoking: list tasks, reload policy; and the periodic sweep.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,14 +24,7 @@ impl Broker {
                 spiffe_id: t.owner.to_string(),
                 purpose: t.purpose.clone(),
                 audiences: t.grants.keys().cloned().collect(),
-                scopes: t
-                    .grants
-                    .values()
-                    .flatten()
-                    .cloned()
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
+                scopes: t.all_scopes(),
                 created_at: t.created_at,
                 expires_at: t.expires_at,
                 parent_task_id: t.parent.clone().unwrap_or_default(),

@@ -1,7 +1,5 @@
 //! The audit records the broker's operations write.
 
-use std::collections::BTreeSet;
-
 use serde_json::Value;
 
 use super::table::Task;
@@ -44,14 +42,7 @@ pub(super) fn task_open_event(task: &Task) -> AuditEvent {
         spiffe_id: task.owner.to_string(),
         purpose: task.purpose.clone(),
         audiences: task.grants.keys().cloned().collect(),
-        scopes: task
-            .grants
-            .values()
-            .flatten()
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+        scopes: task.all_scopes(),
         expires_at: task.expires_at as u64,
         delegation_depth: task.depth,
         parent_task_id: task.parent.clone(),

@@ -49,6 +49,18 @@ impl TaskState {
 }
 
 impl Task {
+    /// Every scope granted for any audience, sorted, each once: what a listing or the
+    /// task's record shows as its scopes.
+    pub fn all_scopes(&self) -> Vec<String> {
+        self.grants
+            .values()
+            .flatten()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
     pub fn state(&self, now: i64) -> TaskState {
         if self.closed {
             TaskState::Closed
@@ -265,6 +277,18 @@ mod tests {
             tokens_issued: 0,
             obo: None,
         }
+    }
+
+    #[test]
+    fn all_scopes_are_every_audiences_scopes_sorted_once() {
+        let mut t = task("a", None, 100);
+        let set = |s: &[&str]| s.iter().map(ToString::to_string).collect::<BTreeSet<_>>();
+        t.grants
+            .insert("https://one".into(), set(&["write", "read"]));
+        t.grants
+            .insert("https://two".into(), set(&["read", "admin"]));
+        assert_eq!(t.all_scopes(), ["admin", "read", "write"]);
+        assert!(task("b", None, 100).all_scopes().is_empty());
     }
 
     #[test]
