@@ -71,9 +71,7 @@ impl Broker {
                 cause_task_id: Some(task_id.to_string()),
             })
             .collect();
-        if !revocations.is_empty() {
-            self.audit_all(revocations).await?;
-        }
+        self.audit_all(revocations).await?;
         Ok(pb::CloseTaskResponse {
             closed_task_ids: closed,
             revoked_tokens: revoked,

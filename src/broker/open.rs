@@ -42,9 +42,7 @@ impl Broker {
         // Every record of the request goes to disk in one write (a spent use of the delegation
         // token, the Delegate decision, each grant decision, the task), allowed or not, before
         // the caller learns the outcome: one disk wait per OpenTask, not one per record.
-        if !records.is_empty() {
-            self.audit_all(records).await?;
-        }
+        self.audit_all(records).await?;
         let Decided {
             task,
             owner,
@@ -454,6 +452,7 @@ mod tests {
         let err = k.broker.open_task(&caller(AGENT), req).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
         assert!(err.message().starts_with("no identity issued"), "{err:?}");
+        assert_eq!(k.sink.appends(), 0, "refused before deciding: no disk wait");
     }
 
     #[tokio::test]

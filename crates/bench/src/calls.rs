@@ -154,7 +154,6 @@ impl Workload {
     pub fn signatures_per_call(self) -> u32 {
         match self {
             Workload::JwtFreshAudience
-            | Workload::SpireJwtFreshAudience
             | Workload::MintTaskToken
             | Workload::TaskCycle
             | Workload::OAuthToken => 1,
