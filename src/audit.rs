@@ -21,6 +21,7 @@ mod event;
 mod file;
 mod health;
 mod open;
+mod screen;
 mod set;
 mod sink;
 #[cfg(test)]
@@ -31,8 +32,9 @@ pub use aggregate::{
     Aggregator, Verdict, MAX_SAMPLE_BYTES, MAX_SELECTOR_SAMPLES, MAX_TRACKED_UIDS, SUMMARY_WINDOW,
 };
 pub use chain::{verify_file, BreakReason, VerifyError, VerifyReport, GENESIS_PREV};
-pub use event::{looks_like_secret, AuditEvent, SvidKind};
+pub use event::{AuditEvent, SvidKind};
 pub use health::{AuditHealth, AuditMonitor};
+pub use screen::looks_like_secret;
 pub use set::{
     rotated_files, rotated_name, rotated_seq, verify_rotated, verify_set, ROTATED_SEQ_DIGITS,
 };
@@ -314,7 +316,7 @@ impl AuditLog {
 
 /// Checks and serializes an event.
 fn encode(event: &AuditEvent) -> Result<Vec<u8>, AuditError> {
-    event::check(event)?;
+    screen::check(event)?;
     let event_json = serde_json::to_vec(event).map_err(|e| AuditError::Encode(e.to_string()))?;
     if event_json.len() > MAX_EVENT_BYTES {
         return Err(AuditError::RecordTooLarge {

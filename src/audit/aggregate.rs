@@ -311,6 +311,6 @@ mod tests {
         assert_eq!(samples, 3);
         let json = serde_json::to_vec(&out[0]).unwrap();
         assert!(json.len() < super::super::MAX_EVENT_BYTES);
-        super::super::event::check(&out[0]).unwrap();
+        super::super::screen::check(&out[0]).unwrap();
     }
 }

@@ -2,13 +2,10 @@
 //! read back for state rebuild (revocations, use counts) and by operators with `jq`.
 //!
 //! No variant has a place for a token or a key: tokens are named by `jti`. As a second line of
-//! defence, [`check`] refuses any string that looks like a JWT or a PEM private key, so a
-//! token pasted into free text (a task's purpose) cannot reach the log.
+//! defence, the screen (`screen.rs`) refuses any string that looks like a JWT or a PEM private
+//! key, so a token pasted into free text (a task's purpose) cannot reach the log.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-use super::{AuditError, MAX_FIELD_BYTES, MAX_LIST_LEN};
 
 /// Which kind of SVID was issued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,83 +182,9 @@ impl AuditEvent {
     }
 }
 
-/// Checks every string and list in `event` against the field bounds and the no-secrets rule.
-pub(super) fn check(event: &AuditEvent) -> Result<(), AuditError> {
-    let value = serde_json::to_value(event).map_err(|e| AuditError::Encode(e.to_string()))?;
-    walk(&value, "")
-}
-
-fn walk(value: &Value, field: &str) -> Result<(), AuditError> {
-    match value {
-        Value::String(s) => {
-            if s.len() > MAX_FIELD_BYTES {
-                return Err(AuditError::FieldTooLong {
-                    field: field.to_string(),
-                    len: s.len(),
-                });
-            }
-            if looks_like_secret(s) {
-                return Err(AuditError::SecretLike {
-                    field: field.to_string(),
-                });
-            }
-            Ok(())
-        }
-        Value::Array(items) => {
-            if items.len() > MAX_LIST_LEN {
-                return Err(AuditError::ListTooLong {
-                    field: field.to_string(),
-                    len: items.len(),
-                });
-            }
-            items.iter().try_for_each(|v| walk(v, field))
-        }
-        Value::Object(map) => map.iter().try_for_each(|(k, v)| walk(v, k)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
-    }
-}
-
-/// True if `s` contains something shaped like a JWS compact token (`eyJ…​.…​.`) or a PEM
-/// private key. Deliberately loose: a false positive refuses one record; a false negative
-/// leaks a credential into a file kept for years.
-pub fn looks_like_secret(s: &str) -> bool {
-    if s.contains("PRIVATE KEY-----") {
-        return true;
-    }
-    s.match_indices("eyJ").any(|(at, _)| {
-        let token: String = s[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            .collect();
-        let mut parts = token.split('.');
-        matches!((parts.next(), parts.next(), parts.next()),
-            (Some(h), Some(p), Some(_)) if h.len() > 3 && !p.is_empty())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_shapes() {
-        for s in [
-            "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
-            "please use eyJhbGciOiJub25lIn0.eyJ9. as the token",
-            "-----BEGIN PRIVATE KEY-----",
-            "-----BEGIN EC PRIVATE KEY-----",
-        ] {
-            assert!(looks_like_secret(s), "{s}");
-        }
-        for s in [
-            "summarise eyJ-style headers",
-            "eyJhbGciOiJFUzI1NiJ9 only a header",
-            "spiffe://example.org/agent",
-            "a.b.c",
-        ] {
-            assert!(!looks_like_secret(s), "{s}");
-        }
-    }
 
     #[test]
     fn kind_matches_serialized_tag() {
