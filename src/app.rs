@@ -74,6 +74,9 @@ impl App {
         let clock = crate::clock::system();
         // The audit log first: everyone who records takes it at construction.
         let (audit, records) = open_audit(&config).await?;
+        if let Some(log) = &audit {
+            metrics.export_audit_writes(Arc::new(log.monitor()));
+        }
         let issuer = build_issuer(&config, &clock).await?;
         if let Some(t) = issuer.ca_not_after() {
             metrics.set_ca_not_after(t);

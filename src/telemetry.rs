@@ -8,7 +8,7 @@ pub use endpoint::{
     serve_metrics, MAX_METRICS_CONNECTIONS, MAX_METRICS_REQUEST_BYTES, MAX_METRICS_REQUEST_HEADERS,
     METRICS_CONNECTION_TIMEOUT,
 };
-pub use metrics::{ConnectionStats, Metrics, CONTENT_TYPE};
+pub use metrics::{AuditWrites, ConnectionStats, Metrics, CONTENT_TYPE};
 
 use serde::Deserialize;
 

@@ -69,6 +69,20 @@ async fn quick_bench_writes_a_complete_report() {
             "measurement {name:?} missing from the report:\n{report}"
         );
     }
+    // The daemon's own counters reached the report: group commit's batch size is a number.
+    let per_sync = report
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "| {} |",
+                svid_broker_bench::report::FACT_RECORDS_PER_SYNC
+            ))
+        })
+        .expect("records per fsync line");
+    assert!(
+        per_sync.contains(" mean (svid_broker_audit_records_total"),
+        "records per fsync not measured: {per_sync}"
+    );
     let targets = report
         .split("## Targets")
         .nth(1)

@@ -108,6 +108,18 @@ pub(super) async fn report_audit_health(
     }
 }
 
+/// The metrics read the log's synced batches through its monitor, which does not keep the
+/// log open.
+impl crate::telemetry::AuditWrites for AuditMonitor {
+    fn synced_batches(&self) -> u64 {
+        AuditMonitor::synced_batches(self)
+    }
+
+    fn synced_records(&self) -> u64 {
+        AuditMonitor::synced_records(self)
+    }
+}
+
 pub(super) async fn reload_on_sighup(broker: Arc<Broker>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {

@@ -22,10 +22,19 @@ impl AuditHealth {
     }
 }
 
-/// The writer's side: publishes transitions and counts failures.
+/// The writer's side: publishes transitions and counts failures and synced batches.
 pub(super) struct Monitor {
     tx: watch::Sender<AuditHealth>,
     failures: Arc<AtomicU64>,
+    writes: Arc<Writes>,
+}
+
+/// Batches written and synced since the log was opened, and the records in them: records per
+/// batch is how many appends shared each fsync (group commit).
+#[derive(Debug, Default)]
+pub(super) struct Writes {
+    batches: AtomicU64,
+    records: AtomicU64,
 }
 
 /// A view of the log's health that does not keep the log open (for a reporting task).
@@ -33,6 +42,7 @@ pub(super) struct Monitor {
 pub struct AuditMonitor {
     pub(super) rx: watch::Receiver<AuditHealth>,
     pub(super) failures: Arc<AtomicU64>,
+    pub(super) writes: Arc<Writes>,
 }
 
 impl AuditMonitor {
@@ -46,21 +56,45 @@ impl AuditMonitor {
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
+
+    /// Batches written and synced to disk (one fsync each) since the log was opened.
+    pub fn synced_batches(&self) -> u64 {
+        self.writes.batches.load(Ordering::Relaxed)
+    }
+
+    /// Records written and synced to disk since the log was opened.
+    pub fn synced_records(&self) -> u64 {
+        self.writes.records.load(Ordering::Relaxed)
+    }
 }
 
 pub(super) fn channel() -> (Monitor, AuditMonitor) {
     let (tx, rx) = watch::channel(AuditHealth::Healthy);
     let failures = Arc::new(AtomicU64::new(0));
+    let writes = Arc::new(Writes::default());
     (
         Monitor {
             tx,
             failures: failures.clone(),
+            writes: writes.clone(),
         },
-        AuditMonitor { rx, failures },
+        AuditMonitor {
+            rx,
+            failures,
+            writes,
+        },
     )
 }
 
 impl Monitor {
+    /// A batch of `records` was written and synced.
+    pub fn synced(&self, records: usize) {
+        self.writes.batches.fetch_add(1, Ordering::Relaxed);
+        self.writes
+            .records
+            .fetch_add(records as u64, Ordering::Relaxed);
+    }
+
     /// A disk operation failed.
     pub fn failed(&self, reason: &str) {
         self.failures.fetch_add(1, Ordering::Relaxed);

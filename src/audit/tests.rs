@@ -655,6 +655,10 @@ async fn queue_holds_exactly_its_capacity() {
         "{batches:?}"
     );
     assert_eq!(batches.iter().sum::<usize>(), QUEUE_CAPACITY + 2);
+    // The counters the metrics export tell the same story.
+    let monitor = log.monitor();
+    assert_eq!(monitor.synced_batches(), batches.len() as u64);
+    assert_eq!(monitor.synced_records(), (QUEUE_CAPACITY + 2) as u64);
 }
 
 #[tokio::test]

@@ -202,6 +202,7 @@ impl Writer {
         if self.failing.take().is_some() {
             self.monitor.succeeded();
         }
+        self.monitor.synced(taken);
         let first_seq = self.state.next_seq;
         self.state.next_seq += taken as u64;
         self.state.prev = prev;

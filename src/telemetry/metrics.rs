@@ -3,7 +3,7 @@
 //! gate's counts) are read by collectors when the registry is encoded.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
@@ -48,6 +48,8 @@ pub struct Metrics {
     audit_write_failures: Counter,
     audit_degraded: Gauge,
     expiry: Arc<Expiry>,
+    /// The audit log's synced batches, once there is a log to count them.
+    audit_writes: Arc<OnceLock<Arc<dyn AuditWrites>>>,
 }
 
 impl Default for Metrics {
@@ -118,6 +120,8 @@ impl Metrics {
         if let Some(gate) = gate {
             registry.register_collector(Box::new(GateCollector(gate)));
         }
+        let audit_writes = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(AuditWritesCollector(audit_writes.clone())));
         Self {
             registry,
             requests,
@@ -129,6 +133,7 @@ impl Metrics {
             audit_write_failures,
             audit_degraded,
             expiry,
+            audit_writes,
         }
     }
 
@@ -176,6 +181,12 @@ impl Metrics {
         self.audit_write_failures
             .inner()
             .fetch_max(failures, Ordering::Relaxed);
+    }
+
+    /// Exports the audit log's synced batches and records from now on (once; later calls are
+    /// ignored, as a daemon has one log).
+    pub fn export_audit_writes(&self, writes: Arc<dyn AuditWrites>) {
+        let _ = self.audit_writes.set(writes);
     }
 
     /// Prometheus text exposition (format 0.0.4).
@@ -251,6 +262,55 @@ pub trait ConnectionStats: Send + Sync {
 
 /// The connection gate's open connections, its ceiling, and its refusals by limit.
 struct GateCollector(Arc<dyn ConnectionStats>);
+
+/// What the audit log has written and synced so far; read at each scrape.
+pub trait AuditWrites: Send + Sync {
+    /// Batches written and synced, one fsync each.
+    fn synced_batches(&self) -> u64;
+    /// Records in those batches.
+    fn synced_records(&self) -> u64;
+}
+
+/// Nothing until a log is exported: a daemon without an audit log has no such counters.
+#[derive(Clone)]
+struct AuditWritesCollector(Arc<OnceLock<Arc<dyn AuditWrites>>>);
+
+impl std::fmt::Debug for AuditWritesCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWritesCollector")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for AuditWritesCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(writes) = self.0.get() else {
+            return Ok(());
+        };
+        let counters = [
+            (
+                "svid_broker_audit_syncs",
+                "Batches of audit records written and synced to disk, one fsync each; records per sync is how many appends shared one (group commit)",
+                writes.synced_batches(),
+            ),
+            (
+                "svid_broker_audit_records",
+                "Audit records written and synced to disk",
+                writes.synced_records(),
+            ),
+        ];
+        for (name, help, n) in counters {
+            let counter = ConstCounter::new(n);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
 
 impl std::fmt::Debug for GateCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -358,6 +418,38 @@ mod tests {
         assert!(text.contains("svid_broker_audit_write_failures_total 3\n"));
         m.set_audit_health(false, 3);
         assert!(m.render().contains("svid_broker_audit_degraded 0\n"));
+    }
+
+    #[test]
+    fn audit_writes_appear_once_a_log_is_exported_and_are_read_at_each_scrape() {
+        struct Writes(AtomicU64);
+        impl AuditWrites for Writes {
+            fn synced_batches(&self) -> u64 {
+                self.0.load(Ordering::Relaxed)
+            }
+            fn synced_records(&self) -> u64 {
+                3 * self.0.load(Ordering::Relaxed)
+            }
+        }
+        let m = Metrics::default();
+        assert!(
+            !m.render().contains("svid_broker_audit_syncs"),
+            "no log, no counters"
+        );
+        let writes = Arc::new(Writes(AtomicU64::new(2)));
+        m.export_audit_writes(writes.clone());
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE svid_broker_audit_syncs_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("svid_broker_audit_syncs_total 2\n"), "{text}");
+        assert!(
+            text.contains("svid_broker_audit_records_total 6\n"),
+            "{text}"
+        );
+        writes.0.store(5, Ordering::Relaxed);
+        assert!(m.render().contains("svid_broker_audit_records_total 15\n"));
     }
 
     #[test]

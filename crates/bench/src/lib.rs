@@ -334,6 +334,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                     let after = metrics::scrape(daemon.metrics_addr).await;
                     facts.recheck = metrics::recheck_mean(&before, &after);
                 }
+                if *workload == Workload::MintTaskToken && clients == targets::MANY_CLIENTS {
+                    let after = metrics::scrape(daemon.metrics_addr).await;
+                    facts.records_per_sync = metrics::records_per_sync(&before, &after);
+                }
                 eprintln!("bench: {}", row.summary());
                 rows.push(row);
             }

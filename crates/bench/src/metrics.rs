@@ -1,5 +1,5 @@
 //! Reads the daemon's Prometheus endpoint: how long attestation and the per-call re-check take
-//! as the daemon itself times them.
+//! as the daemon itself times them, and how many audit records shared each fsync.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +53,16 @@ pub fn recheck_mean(before: &Option<Scrape>, after: &Option<Scrape>) -> Option<f
     mean_us(before, after, "svid_broker_caller_recheck_seconds")
 }
 
+/// Audit records written per fsync between two scrapes (`svid_broker_audit_records_total` over
+/// `svid_broker_audit_syncs_total`): how many records group commit put in each batch.
+pub fn records_per_sync(before: &Option<Scrape>, after: &Option<Scrape>) -> Option<f64> {
+    let (b, a) = (before.as_ref()?, after.as_ref()?);
+    let delta = |name: &str| Some(a.get(name)? - b.get(name).copied().unwrap_or(0.0));
+    let syncs = delta("svid_broker_audit_syncs_total")?;
+    let records = delta("svid_broker_audit_records_total")?;
+    (syncs > 0.0).then(|| records / syncs)
+}
+
 /// Mean full attestation (`svid_broker_attestation_seconds`), µs.
 pub fn attestation_mean(before: &Option<Scrape>, after: &Option<Scrape>) -> Option<f64> {
     mean_us(before, after, "svid_broker_attestation_seconds")
@@ -74,5 +84,22 @@ mod tests {
         assert!((m - 10.0).abs() < 1e-6, "{m}");
         assert_eq!(attestation_mean(&b, &a), None);
         assert_eq!(recheck_mean(&None, &a), None);
+    }
+
+    #[test]
+    fn records_per_sync_is_the_ratio_of_the_two_counters_over_the_interval() {
+        let b = Some(parse(
+            "svid_broker_audit_syncs_total 10\nsvid_broker_audit_records_total 30\n",
+        ));
+        let a = Some(parse(
+            "svid_broker_audit_syncs_total 14\nsvid_broker_audit_records_total 54\n",
+        ));
+        assert_eq!(records_per_sync(&b, &a), Some(6.0));
+        // No sync in the interval, or a daemon without the counters: no number.
+        assert_eq!(records_per_sync(&a, &a), None);
+        assert_eq!(
+            records_per_sync(&Some(parse("x 1\n")), &Some(parse("x 2\n"))),
+            None
+        );
     }
 }

@@ -22,6 +22,7 @@ pub const FACT_STREAMS_RSS: &str = "X.509 streams open: daemon RSS";
 pub const FACT_ROTATION: &str = "CA rotation reaches all streams";
 pub const FACT_FSYNC: &str = "append + fdatasync in the audit log's directory";
 pub const FACT_SIGN: &str = "one ES256 JWT signature (the daemon's signer, in the bench)";
+pub const FACT_RECORDS_PER_SYNC: &str = "audit records per fsync, MintTaskToken at 64 clients";
 
 pub const FACT_NAMES: &[&str] = &[
     FACT_START,
@@ -34,6 +35,7 @@ pub const FACT_NAMES: &[&str] = &[
     FACT_ROTATION,
     FACT_FSYNC,
     FACT_SIGN,
+    FACT_RECORDS_PER_SYNC,
 ];
 
 /// Measurements that are one number each.
@@ -46,6 +48,8 @@ pub struct Facts {
     pub limits_note: Option<String>,
     /// Mean daemon-timed re-check of a known caller, µs.
     pub recheck: Option<f64>,
+    /// Audit records per fsync during the many-client MintTaskToken row.
+    pub records_per_sync: Option<f64>,
     pub attestation: Option<AttestationProbe>,
     pub streams: Option<StreamsResult>,
     /// Why the streams were not measured.
@@ -303,6 +307,13 @@ impl Report {
                 Some(Err(e)) => format!("— ({e})"),
                 None => "— (not measured)".into(),
             },
+        );
+        line(
+            FACT_RECORDS_PER_SYNC,
+            f.records_per_sync.map_or_else(
+                || "— (the row did not run, or the daemon exposes no svid_broker_audit_syncs_total)".into(),
+                |v| format!("{v:.1} mean (svid_broker_audit_records_total ÷ svid_broker_audit_syncs_total over the row; each call writes two records, its decision and its token)"),
+            ),
         );
         s
     }

@@ -52,6 +52,9 @@ async fn appends_fail_while_the_disk_fails_then_succeed_and_the_chain_verifies()
     assert!(health.borrow_and_update().is_healthy());
     assert_eq!(log.append(token_issued(6)).await.unwrap(), 3);
     assert_eq!(log.failures(), 3, "the counter only grows on failures");
+    // Refused batches were not synced, so they count neither as syncs nor as records.
+    let monitor = log.monitor();
+    assert_eq!((monitor.synced_batches(), monitor.synced_records()), (3, 3));
 
     let report = verify_written(&sink);
     assert_eq!((report.records, report.torn_tail_bytes), (3, 0));
