@@ -87,6 +87,51 @@ impl Screen {
     }
 }
 
+/// `fn name(self, _: T) -> Ok(())` for each `name(T)`.
+macro_rules! nothing_to_screen {
+    ($($name:ident($ty:ty)),* $(,)?) => {
+        $(fn $name(self, _: $ty) -> Result<(), Refused> {
+            Ok(())
+        })*
+    };
+}
+
+/// The list traits, whose one method hands each item to [`Items::item`].
+macro_rules! items_of {
+    ($($trait:ident::$method:ident),* $(,)?) => {
+        $(impl ser::$trait for Items {
+            type Ok = ();
+            type Error = Refused;
+            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Refused> {
+                self.item(value)
+            }
+            fn end(self) -> Result<(), Refused> {
+                Ok(())
+            }
+        })*
+    };
+}
+
+/// The struct traits, whose fields are screened under their names.
+macro_rules! fields_of {
+    ($($trait:ident),* $(,)?) => {
+        $(impl ser::$trait for Screen {
+            type Ok = ();
+            type Error = Refused;
+            fn serialize_field<T: ?Sized + Serialize>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), Refused> {
+                value.serialize(Screen { field: key })
+            }
+            fn end(self) -> Result<(), Refused> {
+                Ok(())
+            }
+        })*
+    };
+}
+
 impl ser::Serializer for Screen {
     type Ok = ();
     type Error = Refused;
@@ -111,46 +156,19 @@ impl ser::Serializer for Screen {
         self.list(v.len()).map(drop)
     }
 
-    fn serialize_bool(self, _: bool) -> Result<(), Refused> {
-        Ok(())
+    // Numbers, booleans and absent values hold nothing to screen.
+    nothing_to_screen! {
+        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        serialize_i64(i64), serialize_u8(u8), serialize_u16(u16), serialize_u32(u32),
+        serialize_u64(u64), serialize_f32(f32), serialize_f64(f64),
+        serialize_unit_struct(&'static str),
     }
-    fn serialize_i8(self, _: i8) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_i16(self, _: i16) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_i32(self, _: i32) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_i64(self, _: i64) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_u8(self, _: u8) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_u16(self, _: u16) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_u32(self, _: u32) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_u64(self, _: u64) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_f32(self, _: f32) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_f64(self, _: f64) -> Result<(), Refused> {
-        Ok(())
-    }
+
     fn serialize_none(self) -> Result<(), Refused> {
         Ok(())
     }
+
     fn serialize_unit(self) -> Result<(), Refused> {
-        Ok(())
-    }
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Refused> {
         Ok(())
     }
 
@@ -247,48 +265,12 @@ impl Items {
     }
 }
 
-impl ser::SerializeSeq for Items {
-    type Ok = ();
-    type Error = Refused;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Refused> {
-        self.item(value)
-    }
-    fn end(self) -> Result<(), Refused> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTuple for Items {
-    type Ok = ();
-    type Error = Refused;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Refused> {
-        self.item(value)
-    }
-    fn end(self) -> Result<(), Refused> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for Items {
-    type Ok = ();
-    type Error = Refused;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Refused> {
-        self.item(value)
-    }
-    fn end(self) -> Result<(), Refused> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for Items {
-    type Ok = ();
-    type Error = Refused;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Refused> {
-        self.item(value)
-    }
-    fn end(self) -> Result<(), Refused> {
-        Ok(())
-    }
+// Every kind of list screens its items the same way.
+items_of! {
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
 }
 
 impl ser::SerializeMap for Screen {
@@ -305,35 +287,8 @@ impl ser::SerializeMap for Screen {
     }
 }
 
-impl ser::SerializeStruct for Screen {
-    type Ok = ();
-    type Error = Refused;
-    fn serialize_field<T: ?Sized + Serialize>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Refused> {
-        value.serialize(Screen { field: key })
-    }
-    fn end(self) -> Result<(), Refused> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeStructVariant for Screen {
-    type Ok = ();
-    type Error = Refused;
-    fn serialize_field<T: ?Sized + Serialize>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Refused> {
-        value.serialize(Screen { field: key })
-    }
-    fn end(self) -> Result<(), Refused> {
-        Ok(())
-    }
-}
+// A struct's fields, and an enum variant's, are screened under their own names.
+fields_of! { SerializeStruct, SerializeStructVariant }
 
 #[cfg(test)]
 mod tests {
