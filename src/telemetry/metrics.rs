@@ -263,6 +263,44 @@ pub trait ConnectionStats: Send + Sync {
 /// The connection gate's open connections, its ceiling, and its refusals by limit.
 struct GateCollector(Arc<dyn ConnectionStats>);
 
+impl std::fmt::Debug for GateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for GateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gate = &self.0;
+        let gauges = [
+            (
+                "svid_broker_connections_open",
+                "Workload API connections open now",
+                gate.open_connections(),
+            ),
+            (
+                "svid_broker_connections_max",
+                "Most Workload API connections held open at once",
+                gate.max_connections(),
+            ),
+        ];
+        for (name, help, n) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let mut refused = encoder.encode_descriptor(
+            "svid_broker_refused",
+            "Connections and requests refused, by the limit they hit",
+            None,
+            MetricType::Counter,
+        )?;
+        for (limit, n) in gate.refusals() {
+            ConstCounter::new(n).encode(refused.encode_family(&[("limit", limit)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// What the audit log has written and synced so far; read at each scrape.
 pub trait AuditWrites: Send + Sync {
     /// Batches written and synced, one fsync each.
@@ -272,7 +310,6 @@ pub trait AuditWrites: Send + Sync {
 }
 
 /// Nothing until a log is exported: a daemon without an audit log has no such counters.
-#[derive(Clone)]
 struct AuditWritesCollector(Arc<OnceLock<Arc<dyn AuditWrites>>>);
 
 impl std::fmt::Debug for AuditWritesCollector {
@@ -307,44 +344,6 @@ impl Collector for AuditWritesCollector {
                 None,
                 counter.metric_type(),
             )?)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::fmt::Debug for GateCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GateCollector").finish_non_exhaustive()
-    }
-}
-
-impl Collector for GateCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gate = &self.0;
-        let gauges = [
-            (
-                "svid_broker_connections_open",
-                "Workload API connections open now",
-                gate.open_connections(),
-            ),
-            (
-                "svid_broker_connections_max",
-                "Most Workload API connections held open at once",
-                gate.max_connections(),
-            ),
-        ];
-        for (name, help, n) in gauges {
-            let gauge = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-        let mut refused = encoder.encode_descriptor(
-            "svid_broker_refused",
-            "Connections and requests refused, by the limit they hit",
-            None,
-            MetricType::Counter,
-        )?;
-        for (limit, n) in gate.refusals() {
-            ConstCounter::new(n).encode(refused.encode_family(&[("limit", limit)])?)?;
         }
         Ok(())
     }

@@ -38,14 +38,25 @@ fn parse(text: &str) -> Scrape {
         .collect()
 }
 
+/// How much `num` grew over how much `den` grew between two scrapes; `None` when `den` did not
+/// grow or either sample is missing after.
+fn ratio_of_growth(
+    before: &Option<Scrape>,
+    after: &Option<Scrape>,
+    num: &str,
+    den: &str,
+) -> Option<f64> {
+    let (b, a) = (before.as_ref()?, after.as_ref()?);
+    let growth = |name: &str| Some(a.get(name)? - b.get(name).copied().unwrap_or(0.0));
+    let (n, d) = (growth(num)?, growth(den)?);
+    (d > 0.0).then(|| n / d)
+}
+
 /// Mean of a `<name>_sum` / `<name>_count` pair between two scrapes, in µs.
 fn mean_us(before: &Option<Scrape>, after: &Option<Scrape>, name: &str) -> Option<f64> {
-    let (b, a) = (before.as_ref()?, after.as_ref()?);
     let sum = format!("{name}_sum");
     let count = format!("{name}_count");
-    let d_sum = a.get(&sum)? - b.get(&sum).copied().unwrap_or(0.0);
-    let d_count = a.get(&count)? - b.get(&count).copied().unwrap_or(0.0);
-    (d_count > 0.0).then(|| d_sum / d_count * 1e6)
+    ratio_of_growth(before, after, &sum, &count).map(|seconds| seconds * 1e6)
 }
 
 /// Mean per-call re-check of a known caller (`svid_broker_caller_recheck_seconds`), µs.
@@ -56,11 +67,12 @@ pub fn recheck_mean(before: &Option<Scrape>, after: &Option<Scrape>) -> Option<f
 /// Audit records written per fsync between two scrapes (`svid_broker_audit_records_total` over
 /// `svid_broker_audit_syncs_total`): how many records group commit put in each batch.
 pub fn records_per_sync(before: &Option<Scrape>, after: &Option<Scrape>) -> Option<f64> {
-    let (b, a) = (before.as_ref()?, after.as_ref()?);
-    let delta = |name: &str| Some(a.get(name)? - b.get(name).copied().unwrap_or(0.0));
-    let syncs = delta("svid_broker_audit_syncs_total")?;
-    let records = delta("svid_broker_audit_records_total")?;
-    (syncs > 0.0).then(|| records / syncs)
+    ratio_of_growth(
+        before,
+        after,
+        "svid_broker_audit_records_total",
+        "svid_broker_audit_syncs_total",
+    )
 }
 
 /// Mean full attestation (`svid_broker_attestation_seconds`), µs.
