@@ -30,5 +30,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
+    order_text_for_release();
     Ok(())
+}
+
+/// Lays out the release daemon's functions in the order `link/svid-broker.order` gives: what
+/// start-up and an idle daemon run first, then the serving path. The kernel maps a code page
+/// fault's whole 64 KiB neighbourhood, so start-up code spread over the text made an idle
+/// daemon map most of it (BENCHMARKS.md, "Idle RSS"). `scripts/text-order.sh` writes the file;
+/// names it lists that a build no longer has are skipped, so a stale list only costs memory.
+///
+/// Only for release-like profiles on x86_64 Linux, where rustc links with lld by default
+/// (`--symbol-ordering-file` is lld's). `SVID_BROKER_NO_TEXT_ORDER=1` leaves it out, for a
+/// build that links with GNU ld.
+fn order_text_for_release() {
+    const ORDER: &str = "link/svid-broker.order";
+    println!("cargo:rerun-if-changed={ORDER}");
+    println!("cargo:rerun-if-env-changed=SVID_BROKER_NO_TEXT_ORDER");
+    let release = std::env::var("PROFILE").as_deref() == Ok("release");
+    let lld_by_default = std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu");
+    let opted_out = std::env::var_os("SVID_BROKER_NO_TEXT_ORDER").is_some_and(|v| v == "1");
+    if !release || !lld_by_default || opted_out {
+        return;
+    }
+    let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") else {
+        return;
+    };
+    let order = std::path::Path::new(&dir).join(ORDER);
+    if order.is_file() {
+        println!(
+            "cargo:rustc-link-arg-bin=svid-broker=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
+        println!("cargo:rustc-link-arg-bin=svid-broker=-Wl,--no-warn-symbol-ordering");
+    }
 }

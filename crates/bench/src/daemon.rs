@@ -54,7 +54,7 @@ pub struct Daemon {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// From spawn to the first answered health check.
     pub startup: Option<Duration>,
-    pub idle_rss_kib: Option<u64>,
+    pub idle_rss: Option<procfs::Rss>,
     /// When the process was spawned (its CA is issued moments later).
     pub started_at: Option<Instant>,
     /// Anything the reader should know about how the daemon was configured.
@@ -91,7 +91,7 @@ impl Daemon {
                     socket: socket.clone(),
                     metrics_addr: None,
                     startup: None,
-                    idle_rss_kib: None,
+                    idle_rss: None,
                     started_at: None,
                     note: Some(
                         "running daemon: start-up, idle RSS and rotation not measured".into(),
@@ -153,13 +153,13 @@ impl Daemon {
         }
         let startup = started_at.elapsed();
         tokio::time::sleep(IDLE_SETTLE).await;
-        let idle_rss_kib = procfs::rss_kib(pid);
+        let idle_rss = procfs::rss(pid);
         Ok(Self {
             pid,
             socket,
             metrics_addr: Some(metrics_addr),
             startup: Some(startup),
-            idle_rss_kib,
+            idle_rss,
             started_at: Some(started_at),
             note: None,
             oauth,

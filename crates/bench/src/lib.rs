@@ -286,7 +286,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             daemon.socket.display()
         );
         facts.startup = daemon.startup;
-        facts.idle_rss_kib = daemon.idle_rss_kib;
+        facts.idle_rss = daemon.idle_rss;
         facts.broker_config_note = daemon.note.clone();
         if let Target::Start(DaemonOptions {
             limits: Some(l), ..

@@ -31,18 +31,40 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// Resident set size of `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
 pub fn rss_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss(&status)
+    rss(pid).map(|r| r.total_kib)
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// A resident set and its two parts, KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rss {
+    pub total_kib: u64,
+    /// Pages mapped from files: the binary's code and read-only data, shared libraries.
+    pub file_kib: u64,
+    /// Heap, stacks and copied-on-write data.
+    pub anon_kib: u64,
+}
+
+/// `pid`'s resident set from one reading of `/proc/<pid>/status`.
+pub fn rss(pid: i32) -> Option<Rss> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_rss(&status)
+}
+
+fn parse_rss(status: &str) -> Option<Rss> {
+    let kib = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(Rss {
+        total_kib: kib("VmRSS:")?,
+        file_kib: kib("RssFile:")?,
+        anon_kib: kib("RssAnon:")?,
+    })
 }
 
 /// Raises the open-files limit (children inherit it): the soft limit to the hard one, and
@@ -102,16 +124,22 @@ mod tests {
     }
 
     #[test]
-    fn vm_rss_in_kib() {
-        let status = "Name:\tx\nVmPeak:\t 100 kB\nVmRSS:\t    8123 kB\nThreads: 2\n";
-        assert_eq!(parse_vm_rss(status), Some(8123));
-        assert_eq!(parse_vm_rss("Name: x\n"), None);
+    fn rss_and_its_parts_in_kib() {
+        let status = "Name:\tx\nVmPeak:\t 100 kB\nVmRSS:\t    8123 kB\nRssAnon:\t    2100 kB\n\
+                      RssFile:\t    6000 kB\nRssShmem:\t      23 kB\nThreads: 2\n";
+        let rss = parse_rss(status).unwrap();
+        assert_eq!(
+            (rss.total_kib, rss.file_kib, rss.anon_kib),
+            (8123, 6000, 2100)
+        );
+        assert_eq!(parse_rss("Name: x\nVmRSS:\t 8123 kB\n"), None);
     }
 
     #[test]
     fn reads_our_own_process() {
         let me = std::process::id() as i32;
-        assert!(rss_kib(me).unwrap() > 0);
+        let rss = rss(me).unwrap();
+        assert!(rss.total_kib > 0 && rss.total_kib >= rss.file_kib + rss.anon_kib);
         assert!(cpu_time(me).is_some());
     }
 }

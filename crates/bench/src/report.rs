@@ -42,7 +42,7 @@ pub const FACT_NAMES: &[&str] = &[
 #[derive(Debug, Default)]
 pub struct Facts {
     pub startup: Option<Duration>,
-    pub idle_rss_kib: Option<u64>,
+    pub idle_rss: Option<crate::procfs::Rss>,
     pub broker_config_note: Option<String>,
     /// The `[limits]` the bench gave its daemons.
     pub limits_note: Option<String>,
@@ -205,8 +205,14 @@ impl Report {
         );
         line(
             FACT_IDLE_RSS,
-            f.idle_rss_kib
-                .map_or("—".into(), |k| format!("{:.1} MB", mb(k))),
+            f.idle_rss.map_or("—".into(), |r| {
+                format!(
+                    "{:.1} MB ({:.1} MB mapped from files, {:.1} MB anonymous)",
+                    mb(r.total_kib),
+                    mb(r.file_kib),
+                    mb(r.anon_kib)
+                )
+            }),
         );
         line(
             FACT_RECHECK,

@@ -372,7 +372,7 @@ impl Check {
                 Ok((format!("{:.1} MB", mb(k)), mb(k) <= max_mb))
             }
             Check::IdleRss { max_mb } => {
-                let k = r.facts.idle_rss_kib.ok_or(
+                let k = r.facts.idle_rss.map(|rss| rss.total_kib).ok_or(
                     "the daemon was already running (--socket): its start-up was not seen",
                 )?;
                 Ok((format!("{:.1} MB", mb(k)), mb(k) <= max_mb))
