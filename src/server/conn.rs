@@ -187,8 +187,11 @@ impl AsyncRead for PeerConn {
             if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut read = ReadBuf::new(&mut chunk);
+            // Left uninitialised: the socket read fills what it reports, and zeroing 8 KiB
+            // before every read (most of which find nothing, or a few hundred bytes) was a
+            // visible share of a small call's CPU.
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut this.stream).poll_read(cx, &mut read) {
                 Poll::Ready(r) => r?,
                 Poll::Pending => match this.timer.as_mut().poll(cx) {
