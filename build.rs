@@ -37,20 +37,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Lays out the release daemon's functions in the order `link/svid-broker.order` gives: what
 /// start-up and an idle daemon run first, then the serving path. The kernel maps a code page
 /// fault's whole 64 KiB neighbourhood, so start-up code spread over the text made an idle
-/// daemon map most of it (BENCHMARKS.md, "Idle RSS"). `scripts/text-order.sh` writes the file;
-/// names it lists that a build no longer has are skipped, so a stale list only costs memory.
+/// daemon map most of it (BENCHMARKS.md, "idle RSS is the code start-up touched").
+/// `scripts/text-order.sh` writes the file; names it lists that a build no longer has are
+/// skipped, so a stale list only costs memory.
 ///
-/// Only for release-like profiles on x86_64 Linux, where rustc links with lld by default
-/// (`--symbol-ordering-file` is lld's). `SVID_BROKER_NO_TEXT_ORDER=1` leaves it out, for a
-/// build that links with GNU ld.
+/// `--symbol-ordering-file` is lld's. It is passed only to release-like builds whose linker is
+/// known to be the toolchain's own lld, and `SVID_BROKER_NO_TEXT_ORDER=1` leaves it out.
 fn order_text_for_release() {
     const ORDER: &str = "link/svid-broker.order";
     println!("cargo:rerun-if-changed={ORDER}");
     println!("cargo:rerun-if-env-changed=SVID_BROKER_NO_TEXT_ORDER");
     let release = std::env::var("PROFILE").as_deref() == Ok("release");
-    let lld_by_default = std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu");
     let opted_out = std::env::var_os("SVID_BROKER_NO_TEXT_ORDER").is_some_and(|v| v == "1");
-    if !release || !lld_by_default || opted_out {
+    if !release || opted_out || !links_with_bundled_lld() {
         return;
     }
     let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") else {
@@ -64,4 +63,37 @@ fn order_text_for_release() {
         );
         println!("cargo:rustc-link-arg-bin=svid-broker=-Wl,--no-warn-symbol-ordering");
     }
+}
+
+/// Whether rustc links this build with the lld it ships: rustup's toolchains do so for
+/// x86_64-unknown-linux-gnu since Rust 1.90, through `gcc-ld/ld.lld` in the sysroot. A
+/// toolchain built without it (some distributions') links with the system's GNU ld, and a
+/// build that picks its own linker in its flags may too: both are left alone.
+fn links_with_bundled_lld() -> bool {
+    if std::env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu") {
+        return false;
+    }
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if flags.contains("linker") || flags.contains("fuse-ld") || flags.contains("self-contained") {
+        return false;
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let ask = |arg: &str| -> Option<String> {
+        let out = std::process::Command::new(&rustc).arg(arg).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    // "rustc 1.95.0 (59807616e 2026-04-14)": the minor version of the 1.x line.
+    let minor = ask("-V").and_then(|v| {
+        let version = v.split_whitespace().nth(1)?.to_string();
+        version.split('.').nth(1)?.parse::<u32>().ok()
+    });
+    let Some(sysroot) = ask("--print=sysroot") else {
+        return false;
+    };
+    let bundled = std::path::Path::new(&sysroot)
+        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld")
+        .is_file();
+    minor.is_some_and(|m| m >= 90) && bundled
 }
