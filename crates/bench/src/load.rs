@@ -42,6 +42,8 @@ pub struct RowResult {
     pub client_cpu: Option<Duration>,
     /// Why the row has no numbers, or the first error seen.
     pub status: RowStatus,
+    /// Throughput of each round this row ran in (see [`RowResult::absorb`]), in order.
+    pub round_throughputs: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,33 @@ impl RowResult {
         )
     }
 
+    /// Adds a later round of the same row and client count: calls, errors, time and CPU are
+    /// summed and the latencies merged, so the row's throughput, CPU per call and percentiles
+    /// are over all its rounds together. The first failure stays the row's status.
+    pub fn absorb(&mut self, round: RowResult) {
+        debug_assert!(self.workload == round.workload && self.clients == round.clients);
+        self.calls += round.calls;
+        self.errors += round.errors;
+        self.elapsed += round.elapsed;
+        let _ = self.latency.add(&round.latency);
+        let sum = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
+        self.server_cpu = sum(self.server_cpu, round.server_cpu);
+        self.client_cpu = sum(self.client_cpu, round.client_cpu);
+        if self.status == RowStatus::Ok {
+            self.status = round.status;
+        }
+        self.round_throughputs.extend(round.round_throughputs);
+    }
+
+    /// The slowest and fastest round's throughput, when the row ran in more than one.
+    pub fn round_range(&self) -> Option<(f64, f64)> {
+        (self.round_throughputs.len() > 1).then(|| {
+            self.round_throughputs
+                .iter()
+                .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &t| (lo.min(t), hi.max(t)))
+        })
+    }
+
     fn empty(workload: Workload, clients: usize, status: RowStatus) -> Self {
         Self {
             workload,
@@ -112,6 +141,7 @@ impl RowResult {
             server_cpu: None,
             client_cpu: None,
             status,
+            round_throughputs: Vec::new(),
         }
     }
 }
@@ -281,6 +311,7 @@ pub async fn run_row(
     if let Some(e) = first_error {
         row.status = failed(&e);
     }
+    row.round_throughputs.extend(row.throughput());
     if workload.is_task_broker() || workload.is_oauth() {
         futures::future::join_all(finished.iter_mut().map(Client::clean_up)).await;
     }
@@ -341,4 +372,74 @@ pub async fn attestation_probe(daemon: &Daemon, connections: usize) -> Attestati
     out.later_call_p99_us = us(&later, 0.99);
     out.server_attestation_mean_us = metrics::attestation_mean(&before, &after);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(calls: u64, errors: u64, secs: u64, cpu_ms: u64, latency_us: u64) -> RowResult {
+        let mut r = RowResult::empty(Workload::MintTaskToken, 64, RowStatus::Ok);
+        r.calls = calls;
+        r.errors = errors;
+        r.elapsed = Duration::from_secs(secs);
+        r.server_cpu = Some(Duration::from_millis(cpu_ms));
+        r.client_cpu = Some(Duration::from_millis(cpu_ms / 2));
+        for _ in 0..calls - errors {
+            r.latency.record(latency_us * 1_000).unwrap();
+        }
+        r.round_throughputs.extend(r.throughput());
+        r
+    }
+
+    #[test]
+    fn rounds_add_up_to_one_row() {
+        let mut row = round(2_000, 0, 2, 100, 100);
+        row.absorb(round(1_000, 0, 2, 100, 300));
+        assert_eq!(row.calls, 3_000);
+        assert_eq!(row.elapsed, Duration::from_secs(4));
+        // 3,000 calls in 4 s, not the mean of 1,000/s and 500/s weighted by round.
+        assert_eq!(row.throughput(), Some(750.0));
+        // 200 ms of daemon CPU over 3,000 calls.
+        let cpu = row.cpu_per_call_us().unwrap();
+        assert!((cpu - 66.667).abs() < 0.01, "{cpu}");
+        assert_eq!(row.round_range(), Some((500.0, 1_000.0)));
+        // Two thirds of the calls took 100 µs: the median is theirs, the p99 the slow round's.
+        assert!((row.quantile_us(0.5).unwrap() - 100.0).abs() < 0.1);
+        assert!((row.quantile_us(0.99).unwrap() - 300.0).abs() < 0.5);
+    }
+
+    #[test]
+    fn a_round_without_a_cpu_reading_leaves_the_row_without_one() {
+        let mut row = round(100, 0, 1, 10, 50);
+        let mut blind = round(100, 0, 1, 10, 50);
+        blind.server_cpu = None;
+        row.absorb(blind);
+        assert_eq!(row.cpu_per_call_us(), None, "a partial sum would understate the CPU");
+        assert!(row.client_cpu_per_call_us().is_some());
+    }
+
+    #[test]
+    fn the_first_failure_stays_the_rows_status() {
+        let mut row = round(100, 0, 1, 10, 50);
+        assert_eq!(row.round_range(), None, "one round: no range");
+        let mut bad = round(100, 3, 1, 10, 50);
+        bad.status = RowStatus::Failed {
+            code: Code::Unavailable,
+            message: "first".into(),
+        };
+        row.absorb(bad);
+        let mut worse = round(100, 1, 1, 10, 50);
+        worse.status = RowStatus::Failed {
+            code: Code::Internal,
+            message: "second".into(),
+        };
+        row.absorb(worse);
+        assert_eq!(row.errors, 4);
+        assert!(
+            matches!(&row.status, RowStatus::Failed { message, .. } if message == "first"),
+            "{:?}",
+            row.status
+        );
+    }
 }

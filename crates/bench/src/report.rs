@@ -110,11 +110,15 @@ impl Report {
         let plan = &self.settings.plan;
         let _ = writeln!(
             s,
-            "Mode: {}; per row and client count: {:.1} s{}, after {} ms warm-up. Each client has its own connection and calls in a closed loop. Latency is client-side; server CPU is the daemon's user+system time (`/proc/<pid>/stat`) over the row divided by its successful calls.\n",
+            "Mode: {}; per row and client count: {:.1} s{}, after {} ms warm-up{}. Each client has its own connection and calls in a closed loop. Latency is client-side; server CPU is the daemon's user+system time (`/proc/<pid>/stat`) over the row divided by its successful calls.\n",
             if self.settings.quick { "quick (CI smoke run: numbers are not meaningful)" } else { "full" },
             plan.duration.as_secs_f64(),
             plan.max_calls.map_or(String::new(), |m| format!(" or {m} calls")),
-            plan.warmup.as_millis()
+            plan.warmup.as_millis(),
+            match self.settings.rounds {
+                1 => String::new(),
+                n => format!(", in each of {n} rounds over all rows; a row's numbers are its rounds together (calls, time and CPU summed, latencies merged), and the Note gives its slowest and fastest round"),
+            }
         );
         s.push_str(&self.latency_table());
         s.push('\n');
@@ -165,7 +169,13 @@ impl Report {
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.rows {
             let note = match &r.status {
-                RowStatus::Ok => String::new(),
+                RowStatus::Ok => r.round_range().map_or(String::new(), |(lo, hi)| {
+                    format!(
+                        "rounds {}–{}/s",
+                        thousands(lo.round() as usize),
+                        thousands(hi.round() as usize)
+                    )
+                }),
                 RowStatus::Unavailable => "unavailable (server answers Unimplemented)".to_string(),
                 RowStatus::Failed { code, message } => {
                     format!("error {code:?}: {}", message.replace('|', "/"))
