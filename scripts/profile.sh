@@ -26,7 +26,7 @@ fi
 bin=target/profiling
 
 # The bench starts the daemon; the row runs for long enough that perf sees only steady state.
-"$bin/svid-broker-bench" --daemon "$bin/svid-broker" --only "no-op,$row" --no-streams --no-spire \
+"$bin/svid-broker-bench" --daemon "$bin/svid-broker" --only "no-op (health,$row" --rounds 1 --no-streams --no-spire \
   --clients "$clients" --duration $((record_secs + 4)) --out "$out/bench-$row" \
   >"$out/bench-$row.log" 2>&1 &
 bench=$!

@@ -34,7 +34,7 @@ run() { # name, then bench arguments
   local name=$1
   shift
   CALLGRIND_OUT="$work/$name.callgrind" "$bin/svid-broker-bench" --daemon "$work/under-callgrind.sh" \
-    --clients 1 --duration 1 --no-streams --no-spire --out "$work/bench-$name" "$@" \
+    --clients 1 --duration 1 --rounds 1 --no-streams --no-spire --out "$work/bench-$name" "$@" \
     >"$work/$name.log" 2>&1 || { cat "$work/$name.log" >&2; exit 1; }
 }
 # --only matches names by substring: "no-op (health" is the gRPC health row alone, not also the

@@ -19,9 +19,13 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 /// A random identifier of `bytes` random bytes, hex encoded.
+///
+/// Drawn from the thread's CSPRNG (ChaCha12, reseeded from the OS every 64 KiB of output), not
+/// from a `getrandom` system call per id: task ids and token ids are minted on every
+/// TaskBroker call, and the call into the kernel cost more than the hex encoding around it.
 pub fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut buf);
+    rand::thread_rng().fill_bytes(&mut buf);
     hex::encode(buf)
 }

@@ -48,31 +48,9 @@ impl Broker {
             owner,
             narrowed,
         } = decided?;
-        let task_id = task.id.clone();
-        let now_secs = task.created_at;
-        let closed_meanwhile = {
-            let mut table = self.lock();
-            table
-                .insert(task.clone(), self.config.max_open_tasks, now_secs)
-                .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
-            table.get(&task_id).is_some_and(|t| t.closed)
-        };
-        if closed_meanwhile {
-            // The parent was closed after its token was checked: the child went in closed
-            // with it (as a replay of the log would have it), and nothing is handed out.
-            let parent_id = task.parent.clone().unwrap_or_default();
-            self.audit(AuditEvent::Revocation {
-                task_id: task_id.clone(),
-                reason: "its parent task was closed while it was being opened".into(),
-                cause_task_id: task.parent.clone(),
-            })
-            .await?;
-            return Err(Status::permission_denied(format!(
-                "parent_token rejected: its task {parent_id} was closed while this task was being opened"
-            )));
-        }
-        Ok(pb::OpenTaskResponse {
-            task_id,
+        // The answer is built before the task moves into the table, so the task is not copied.
+        let answer = pb::OpenTaskResponse {
+            task_id: task.id.clone(),
             spiffe_id: owner,
             grants: task
                 .grants
@@ -85,8 +63,31 @@ impl Broker {
             expires_at: task.expires_at,
             narrowed,
             delegation_depth: task.depth,
-            parent_task_id: task.parent.unwrap_or_default(),
-        })
+            parent_task_id: task.parent.clone().unwrap_or_default(),
+        };
+        let now_secs = task.created_at;
+        let closed_meanwhile = {
+            let mut table = self.lock();
+            table
+                .insert(task, self.config.max_open_tasks, now_secs)
+                .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
+            table.get(&answer.task_id).is_some_and(|t| t.closed)
+        };
+        if closed_meanwhile {
+            // The parent was closed after its token was checked: the child went in closed
+            // with it (as a replay of the log would have it), and nothing is handed out.
+            self.audit(AuditEvent::Revocation {
+                task_id: answer.task_id.clone(),
+                reason: "its parent task was closed while it was being opened".into(),
+                cause_task_id: Some(answer.parent_task_id.clone()),
+            })
+            .await?;
+            return Err(Status::permission_denied(format!(
+                "parent_token rejected: its task {} was closed while this task was being opened",
+                answer.parent_task_id
+            )));
+        }
+        Ok(answer)
     }
 
     /// Everything OpenTask decides before it writes: the task, or why not. Pushes onto

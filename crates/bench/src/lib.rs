@@ -520,7 +520,10 @@ mod tests {
             merge_round(&mut rows, one_round(Workload::Noop, 64, calls * 10));
             merge_round(&mut rows, one_round(Workload::MintTaskToken, 64, calls));
         }
-        let shape: Vec<_> = rows.iter().map(|r| (r.workload, r.clients, r.calls)).collect();
+        let shape: Vec<_> = rows
+            .iter()
+            .map(|r| (r.workload, r.clients, r.calls))
+            .collect();
         assert_eq!(
             shape,
             [

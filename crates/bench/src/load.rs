@@ -126,7 +126,9 @@ impl RowResult {
         (self.round_throughputs.len() > 1).then(|| {
             self.round_throughputs
                 .iter()
-                .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &t| (lo.min(t), hi.max(t)))
+                .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &t| {
+                    (lo.min(t), hi.max(t))
+                })
         })
     }
 
@@ -415,7 +417,11 @@ mod tests {
         let mut blind = round(100, 0, 1, 10, 50);
         blind.server_cpu = None;
         row.absorb(blind);
-        assert_eq!(row.cpu_per_call_us(), None, "a partial sum would understate the CPU");
+        assert_eq!(
+            row.cpu_per_call_us(),
+            None,
+            "a partial sum would understate the CPU"
+        );
         assert!(row.client_cpu_per_call_us().is_some());
     }
 

@@ -270,6 +270,7 @@ impl Check {
                 let base = rate(r, row.baseline(), clients)?;
                 let ratio = ours / base;
                 let mut text = vs_noop_text(ratio, ours, base);
+                text.push_str(&rounds_text(round_ratios(r, row, row.baseline(), clients)));
                 let res = measured_row(r, row, clients)?;
                 if let (Some(daemon), Some(bench)) =
                     (res.cpu_per_call_us(), res.client_cpu_per_call_us())
@@ -332,7 +333,10 @@ impl Check {
                 };
                 let ratio = ours / theirs;
                 Ok((
-                    format!("{ratio:.2}× ({ours:.0}/s vs {theirs:.0}/s)"),
+                    format!(
+                        "{ratio:.2}× ({ours:.0}/s vs {theirs:.0}/s){}",
+                        rounds_text(round_ratios(r, row, other, clients))
+                    ),
                     ratio >= min,
                 ))
             }
@@ -508,6 +512,32 @@ fn rate(r: &Report, w: Workload, clients: usize) -> Result<f64, String> {
         .ok_or_else(|| format!("{} has no throughput", w.name()))
 }
 
+/// The ratio of `row` to `other` in each round (their n-th runs went one after the other),
+/// empty when either ran in one round only.
+fn round_ratios(r: &Report, row: Workload, other: Workload, clients: usize) -> Vec<f64> {
+    match (r.row(row, clients), r.row(other, clients)) {
+        (Some(a), Some(b)) if a.round_throughputs.len() > 1 => a
+            .round_throughputs
+            .iter()
+            .zip(&b.round_throughputs)
+            .map(|(a, b)| a / b)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// "; rounds 0.361–0.423×": how far the rounds' own ratios spread around the run's, so a
+/// verdict within that spread reads as the coin toss it is.
+fn rounds_text(ratios: Vec<f64>) -> String {
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    let digits = if hi >= 10.0 { 1 } else { 3 };
+    format!("; rounds {lo:.digits$}–{hi:.digits$}×")
+}
+
 fn p99(r: &Report, w: Workload, clients: usize) -> Result<f64, String> {
     measured_row(r, w, clients)?
         .quantile_us(0.99)
@@ -644,6 +674,17 @@ fn vs_noop_text(ratio: f64, ours: f64, base: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rounds_spread_is_shown_only_for_more_than_one_round() {
+        assert_eq!(rounds_text(vec![]), "");
+        assert_eq!(rounds_text(vec![0.4]), "");
+        assert_eq!(
+            rounds_text(vec![0.42, 0.361, 0.39]),
+            "; rounds 0.361–0.420×"
+        );
+        assert_eq!(rounds_text(vec![44.0, 38.52]), "; rounds 38.5–44.0×");
+    }
 
     #[test]
     fn the_budget_is_the_cores_share_per_call_less_the_load_generators() {
