@@ -508,7 +508,7 @@ mod tests {
             status: RowStatus::Ok,
             round_throughputs: Vec::new(),
         };
-        r.round_throughputs.extend(r.throughput());
+        r.seal_round();
         r
     }
 

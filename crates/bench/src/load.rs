@@ -42,8 +42,10 @@ pub struct RowResult {
     pub client_cpu: Option<Duration>,
     /// Why the row has no numbers, or the first error seen.
     pub status: RowStatus,
-    /// Throughput of each round this row ran in (see [`RowResult::absorb`]), in order.
-    pub round_throughputs: Vec<f64>,
+    /// Throughput of each round this row ran in (see [`RowResult::absorb`]), in order; `None`
+    /// for a round that made no successful call, so the n-th entries of two rows stay the
+    /// same round.
+    pub round_throughputs: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,13 +125,19 @@ impl RowResult {
 
     /// The slowest and fastest round's throughput, when the row ran in more than one.
     pub fn round_range(&self) -> Option<(f64, f64)> {
-        (self.round_throughputs.len() > 1).then(|| {
-            self.round_throughputs
+        let measured: Vec<f64> = self.round_throughputs.iter().flatten().copied().collect();
+        (measured.len() > 1).then(|| {
+            measured
                 .iter()
                 .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &t| {
                     (lo.min(t), hi.max(t))
                 })
         })
+    }
+
+    /// Records this result's own throughput as its one round.
+    pub fn seal_round(&mut self) {
+        self.round_throughputs = vec![self.throughput()];
     }
 
     fn empty(workload: Workload, clients: usize, status: RowStatus) -> Self {
@@ -143,7 +151,8 @@ impl RowResult {
             server_cpu: None,
             client_cpu: None,
             status,
-            round_throughputs: Vec::new(),
+            // A row that could not start is still one round, with no throughput.
+            round_throughputs: vec![None],
         }
     }
 }
@@ -313,7 +322,7 @@ pub async fn run_row(
     if let Some(e) = first_error {
         row.status = failed(&e);
     }
-    row.round_throughputs.extend(row.throughput());
+    row.seal_round();
     if workload.is_task_broker() || workload.is_oauth() {
         futures::future::join_all(finished.iter_mut().map(Client::clean_up)).await;
     }
@@ -390,7 +399,7 @@ mod tests {
         for _ in 0..calls - errors {
             r.latency.record(latency_us * 1_000).unwrap();
         }
-        r.round_throughputs.extend(r.throughput());
+        r.seal_round();
         r
     }
 
@@ -409,6 +418,23 @@ mod tests {
         // Two thirds of the calls took 100 µs: the median is theirs, the p99 the slow round's.
         assert!((row.quantile_us(0.5).unwrap() - 100.0).abs() < 0.1);
         assert!((row.quantile_us(0.99).unwrap() - 300.0).abs() < 0.5);
+    }
+
+    #[test]
+    fn a_round_that_could_not_start_keeps_its_place_among_the_rounds() {
+        let mut row = round(2_000, 0, 2, 100, 100);
+        row.absorb(RowResult::empty(
+            Workload::MintTaskToken,
+            64,
+            RowStatus::Unavailable,
+        ));
+        row.absorb(round(1_000, 0, 2, 100, 300));
+        // The third round stays third, so it is compared with the baseline's third round.
+        assert_eq!(
+            row.round_throughputs,
+            vec![Some(1_000.0), None, Some(500.0)]
+        );
+        assert_eq!(row.round_range(), Some((500.0, 1_000.0)));
     }
 
     #[test]

@@ -512,15 +512,15 @@ fn rate(r: &Report, w: Workload, clients: usize) -> Result<f64, String> {
         .ok_or_else(|| format!("{} has no throughput", w.name()))
 }
 
-/// The ratio of `row` to `other` in each round (their n-th runs went one after the other),
-/// empty when either ran in one round only.
+/// The ratio of `row` to `other` in each round where both made calls (their n-th runs went
+/// one after the other), empty when either ran in one round only.
 fn round_ratios(r: &Report, row: Workload, other: Workload, clients: usize) -> Vec<f64> {
     match (r.row(row, clients), r.row(other, clients)) {
         (Some(a), Some(b)) if a.round_throughputs.len() > 1 => a
             .round_throughputs
             .iter()
             .zip(&b.round_throughputs)
-            .map(|(a, b)| a / b)
+            .filter_map(|(a, b)| Some((*a)? / (*b)?))
             .collect(),
         _ => Vec::new(),
     }
