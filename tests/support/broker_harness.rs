@@ -51,6 +51,51 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_svid-broker"))
 }
 
+/// The agent binaries: hard links to the daemon binary (copies where the file system refuses
+/// links), made once per test process and shared by every broker it starts. Each link made or
+/// removed changes the inode's ctime, which is part of the caller fingerprint the daemon
+/// compares before and after attesting: links made and removed by brokers of tests running in
+/// parallel made another test's agent look changed mid-call ("caller changed during
+/// attestation; retry").
+fn agent_links() -> &'static BTreeMap<String, PathBuf> {
+    static LINKS: std::sync::OnceLock<BTreeMap<String, PathBuf>> = std::sync::OnceLock::new();
+    LINKS.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        remove_stale_agent_dirs(&root);
+        let dir = root.join(format!("agents-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = canon(&dir);
+        AGENTS
+            .iter()
+            .map(|(file, _)| {
+                let to = dir.join(file);
+                if std::fs::hard_link(bin(), &to).is_err() {
+                    std::fs::copy(bin(), &to).unwrap();
+                }
+                (file.to_string(), to)
+            })
+            .collect()
+    })
+}
+
+/// Removes the agent directories of earlier test processes that have exited (a static has no
+/// destructor to remove its own).
+fn remove_stale_agent_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("agents-")) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// What goes into the generated config besides sockets, entries and paths.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -116,14 +161,7 @@ impl Broker {
             .tempdir_in(&root)
             .unwrap();
         let d = canon(dir.path());
-        let mut agents = BTreeMap::new();
-        for (file, _) in AGENTS {
-            let to = d.join(file);
-            if std::fs::hard_link(bin(), &to).is_err() {
-                std::fs::copy(bin(), &to).unwrap();
-            }
-            agents.insert(file.to_string(), to);
-        }
+        let agents = agent_links().clone();
         let me = canon(&std::env::current_exe().unwrap());
         let mut config = DaemonConfig::new()
             .binary(bin())
