@@ -69,6 +69,9 @@ pub struct Caller {
     pub upstream: Option<Arc<dyn LiveIdentities>>,
     /// The X.509-SVIDs last recorded as handed to this caller.
     pub delivered: Delivered,
+    /// `selectors` as text, made on first use: policy reads them on every OpenTask,
+    /// MintTaskToken and JWT-SVID audience check of the connection, and they never change.
+    pub selector_text: std::sync::OnceLock<Vec<String>>,
 }
 
 /// The record of the X.509-SVIDs last handed to a caller (one connection's attestation), by
@@ -138,7 +141,9 @@ impl Caller {
             .unwrap_or_default()
     }
 
-    pub fn selector_strings(&self) -> Vec<String> {
-        self.selectors.iter().map(ToString::to_string).collect()
+    /// The selectors as text (`unix:uid:1000`), sorted as `selectors` is.
+    pub fn selector_strings(&self) -> &[String] {
+        self.selector_text
+            .get_or_init(|| self.selectors.iter().map(ToString::to_string).collect())
     }
 }

@@ -45,6 +45,14 @@ pub fn parse(s: &str) -> Result<SpiffeId, IdError> {
     Ok(id)
 }
 
+/// Whether `text` is `id` written out (`spiffe://` + trust domain + path), without writing
+/// it: the same answer as `id.to_string() == text`, for checks made on every call.
+pub fn is(id: &SpiffeId, text: &str) -> bool {
+    text.strip_prefix("spiffe://")
+        .and_then(|rest| rest.strip_prefix(id.trust_domain_name()))
+        .is_some_and(|path| path == id.path())
+}
+
 /// Parses a trust domain, as its name (`example.org`) or its ID (`spiffe://example.org`, the
 /// form bundle maps are keyed by), already in canonical form.
 ///
@@ -61,6 +69,33 @@ pub fn parse_trust_domain(s: &str) -> Result<TrustDomain, IdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn is_answers_as_the_written_id_compares() {
+        let ids = [
+            "spiffe://example.org/a/b",
+            "spiffe://example.org",
+            "spiffe://ex.org/a",
+        ];
+        let texts = [
+            "spiffe://example.org/a/b",
+            "spiffe://example.org/a/b/",
+            "spiffe://example.org/a",
+            "spiffe://example.org",
+            "spiffe://example.org.evil/a/b",
+            "spiffe://example.orga/b",
+            "SPIFFE://example.org/a/b",
+            "example.org/a/b",
+            "spiffe://ex.org/a",
+            "",
+        ];
+        for id in ids {
+            let id = parse(id).unwrap();
+            for text in texts {
+                assert_eq!(is(&id, text), id.to_string() == text, "{id} vs {text:?}");
+            }
+        }
+    }
 
     #[test]
     fn canonical_ids_parse() {

@@ -108,7 +108,7 @@ impl AudienceGate for PolicyGate {
             principal: Principal {
                 spiffe_id: &id,
                 trust_domain: spiffe_id.trust_domain_name(),
-                selectors: &selectors,
+                selectors,
             },
             action: Action::FetchJwtSvid,
             audience,

@@ -27,12 +27,12 @@ impl Broker {
         let introspectors = &self.config.introspectors;
         let may_see = |aud: &str| match who {
             Who::Admin => true,
-            Who::Workload(c) => {
-                c.identities.iter().any(|i| i.spiffe_id.to_string() == aud)
-                    || c.identities
+            Who::Workload(c) => c.identities.iter().any(|i| {
+                crate::spiffe_id::is(&i.spiffe_id, aud)
+                    || introspectors
                         .iter()
-                        .any(|i| introspectors.contains(&i.spiffe_id.to_string()))
-            }
+                        .any(|x| crate::spiffe_id::is(&i.spiffe_id, x))
+            }),
         };
         self.introspect_by(who.label(), may_see, token).await
     }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use spiffe::SpiffeId;
 use tonic::Status;
 
 use super::events::decision_event;
 use super::grant;
 use super::limits;
-use super::table::{Task, TaskState, TokenState};
+use super::table::{Task, TaskState, TaskTable, TokenState};
 use super::token::{self, TaskTokenSpec};
 use super::who::Who;
 use super::Broker;
@@ -38,58 +39,18 @@ impl Broker {
         let policy = self.policy_or_deny()?;
         let now = self.clock.now();
         let now_secs = unix_seconds(now);
-        let task = {
-            let table = self.lock();
-            let task = table
-                .get(&req.task_id)
-                .filter(|t| Who::Workload(caller.clone()).holds(&t.owner));
-            let task = task.ok_or_else(|| {
-                Status::permission_denied(format!("task {} not found or not yours", req.task_id))
-            })?;
-            match task.state(now_secs) {
-                TaskState::Open => task.clone(),
-                s => {
-                    return Err(Status::failed_precondition(format!(
-                        "task {} is {}",
-                        req.task_id,
-                        s.as_str()
-                    )))
-                }
-            }
-        };
-        let granted = task.grants.get(&req.audience).ok_or_else(|| {
-            Status::permission_denied(format!(
-                "audience {} is not in task {}'s grant",
-                req.audience, task.id
-            ))
-        })?;
-        let scopes: Vec<String> = if req.scopes.is_empty() {
-            granted.iter().cloned().collect()
-        } else {
-            if let Some(extra) = req.scopes.iter().find(|s| !granted.contains(*s)) {
-                return Err(Status::permission_denied(format!(
-                    "scope {extra} is not granted for {} in task {}",
-                    req.audience, task.id
-                )));
-            }
-            req.scopes
-                .iter()
-                .cloned()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect()
-        };
+        let task = self.mint_view(caller, &req, now_secs)?;
+        let scopes = task.scopes;
         let ttl = self.token_ttl(req.ttl_seconds, task.expires_at - now_secs)?;
-        let rate = self.lock().rate(&task.owner, now_secs);
+        let rate = task.rate;
         let owner_str = task.owner.to_string();
-        let td = task.owner.trust_domain_name().to_string();
         let selectors = caller.selector_strings();
         let obo_text = task.obo.as_ref().map(Value::to_string).unwrap_or_default();
         let d = policy.decide(&PolicyRequest {
             principal: Principal {
                 spiffe_id: &owner_str,
-                trust_domain: &td,
-                selectors: &selectors,
+                trust_domain: task.owner.trust_domain_name(),
+                selectors,
             },
             action: Action::MintTaskToken,
             audience: &req.audience,
@@ -118,7 +79,6 @@ impl Broker {
                 grant::why(&d)
             )));
         }
-        let act = self.act_of(&task);
         let jti = random_hex(16);
         let claims = token::claims(
             &TaskTokenSpec {
@@ -128,7 +88,7 @@ impl Broker {
                 ttl,
                 jti: &jti,
                 task_id: &task.id,
-                act: act.as_ref(),
+                act: task.act.as_ref(),
                 obo: task.obo.as_ref(),
             },
             now,
@@ -212,20 +172,95 @@ impl Broker {
         Ok(ttl.min(left))
     }
 
-    /// The `act` chain of tokens minted in `task`.
-    fn act_of(&self, task: &Task) -> Option<Value> {
+    /// What a mint needs from its task, read under one lock: the caller must own it, it must
+    /// be open, and the audience and scopes must be within its grant. Only those fields are
+    /// copied, not the task (its grants for every audience, its children).
+    fn mint_view(
+        &self,
+        caller: &Arc<Caller>,
+        req: &pb::MintTaskTokenRequest,
+        now_secs: i64,
+    ) -> Result<MintView, Status> {
         let table = self.lock();
-        let mut owners = Vec::new();
-        let mut next = task.parent.clone();
-        while let Some(id) = next {
-            let Some(p) = table.get(&id) else { break };
-            owners.push(p.owner.clone());
-            next = p.parent.clone();
+        let task = table
+            .get(&req.task_id)
+            .filter(|t| Who::Workload(caller.clone()).holds(&t.owner))
+            .ok_or_else(|| {
+                Status::permission_denied(format!("task {} not found or not yours", req.task_id))
+            })?;
+        let state = task.state(now_secs);
+        if state != TaskState::Open {
+            return Err(Status::failed_precondition(format!(
+                "task {} is {}",
+                req.task_id,
+                state.as_str()
+            )));
         }
-        owners.iter().rev().fold(None, |inner, owner| {
-            Some(token::act_chain(owner, inner.as_ref()))
+        let granted = task.grants.get(&req.audience).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "audience {} is not in task {}'s grant",
+                req.audience, task.id
+            ))
+        })?;
+        let scopes: Vec<String> = if req.scopes.is_empty() {
+            granted.iter().cloned().collect()
+        } else {
+            if let Some(extra) = req.scopes.iter().find(|s| !granted.contains(*s)) {
+                return Err(Status::permission_denied(format!(
+                    "scope {extra} is not granted for {} in task {}",
+                    req.audience, task.id
+                )));
+            }
+            req.scopes
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        Ok(MintView {
+            id: task.id.clone(),
+            owner: task.owner.clone(),
+            purpose: task.purpose.clone(),
+            scopes,
+            expires_at: task.expires_at,
+            depth: task.depth,
+            obo: task.obo.clone(),
+            act: act_of(&table, task),
+            rate: table.rate(&task.owner, now_secs),
         })
     }
+}
+
+/// What [`Broker::mint`] reads from its task and the table, in one look.
+struct MintView {
+    id: String,
+    owner: SpiffeId,
+    purpose: String,
+    /// The scopes the token will carry: the request's (each granted), or the whole grant for
+    /// its audience; sorted, each once.
+    scopes: Vec<String>,
+    expires_at: i64,
+    depth: u32,
+    obo: Option<Value>,
+    /// The `act` chain of tokens minted in this task.
+    act: Option<Value>,
+    /// The owner's issuance rate, for policy.
+    rate: u32,
+}
+
+/// The `act` chain of tokens minted in `task`: its ancestors' owners, the nearest outermost.
+fn act_of(table: &TaskTable, task: &Task) -> Option<Value> {
+    let mut owners = Vec::new();
+    let mut next = task.parent.as_deref();
+    while let Some(id) = next {
+        let Some(p) = table.get(id) else { break };
+        owners.push(&p.owner);
+        next = p.parent.as_deref();
+    }
+    owners.iter().rev().fold(None, |inner, owner| {
+        Some(token::act_chain(owner, inner.as_ref()))
+    })
 }
 
 #[cfg(test)]

@@ -163,11 +163,10 @@ impl Broker {
 
         let selectors = caller.selector_strings();
         let owner_str = owner.to_string();
-        let td = owner.trust_domain_name().to_string();
         let principal = Principal {
             spiffe_id: &owner_str,
-            trust_domain: &td,
-            selectors: &selectors,
+            trust_domain: owner.trust_domain_name(),
+            selectors,
         };
         let obo_text = obo.as_ref().map(Value::to_string).unwrap_or_default();
         let rate = self.lock().rate(&owner, now_secs);

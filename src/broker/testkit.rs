@@ -63,6 +63,7 @@ pub fn caller(spiffe_id: &str) -> Arc<Caller> {
         }],
         upstream: None,
         delivered: Default::default(),
+        selector_text: Default::default(),
     })
 }
 

@@ -418,6 +418,7 @@ impl ClientAuth {
                 identities: vec![identity],
                 upstream: None,
                 delivered: Default::default(),
+                selector_text: Default::default(),
             }),
             spiffe_id,
             assertion_jti,

@@ -278,6 +278,7 @@ impl CallerResolver {
                 identities,
                 upstream: Some(live),
                 delivered: Default::default(),
+                selector_text: Default::default(),
             },
         });
         let mut record = None;
@@ -288,7 +289,7 @@ impl CallerResolver {
             // the call returns (see `AttestationRecord`).
             let event = AuditEvent::Attestation {
                 pid: caller.pid,
-                selectors: caller.selector_strings(),
+                selectors: caller.selector_strings().to_vec(),
                 spiffe_ids: caller
                     .identities
                     .iter()
@@ -325,6 +326,7 @@ impl CallerResolver {
             identities,
             upstream: None,
             delivered: Default::default(),
+            selector_text: Default::default(),
         }
     }
 }
