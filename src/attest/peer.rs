@@ -18,6 +18,26 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
+/// The most of `/proc/<pid>/status` read for its groups: the file holds at most 65,536
+/// groups (the kernel's `NGROUPS_MAX`), about 720 KB written out.
+pub const MAX_STATUS_BYTES: u64 = 1024 * 1024;
+
+/// A process's effective gid and supplementary groups (as the kernel lists them, sorted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessGroups {
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl ProcessGroups {
+    /// Whether the process is in a group other than its effective gid: only then can
+    /// `setgroups` take away a group whose `unix:supplementary_*` selector the process was
+    /// attested with while its other selectors stay the same.
+    pub fn beyond_gid(&self) -> bool {
+        self.groups.iter().any(|&g| g != self.gid)
+    }
+}
+
 /// How the caller's process was pinned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PinMethod {
@@ -154,6 +174,44 @@ impl PinnedProcess {
     pub fn is_alive(&self) -> bool {
         // The pidfd was confirmed at pin time (see `open_proc_dir`), for both pin methods.
         self.proc_dir.is_some() && !has_exited(self.pidfd.as_fd())
+    }
+
+    /// The process's effective gid and supplementary groups now, from `/proc/<pid>/status`
+    /// read through the pinned descriptor. The fingerprint cannot see `setgroups` (it changes
+    /// no owner and no executable), and reading them costs more than the fingerprint (the
+    /// kernel formats the whole file), so the caller layer reads them only for callers whose
+    /// groups go beyond their gid.
+    ///
+    /// # Errors
+    /// The process has exited, or its status cannot be read or parsed.
+    pub fn groups(&self) -> io::Result<ProcessGroups> {
+        let dir = self.proc_dir.as_ref().ok_or_else(|| gone_error(self.pid))?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name; returns a new
+        // descriptor or -1.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c"status".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor we just opened and own.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let mut status = String::new();
+        file.take(MAX_STATUS_BYTES).read_to_string(&mut status)?;
+        let ids = super::unix::parse_status(&status).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("cannot parse /proc/{}/status", self.pid),
+            )
+        })?;
+        Ok(ProcessGroups {
+            gid: ids.gid,
+            groups: ids.groups,
+        })
     }
 
     /// The facts compared on each call on a known connection: two `stat`s relative to the

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tonic::{Request, Status};
 
-use crate::attest::peer::{PinnedProcess, ProcessFingerprint};
+use crate::attest::peer::{PinnedProcess, ProcessFingerprint, ProcessGroups};
 use crate::attest::{AttestError, Attestation, Attestors};
 use crate::audit::{AuditError, AuditEvent, AuditLog};
 use crate::authority::Issuer;
@@ -19,6 +19,9 @@ pub use crate::caller::{Caller, NO_IDENTITY};
 /// A caller attested on a connection: under which fingerprint, and its attestation record.
 struct Known {
     fingerprint: ProcessFingerprint,
+    /// The groups it was attested with, kept when they go beyond its gid: `setgroups` changes
+    /// no part of the fingerprint, so these are compared on each call too.
+    groups: Option<Arc<ProcessGroups>>,
     caller: Arc<Caller>,
     record: Option<Arc<AttestationRecord>>,
 }
@@ -52,11 +55,19 @@ impl CallerHandle {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The cached caller and its attestation record, if it was attested under `now`.
-    fn known_as(&self, now: &ProcessFingerprint) -> Option<Resolved> {
-        match self.known().as_ref() {
-            Some(k) if &k.fingerprint == now => Some((k.caller.clone(), k.record.clone())),
-            _ => None,
+    /// The cached caller and its attestation record, if it was attested under `now` and,
+    /// when its groups go beyond its gid, it is in the same groups still. Those are read
+    /// after the mutex is released.
+    fn known_as(&self, now: &ProcessFingerprint, process: &PinnedProcess) -> Option<Resolved> {
+        let (resolved, groups) = match self.known().as_ref() {
+            Some(k) if &k.fingerprint == now => {
+                ((k.caller.clone(), k.record.clone()), k.groups.clone())
+            }
+            _ => return None,
+        };
+        match groups {
+            Some(then) if process.groups().ok().as_ref() != Some(&*then) => None,
+            _ => Some(resolved),
         }
     }
 }
@@ -230,7 +241,7 @@ impl CallerResolver {
             .as_ref()
             .map_err(|e| Status::unavailable(format!("cannot identify caller: {e}")))?;
         let now = current_fingerprint(process)?;
-        if let Some(known) = handle.known_as(&now) {
+        if let Some(known) = handle.known_as(&now, process) {
             self.metrics.observe_recheck(checking.elapsed());
             return Ok(known);
         }
@@ -246,9 +257,10 @@ impl CallerResolver {
         let _attesting = handle.attesting.lock().await;
         // Taken after the wait: another call on this connection may have attested meanwhile.
         let before = current_fingerprint(process)?;
-        if let Some(known) = handle.known_as(&before) {
+        if let Some(known) = handle.known_as(&before, process) {
             return Ok(known);
         }
+        let groups_before = process.groups().map_err(|_| gone(process.pid()))?;
         if handle.known().is_some() {
             tracing::info!(
                 pid = process.pid(),
@@ -263,7 +275,8 @@ impl CallerResolver {
         // The fingerprint taken before attesting must still hold after it: otherwise the
         // process exec'd or changed owner while we read it, and the selectors may be mixed.
         let after = process.fingerprint().map_err(|_| gone(process.pid()))?;
-        if after != before || !process.is_alive() {
+        let groups = process.groups().map_err(|_| gone(process.pid()))?;
+        if after != before || groups != groups_before || !process.is_alive() {
             return Err(Status::unavailable(
                 "caller changed during attestation; retry",
             ));
@@ -312,6 +325,7 @@ impl CallerResolver {
         );
         *handle.known() = Some(Known {
             fingerprint: after,
+            groups: groups.beyond_gid().then(|| Arc::new(groups)),
             caller: caller.clone(),
             record: record.clone(),
         });
@@ -686,10 +700,116 @@ mod tests {
         std::fs::canonicalize(found).unwrap()
     }
 
+    /// Whether a test that needs root runs: as root it does; otherwise it fails saying so,
+    /// unless `SVID_BROKER_TESTS_NOT_ROOT=1` skips it explicitly.
+    fn root_for(what: &str) -> bool {
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        if std::env::var_os("SVID_BROKER_TESTS_NOT_ROOT").is_some_and(|v| v == "1") {
+            eprintln!("SVID_BROKER_TESTS_NOT_ROOT=1: skipping a test that {what}");
+            return false;
+        }
+        panic!(
+            "this test {what}, which needs root. Run it as root, or set \
+             SVID_BROKER_TESTS_NOT_ROOT=1 to skip it explicitly"
+        );
+    }
+
+    /// The groups `/proc/<pid>/status` lists now.
+    fn groups_of(pinned: &PinnedProcess) -> Vec<u32> {
+        pinned.groups().map(|g| g.groups).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_drops_a_group_is_attested_again() {
+        if !root_for("changes a child's supplementary groups") {
+            return;
+        }
+        const KEPT: libc::gid_t = 4242;
+        const DROPPED: libc::gid_t = 4243;
+        let both: [libc::gid_t; 2] = [KEPT, DROPPED];
+        let one: [libc::gid_t; 1] = [KEPT];
+        let (go_r, go_w) = pipe();
+        let (go_fd, go_w_fd) = (go_r.as_raw_fd(), go_w.as_raw_fd());
+        // SAFETY: the child makes only async-signal-safe calls (close, read, setgroups, pause,
+        // _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            unsafe {
+                libc::close(go_w_fd);
+                // The raw call changes this (only) thread, which is all the child has.
+                if libc::syscall(libc::SYS_setgroups, 2, both.as_ptr()) != 0 {
+                    libc::_exit(1);
+                }
+                let mut b = 0u8;
+                libc::read(go_fd, (&mut b as *mut u8).cast(), 1);
+                libc::syscall(libc::SYS_setgroups, 1, one.as_ptr());
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        drop(go_r);
+        let handle = handle_for(pid as u32);
+        let pinned = handle.pinned().unwrap();
+        wait_until("the child is in both groups", || {
+            groups_of(pinned) == both.to_vec()
+        });
+        let (resolver, runs, _) = resolver();
+        let before = resolver.resolve_handle(&handle).await.unwrap();
+        let again = resolver.resolve_handle(&handle).await.unwrap();
+        let first = pinned.fingerprint().unwrap();
+        // SAFETY: one byte from a valid buffer.
+        let n = unsafe { libc::write(go_w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(n, 1);
+        wait_until("the child has dropped a group", || {
+            groups_of(pinned) == one.to_vec()
+        });
+        let unchanged = pinned.fingerprint().unwrap() == first;
+        let after = resolver.resolve_handle(&handle).await;
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        let dropped = format!("unix:supplementary_gid:{DROPPED}");
+        assert!(has(&before, &dropped), "{before:?}");
+        assert!(
+            Arc::ptr_eq(&before, &again),
+            "unchanged groups: the same caller"
+        );
+        assert!(unchanged, "setgroups moves no part of the fingerprint");
+        let after = after.unwrap();
+        assert!(!has(&after, &dropped), "{after:?}");
+        assert!(
+            has(&after, &format!("unix:supplementary_gid:{KEPT}")),
+            "{after:?}"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caller_in_no_group_beyond_its_gid_keeps_the_two_stat_check() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let handle = handle_for(child.id());
+        let pinned = handle.pinned().unwrap();
+        let in_more = pinned.groups().unwrap().beyond_gid();
+        let (resolver, _, _) = resolver();
+        resolver.resolve_handle(&handle).await.unwrap();
+        let watched = handle.known().as_ref().unwrap().groups.is_some();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            watched, in_more,
+            "groups are read on each call exactly when they go beyond the gid"
+        );
+    }
+
     #[tokio::test]
     async fn a_caller_that_changes_user_is_attested_again() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("not root: a process can change its user only with root; skipped");
+        if !root_for("changes a child's user") {
             return;
         }
         const NOBODY: libc::uid_t = 65534;
