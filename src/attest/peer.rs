@@ -21,6 +21,8 @@ use std::path::PathBuf;
 /// The most of `/proc/<pid>/status` read for its groups: the file holds at most 65,536
 /// groups (the kernel's `NGROUPS_MAX`), about 720 KB written out.
 pub const MAX_STATUS_BYTES: u64 = 1024 * 1024;
+/// The buffer a status read starts with: one read fills it for a process in a few groups.
+const STATUS_READ_BYTES: usize = 4096;
 
 /// A process's effective gid and supplementary groups (as the kernel lists them, sorted).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,8 +202,12 @@ impl PinnedProcess {
         }
         // SAFETY: a descriptor we just opened and own.
         let file = unsafe { File::from_raw_fd(fd) };
-        let mut status = String::new();
-        file.take(MAX_STATUS_BYTES).read_to_string(&mut status)?;
+        // Room for a usual status (about 1.4 KB) up front: the read then takes two system
+        // calls, not the doubling series an empty buffer starts with.
+        let mut status = Vec::with_capacity(STATUS_READ_BYTES);
+        file.take(MAX_STATUS_BYTES).read_to_end(&mut status)?;
+        // The lines read are ASCII; the process name before them need not be UTF-8.
+        let status = String::from_utf8_lossy(&status);
         let ids = super::unix::parse_status(&status).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
