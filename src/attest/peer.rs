@@ -188,20 +188,7 @@ impl PinnedProcess {
     /// The process has exited, or its status cannot be read or parsed.
     pub fn groups(&self) -> io::Result<ProcessGroups> {
         let dir = self.proc_dir.as_ref().ok_or_else(|| gone_error(self.pid))?;
-        // SAFETY: a valid directory descriptor and a NUL-terminated name; returns a new
-        // descriptor or -1.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                c"status".as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a descriptor we just opened and own.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = open_in(dir.as_fd(), c"status")?;
         // Room for a usual status (about 1.4 KB) up front: the read then takes two system
         // calls, not the doubling series an empty buffer starts with.
         let mut status = Vec::with_capacity(STATUS_READ_BYTES);
@@ -415,11 +402,20 @@ fn read_start_time(pid: i32) -> io::Result<u64> {
 
 /// As [`read_start_time`], through a `/proc/<pid>` descriptor.
 fn read_start_time_at(dir: BorrowedFd<'_>, pid: i32) -> io::Result<u64> {
-    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let mut file = open_in(dir, c"stat")?;
+    let mut stat = String::new();
+    file.read_to_string(&mut stat)?;
+    start_time_of(&stat, pid)
+}
+
+/// Opens `name` under the `/proc/<pid>` descriptor `dir` for reading: no path walk from `/`.
+fn open_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; returns a new
+    // descriptor or -1.
     let fd = unsafe {
         libc::openat(
             dir.as_raw_fd(),
-            c"stat".as_ptr(),
+            name.as_ptr(),
             libc::O_RDONLY | libc::O_CLOEXEC,
         )
     };
@@ -427,10 +423,7 @@ fn read_start_time_at(dir: BorrowedFd<'_>, pid: i32) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor we own.
-    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut stat = String::new();
-    file.read_to_string(&mut stat)?;
-    start_time_of(&stat, pid)
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 fn start_time_of(stat: &str, pid: i32) -> io::Result<u64> {

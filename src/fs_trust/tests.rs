@@ -10,18 +10,9 @@ const NOBODY: u32 = 65534;
 
 /// True when the test can chown; otherwise panics, unless the operator opted out.
 fn root_or_opt_out() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("SVID_BROKER_TESTS_NOT_ROOT").is_some_and(|v| v == "1") {
-        eprintln!("SVID_BROKER_TESTS_NOT_ROOT=1: skipping cases that chown files to uid {NOBODY}");
-        return false;
-    }
-    panic!(
-        "this test needs root: it chowns files to uid {NOBODY} to play another user. Run it as \
-         root, or set SVID_BROKER_TESTS_NOT_ROOT=1 to skip those cases explicitly"
-    );
+    crate::testing::root_or_opt_out(&format!(
+        "chowns files to uid {NOBODY} to play another user"
+    ))
 }
 
 fn chmod(path: &Path, mode: u32) {

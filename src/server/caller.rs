@@ -700,20 +700,51 @@ mod tests {
         std::fs::canonicalize(found).unwrap()
     }
 
-    /// Whether a test that needs root runs: as root it does; otherwise it fails saying so,
-    /// unless `SVID_BROKER_TESTS_NOT_ROOT=1` skips it explicitly.
-    fn root_for(what: &str) -> bool {
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
+    /// A child of this test, forked: it runs `first`, waits for the byte [`Self::go`]
+    /// writes, runs `then` and pauses until killed. Both run after `fork` in a multi-threaded
+    /// process, so they may make only async-signal-safe calls and must not allocate.
+    struct ForkedChild {
+        pid: libc::pid_t,
+        go: OwnedFd,
+    }
+
+    impl ForkedChild {
+        fn spawn(first: fn(), then: fn()) -> Self {
+            let (go_r, go_w) = pipe();
+            let (go_fd, go_w_fd) = (go_r.as_raw_fd(), go_w.as_raw_fd());
+            // SAFETY: the child makes only async-signal-safe calls (close, read, pause and
+            // whatever `first` and `then` make) on memory prepared before the fork.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+            if pid == 0 {
+                unsafe {
+                    libc::close(go_w_fd);
+                    first();
+                    let mut b = 0u8;
+                    libc::read(go_fd, (&mut b as *mut u8).cast(), 1);
+                    then();
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            Self { pid, go: go_w }
         }
-        if std::env::var_os("SVID_BROKER_TESTS_NOT_ROOT").is_some_and(|v| v == "1") {
-            eprintln!("SVID_BROKER_TESTS_NOT_ROOT=1: skipping a test that {what}");
-            return false;
+
+        /// Lets the child run `then`.
+        fn go(&self) {
+            // SAFETY: one byte from a valid buffer.
+            let n = unsafe { libc::write(self.go.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+            assert_eq!(n, 1);
         }
-        panic!(
-            "this test {what}, which needs root. Run it as root, or set \
-             SVID_BROKER_TESTS_NOT_ROOT=1 to skip it explicitly"
-        );
+
+        fn kill(self) {
+            // SAFETY: our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+        }
     }
 
     /// The groups `/proc/<pid>/status` lists now.
@@ -723,57 +754,40 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_drops_a_group_is_attested_again() {
-        if !root_for("changes a child's supplementary groups") {
+        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
             return;
         }
         const KEPT: libc::gid_t = 4242;
         const DROPPED: libc::gid_t = 4243;
-        let both: [libc::gid_t; 2] = [KEPT, DROPPED];
-        let one: [libc::gid_t; 1] = [KEPT];
-        let (go_r, go_w) = pipe();
-        let (go_fd, go_w_fd) = (go_r.as_raw_fd(), go_w.as_raw_fd());
-        // SAFETY: the child makes only async-signal-safe calls (close, read, setgroups, pause,
-        // _exit) on memory prepared before the fork.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            unsafe {
-                libc::close(go_w_fd);
-                // The raw call changes this (only) thread, which is all the child has.
-                if libc::syscall(libc::SYS_setgroups, 2, both.as_ptr()) != 0 {
+        const BOTH: [libc::gid_t; 2] = [KEPT, DROPPED];
+        const ONE: [libc::gid_t; 1] = [KEPT];
+        // The raw calls change the calling thread only, which is all the child has.
+        let child = ForkedChild::spawn(
+            || unsafe {
+                if libc::syscall(libc::SYS_setgroups, 2, BOTH.as_ptr()) != 0 {
                     libc::_exit(1);
                 }
-                let mut b = 0u8;
-                libc::read(go_fd, (&mut b as *mut u8).cast(), 1);
-                libc::syscall(libc::SYS_setgroups, 1, one.as_ptr());
-                loop {
-                    libc::pause();
-                }
-            }
-        }
-        drop(go_r);
-        let handle = handle_for(pid as u32);
+            },
+            || unsafe {
+                libc::syscall(libc::SYS_setgroups, 1, ONE.as_ptr());
+            },
+        );
+        let handle = handle_for(child.pid as u32);
         let pinned = handle.pinned().unwrap();
         wait_until("the child is in both groups", || {
-            groups_of(pinned) == both.to_vec()
+            groups_of(pinned) == BOTH.to_vec()
         });
         let (resolver, runs, _) = resolver();
         let before = resolver.resolve_handle(&handle).await.unwrap();
         let again = resolver.resolve_handle(&handle).await.unwrap();
         let first = pinned.fingerprint().unwrap();
-        // SAFETY: one byte from a valid buffer.
-        let n = unsafe { libc::write(go_w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
-        assert_eq!(n, 1);
+        child.go();
         wait_until("the child has dropped a group", || {
-            groups_of(pinned) == one.to_vec()
+            groups_of(pinned) == ONE.to_vec()
         });
         let unchanged = pinned.fingerprint().unwrap() == first;
         let after = resolver.resolve_handle(&handle).await;
-        // SAFETY: our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
+        child.kill();
         let dropped = format!("unix:supplementary_gid:{DROPPED}");
         assert!(has(&before, &dropped), "{before:?}");
         assert!(
@@ -809,48 +823,30 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_changes_user_is_attested_again() {
-        if !root_for("changes a child's user") {
+        if !crate::testing::root_or_opt_out("changes a child's user") {
             return;
         }
         const NOBODY: libc::uid_t = 65534;
-        let (go_r, go_w) = pipe();
-        let (go_fd, go_w_fd) = (go_r.as_raw_fd(), go_w.as_raw_fd());
-        // SAFETY: the child makes only async-signal-safe calls (close, read, setresuid,
-        // pause, _exit) on memory prepared before the fork.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            unsafe {
-                libc::close(go_w_fd);
-                let mut b = 0u8;
-                libc::read(go_fd, (&mut b as *mut u8).cast(), 1);
-                // The raw call changes this (only) thread; keeps the real and saved uid.
+        // The raw call changes this (only) thread; keeps the real and saved uid.
+        let child = ForkedChild::spawn(
+            || {},
+            || unsafe {
                 libc::syscall(libc::SYS_setresuid, -1, NOBODY, -1);
-                loop {
-                    libc::pause();
-                }
-            }
-        }
-        drop(go_r);
-        let handle = handle_for(pid as u32);
+            },
+        );
+        let handle = handle_for(child.pid as u32);
         let (resolver, runs, _) = resolver();
         let before = resolver.resolve_handle(&handle).await.unwrap();
         assert!(has(&before, "unix:uid:0"), "{before:?}");
 
         let pinned = handle.pinned().unwrap();
         let first = pinned.fingerprint().unwrap();
-        // SAFETY: one byte from a valid buffer.
-        let n = unsafe { libc::write(go_w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
-        assert_eq!(n, 1);
+        child.go();
         wait_until("the child has changed its euid", || {
             pinned.fingerprint().is_ok_and(|f| f != first)
         });
         let after = resolver.resolve_handle(&handle).await;
-        // SAFETY: our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
+        child.kill();
         let after = after.unwrap();
         assert!(has(&after, &format!("unix:uid:{NOBODY}")), "{after:?}");
         assert!(!has(&after, "unix:uid:0"), "{after:?}");
