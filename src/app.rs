@@ -83,17 +83,21 @@ impl App {
         }
         let registry = Arc::new(config.registry.clone());
         let attestors = build_attestors(&config)?;
-        let resolver = Arc::new(CallerResolver::new(
-            attestors,
-            registry,
-            metrics.clone(),
-            issuer.clone(),
-            audit.clone(),
-        ));
+        let policy = build_policy(&config)?;
+        let resolver = Arc::new(
+            CallerResolver::new(
+                attestors,
+                registry,
+                metrics.clone(),
+                issuer.clone(),
+                audit.clone(),
+            )
+            .with_policy(policy.clone()),
+        );
         let parts = BrokerParts {
             config: config.broker.clone(),
             issuer: issuer.clone(),
-            policy: build_policy(&config)?,
+            policy,
             audit: audit
                 .clone()
                 .map(|log| Arc::new(log) as Arc<dyn crate::audit::AuditSink>),

@@ -21,6 +21,7 @@ use cedar_policy::{Authorizer, PolicySet, Request, Schema, Validator};
 
 mod entities;
 mod loader;
+mod readers;
 #[cfg(test)]
 mod tests;
 
@@ -179,6 +180,18 @@ pub struct PolicyCheck {
 struct Snapshot {
     policies: PolicySet,
     ids: Vec<String>,
+    /// Whether a policy may read `principal.selectors` ([`readers::reads_selectors`]).
+    reads_selectors: bool,
+}
+
+impl Snapshot {
+    fn new(set: PolicySet, ids: Vec<String>) -> Self {
+        Self {
+            reads_selectors: readers::reads_selectors(&set),
+            policies: set,
+            ids,
+        }
+    }
 }
 
 /// Decides [`PolicyRequest`]s against the current policy set; reloadable.
@@ -252,10 +265,7 @@ impl PolicyEngine {
             validator,
             authorizer: Authorizer::new(),
             vocabulary,
-            current: RwLock::new(Arc::new(Snapshot {
-                policies: checked.set,
-                ids: checked.ids,
-            })),
+            current: RwLock::new(Arc::new(Snapshot::new(checked.set, checked.ids))),
         })
     }
 
@@ -275,10 +285,7 @@ impl PolicyEngine {
         let checked = loader::check(text, &self.validator)?;
         log_warnings(&checked.warnings);
         let ids = checked.ids.clone();
-        let next = Arc::new(Snapshot {
-            policies: checked.set,
-            ids: checked.ids,
-        });
+        let next = Arc::new(Snapshot::new(checked.set, checked.ids));
         // A panic elsewhere while holding the lock cannot leave a half-written Arc, so a
         // poisoned lock is still safe to use.
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
@@ -288,6 +295,16 @@ impl PolicyEngine {
     /// Ids of the policies in force, in source order.
     pub fn policy_ids(&self) -> Vec<String> {
         self.snapshot().ids.clone()
+    }
+
+    /// Whether a policy in force may read the principal's selectors. The connection layer
+    /// reads a caller's groups on each call only while something may: see
+    /// `server::caller`.
+    pub fn reads_selectors(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reads_selectors
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {

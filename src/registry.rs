@@ -211,6 +211,27 @@ impl Registry {
         out
     }
 
+    /// Whether an entry that `observed` satisfies names a selector type `reads` picks, among
+    /// its selectors or its ID's placeholders. When none does, a caller that loses any of
+    /// those selectors keeps exactly the identities it has: matching is by subset, so it
+    /// still satisfies the same entries, and their IDs are filled from the same values.
+    pub fn matched_entries_read(
+        &self,
+        observed: &BTreeSet<Selector>,
+        reads: impl Fn(&str, &str) -> bool,
+    ) -> bool {
+        self.entries
+            .iter()
+            .filter(|entry| entry.selectors.iter().all(|s| observed.contains(s)))
+            .any(|entry| {
+                entry
+                    .selectors
+                    .iter()
+                    .any(|s| reads(s.kind(), s.type_name()))
+                    || entry.template.placeholders().any(|(k, t)| reads(k, t))
+            })
+    }
+
     /// The first entry that names `id` without placeholders: its identity and selectors.
     /// For callers proven by a JWT-SVID rather than attested (the OAuth listener).
     pub fn entry_for_id(&self, id: &SpiffeId) -> Option<(Identity, BTreeSet<Selector>)> {
@@ -364,6 +385,62 @@ mod tests {
 
     fn observed(sels: &[&str]) -> BTreeSet<Selector> {
         sels.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn only_entries_the_caller_matches_decide_whether_its_groups_are_read() {
+        let r = Registry::new(
+            &td(),
+            vec![
+                entry(
+                    "spiffe://example.org/ops",
+                    &["unix:uid:1000", "unix:supplementary_gid:27"],
+                ),
+                entry("spiffe://example.org/uid/{unix:uid}", &["unix:gid:1000"]),
+                entry(
+                    "spiffe://example.org/docker",
+                    &["unix:supplementary_group:docker"],
+                ),
+            ],
+        )
+        .unwrap();
+        let groups = crate::attest::unix::names_a_group;
+        let without_groups = |o: &BTreeSet<Selector>| -> BTreeSet<Selector> {
+            o.iter()
+                .filter(|s| !groups(s.kind(), s.type_name()))
+                .cloned()
+                .collect()
+        };
+        let unread = observed(&[
+            "unix:uid:1000",
+            "unix:gid:1000",
+            "unix:supplementary_gid:1000",
+            "unix:supplementary_gid:4",
+        ]);
+        assert!(!r.matched_entries_read(&unread, groups));
+        // What the answer promises: losing the groups changes nothing.
+        assert_eq!(
+            r.identities(&unread),
+            r.identities(&without_groups(&unread))
+        );
+        assert_eq!(r.identities(&unread).len(), 1);
+
+        for read in [
+            &[
+                "unix:uid:1000",
+                "unix:gid:1000",
+                "unix:supplementary_gid:27",
+            ][..],
+            &["unix:uid:5", "unix:supplementary_group:docker"],
+        ] {
+            let o = observed(read);
+            assert!(r.matched_entries_read(&o, groups), "{read:?}");
+            assert_ne!(
+                r.identities(&o),
+                r.identities(&without_groups(&o)),
+                "{read:?}"
+            );
+        }
     }
 
     #[test]

@@ -31,15 +31,6 @@ pub struct ProcessGroups {
     pub groups: Vec<u32>,
 }
 
-impl ProcessGroups {
-    /// Whether the process is in a group other than its effective gid: only then can
-    /// `setgroups` take away a group whose `unix:supplementary_*` selector the process was
-    /// attested with while its other selectors stay the same.
-    pub fn beyond_gid(&self) -> bool {
-        self.groups.iter().any(|&g| g != self.gid)
-    }
-}
-
 /// How the caller's process was pinned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PinMethod {

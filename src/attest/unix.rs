@@ -21,6 +21,16 @@ pub const SHA256_CACHE_ENTRIES: usize = 1024;
 
 const NAME: &str = "unix";
 
+/// The selector types that name a supplementary group. `setgroups` changes them and no part
+/// of the caller's fingerprint, so the connection layer reads a caller's groups again on each
+/// call while a registry entry or the policy could read these.
+pub const GROUP_SELECTOR_TYPES: [&str; 2] = ["supplementary_gid", "supplementary_group"];
+
+/// Whether `kind:type` names a supplementary group ([`GROUP_SELECTOR_TYPES`]).
+pub fn names_a_group(kind: &str, ty: &str) -> bool {
+    kind == NAME && GROUP_SELECTOR_TYPES.contains(&ty)
+}
+
 /// Settings from `[attestor.unix]`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,7 +114,7 @@ impl UnixAttestor {
             out.push(sel(format!("group:{group}")));
         }
         for &gid in &ids.groups {
-            out.push(sel(format!("supplementary_gid:{gid}")));
+            out.push(sel(format!("{}:{gid}", GROUP_SELECTOR_TYPES[0])));
             // The primary group is usually among the supplementary ones: one lookup will do.
             let group = if gid == ids.gid {
                 primary_group.clone()
@@ -112,7 +122,7 @@ impl UnixAttestor {
                 group_name(gid)
             };
             if let Some(group) = group {
-                out.push(sel(format!("supplementary_group:{group}")));
+                out.push(sel(format!("{}:{group}", GROUP_SELECTOR_TYPES[1])));
             }
         }
         // A kernel thread or a process we may not inspect has no readable exe: path and

@@ -610,6 +610,27 @@ fn broken_reload_keeps_the_old_set() {
 }
 
 #[test]
+fn whether_the_set_reads_selectors_follows_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.cedar");
+    std::fs::write(&path, ALLOW_ALL).unwrap();
+    let e = PolicyEngine::load(&path, AudienceAttributes::default()).unwrap();
+    assert!(!e.reads_selectors());
+    let reading = r#"@id("uid-only") permit (principal, action, resource)
+        when { principal.selectors.contains("unix:uid:1000") };"#;
+    std::fs::write(&path, reading).unwrap();
+    e.reload().unwrap();
+    assert!(e.reads_selectors());
+    // A refused reload keeps the old set, and with it the old answer.
+    std::fs::write(&path, "@id(\"x\") permit (principal, action resource);").unwrap();
+    assert!(e.reload().is_err());
+    assert!(e.reads_selectors());
+    std::fs::write(&path, ALLOW_ALL).unwrap();
+    e.reload().unwrap();
+    assert!(!e.reads_selectors());
+}
+
+#[test]
 fn engine_from_text_cannot_reload() {
     assert!(matches!(
         engine(ALLOW_ALL).reload(),

@@ -1,15 +1,24 @@
 //! Resolving the caller of a request to its identities: attest once per connection, then on
 //! each call confirm cheaply (two stats relative to the pinned `/proc/<pid>`, which also prove
 //! it alive) that the same program still runs as the same user; anything else re-attests.
+//!
+//! `setgroups` moves no part of that fingerprint, so a caller's supplementary groups are
+//! compared too, on each call, while anything could decide differently without them: a
+//! registry entry the caller matched that names a group selector, an upstream issuer (which
+//! sees every selector), or a policy that reads `principal.selectors`. Reading the groups
+//! costs a read of `/proc/<pid>/status`, several times the two stats; when nothing reads
+//! them, losing a group could change no answer, and they are not read.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tonic::{Request, Status};
 
 use crate::attest::peer::{PinnedProcess, ProcessFingerprint, ProcessGroups};
+use crate::attest::unix::names_a_group;
 use crate::attest::{AttestError, Attestation, Attestors};
 use crate::audit::{AuditError, AuditEvent, AuditLog};
 use crate::authority::Issuer;
+use crate::policy::PolicyEngine;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 
@@ -19,9 +28,13 @@ pub use crate::caller::{Caller, NO_IDENTITY};
 /// A caller attested on a connection: under which fingerprint, and its attestation record.
 struct Known {
     fingerprint: ProcessFingerprint,
-    /// The groups it was attested with, kept when they go beyond its gid: `setgroups` changes
-    /// no part of the fingerprint, so these are compared on each call too.
+    /// The groups it was attested with, kept when it has any: `setgroups` changes no part of
+    /// the fingerprint, so these are compared on each call while something reads them.
     groups: Option<Arc<ProcessGroups>>,
+    /// Whether its identities could change with its groups (an entry it matched names a
+    /// group selector, or an upstream issuer decides them). The policy is asked per call,
+    /// since a reload can change its answer.
+    identities_read_groups: bool,
     caller: Arc<Caller>,
     record: Option<Arc<AttestationRecord>>,
 }
@@ -56,17 +69,31 @@ impl CallerHandle {
     }
 
     /// The cached caller and its attestation record, if it was attested under `now` and,
-    /// when its groups go beyond its gid, it is in the same groups still. Those are read
-    /// after the mutex is released.
-    fn known_as(&self, now: &ProcessFingerprint, process: &PinnedProcess) -> Option<Resolved> {
-        let (resolved, groups) = match self.known().as_ref() {
-            Some(k) if &k.fingerprint == now => {
-                ((k.caller.clone(), k.record.clone()), k.groups.clone())
-            }
+    /// when something reads its groups, it is in the same groups still: the groups it was
+    /// attested with, whatever calls came between. `policy_reads` is asked only for a caller
+    /// with groups whose identities do not read them. Groups are read after the mutex is
+    /// released.
+    fn known_as(
+        &self,
+        now: &ProcessFingerprint,
+        process: &PinnedProcess,
+        policy_reads: impl FnOnce() -> bool,
+    ) -> Option<Resolved> {
+        let (resolved, groups, identities_read) = match self.known().as_ref() {
+            Some(k) if &k.fingerprint == now => (
+                (k.caller.clone(), k.record.clone()),
+                k.groups.clone(),
+                k.identities_read_groups,
+            ),
             _ => return None,
         };
         match groups {
-            Some(then) if process.groups().ok().as_ref() != Some(&*then) => None,
+            Some(then)
+                if (identities_read || policy_reads())
+                    && process.groups().ok().as_ref() != Some(&*then) =>
+            {
+                None
+            }
             _ => Some(resolved),
         }
     }
@@ -181,6 +208,8 @@ pub struct CallerResolver {
     /// Asked first which identities a caller holds; the registry decides when it defers.
     issuer: Arc<dyn Issuer>,
     audit: Option<AuditLog>,
+    /// The policy in force, asked whether it reads callers' selectors.
+    policy: Option<Arc<PolicyEngine>>,
 }
 
 impl CallerResolver {
@@ -198,7 +227,20 @@ impl CallerResolver {
             metrics,
             issuer,
             audit,
+            policy: None,
         }
+    }
+
+    /// Tells the resolver which policy decides for its callers: while that policy reads
+    /// `principal.selectors`, every caller with supplementary groups has them compared on
+    /// each call.
+    pub fn with_policy(mut self, policy: Option<Arc<PolicyEngine>>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    fn policy_reads_selectors(&self) -> bool {
+        self.policy.as_ref().is_some_and(|p| p.reads_selectors())
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -241,7 +283,7 @@ impl CallerResolver {
             .as_ref()
             .map_err(|e| Status::unavailable(format!("cannot identify caller: {e}")))?;
         let now = current_fingerprint(process)?;
-        if let Some(known) = handle.known_as(&now, process) {
+        if let Some(known) = handle.known_as(&now, process, || self.policy_reads_selectors()) {
             self.metrics.observe_recheck(checking.elapsed());
             return Ok(known);
         }
@@ -257,7 +299,7 @@ impl CallerResolver {
         let _attesting = handle.attesting.lock().await;
         // Taken after the wait: another call on this connection may have attested meanwhile.
         let before = current_fingerprint(process)?;
-        if let Some(known) = handle.known_as(&before, process) {
+        if let Some(known) = handle.known_as(&before, process, || self.policy_reads_selectors()) {
             return Ok(known);
         }
         let groups_before = process.groups().map_err(|_| gone(process.pid()))?;
@@ -323,9 +365,14 @@ impl CallerResolver {
             identities = caller.identities.len(),
             "caller attested"
         );
+        let identities_read_groups = caller.upstream.is_some()
+            || self
+                .registry
+                .matched_entries_read(&caller.selectors, names_a_group);
         *handle.known() = Some(Known {
             fingerprint: after,
-            groups: groups.beyond_gid().then(|| Arc::new(groups)),
+            groups: (!groups.groups.is_empty()).then(|| Arc::new(groups)),
+            identities_read_groups,
             caller: caller.clone(),
             record: record.clone(),
         });
@@ -412,6 +459,21 @@ mod tests {
     }
 
     fn resolver() -> (CallerResolver, Arc<AtomicUsize>, Arc<Metrics>) {
+        counting_resolver(Vec::new())
+    }
+
+    /// A resolver with `entries` in its registry, answering to `policy`.
+    fn resolver_with(
+        entries: Vec<crate::registry::EntryConfig>,
+        policy: Option<Arc<PolicyEngine>>,
+    ) -> (CallerResolver, Arc<AtomicUsize>) {
+        let (resolver, runs, _) = counting_resolver(entries);
+        (resolver.with_policy(policy), runs)
+    }
+
+    fn counting_resolver(
+        entries: Vec<crate::registry::EntryConfig>,
+    ) -> (CallerResolver, Arc<AtomicUsize>, Arc<Metrics>) {
         let runs = Arc::new(AtomicUsize::new(0));
         let unix = Arc::new(Counting {
             inner: UnixAttestor::new(UnixAttestorConfig::default(), false),
@@ -421,7 +483,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let resolver = CallerResolver::new(
             Attestors::new(vec![unix]),
-            Arc::new(Registry::new(&td, vec![]).unwrap()),
+            Arc::new(Registry::new(&td, entries).unwrap()),
             metrics.clone(),
             FakeIssuer::new("example.org"),
             None,
@@ -752,13 +814,24 @@ mod tests {
         pinned.groups().map(|g| g.groups).unwrap_or_default()
     }
 
-    #[tokio::test]
-    async fn a_caller_that_drops_a_group_is_attested_again() {
-        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
-            return;
-        }
-        const KEPT: libc::gid_t = 4242;
-        const DROPPED: libc::gid_t = 4243;
+    const KEPT: libc::gid_t = 4242;
+    const DROPPED: libc::gid_t = 4243;
+
+    /// What a resolver made of a forked root child in groups [`KEPT`] and [`DROPPED`] that
+    /// drops [`DROPPED`] between its second and third call; `meanwhile` runs after the drop.
+    struct GroupDrop {
+        before: Arc<Caller>,
+        again: Arc<Caller>,
+        after: Arc<Caller>,
+        attestations: usize,
+        fingerprint_unchanged: bool,
+    }
+
+    async fn drop_a_group(
+        resolver: &CallerResolver,
+        runs: &AtomicUsize,
+        meanwhile: impl FnOnce(),
+    ) -> GroupDrop {
         const BOTH: [libc::gid_t; 2] = [KEPT, DROPPED];
         const ONE: [libc::gid_t; 1] = [KEPT];
         // The raw calls change the calling thread only, which is all the child has.
@@ -777,7 +850,6 @@ mod tests {
         wait_until("the child is in both groups", || {
             groups_of(pinned) == BOTH.to_vec()
         });
-        let (resolver, runs, _) = resolver();
         let before = resolver.resolve_handle(&handle).await.unwrap();
         let again = resolver.resolve_handle(&handle).await.unwrap();
         let first = pinned.fingerprint().unwrap();
@@ -785,39 +857,179 @@ mod tests {
         wait_until("the child has dropped a group", || {
             groups_of(pinned) == ONE.to_vec()
         });
-        let unchanged = pinned.fingerprint().unwrap() == first;
+        let fingerprint_unchanged = pinned.fingerprint().unwrap() == first;
+        meanwhile();
         let after = resolver.resolve_handle(&handle).await;
         child.kill();
         let dropped = format!("unix:supplementary_gid:{DROPPED}");
         assert!(has(&before, &dropped), "{before:?}");
-        assert!(
-            Arc::ptr_eq(&before, &again),
-            "unchanged groups: the same caller"
+        GroupDrop {
+            before,
+            again,
+            after: after.unwrap(),
+            attestations: runs.load(Ordering::SeqCst),
+            fingerprint_unchanged,
+        }
+    }
+
+    impl GroupDrop {
+        /// The drop was seen: the third call attested again and lost the group.
+        fn assert_seen(&self, why: &str) {
+            let dropped = format!("unix:supplementary_gid:{DROPPED}");
+            assert!(
+                self.fingerprint_unchanged,
+                "setgroups moves no part of the fingerprint"
+            );
+            assert!(
+                Arc::ptr_eq(&self.before, &self.again),
+                "{why}: unchanged groups, same caller"
+            );
+            assert!(!has(&self.after, &dropped), "{why}: {:?}", self.after);
+            assert!(
+                has(&self.after, &format!("unix:supplementary_gid:{KEPT}")),
+                "{why}: {:?}",
+                self.after
+            );
+            assert_eq!(self.attestations, 2, "{why}");
+        }
+    }
+
+    fn policy(text: &str) -> Arc<PolicyEngine> {
+        Arc::new(PolicyEngine::from_text(text, Default::default()).unwrap())
+    }
+
+    const ALLOW_ALL: &str = r#"@id("all") permit (principal, action, resource);"#;
+    const READS_SELECTORS: &str = r#"@id("root") permit (principal, action, resource)
+        when { principal.selectors.contains("unix:uid:0") };"#;
+
+    fn entry(id: &str, selector: String) -> crate::registry::EntryConfig {
+        crate::registry::EntryConfig {
+            spiffe_id: id.into(),
+            selectors: vec![selector],
+            x509_ttl: None,
+            jwt_ttl: None,
+            hint: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_drops_a_group_an_entry_names_is_attested_again() {
+        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
+            return;
+        }
+        let group_entry = entry(
+            "spiffe://example.org/group",
+            format!("unix:supplementary_gid:{DROPPED}"),
         );
-        assert!(unchanged, "setgroups moves no part of the fingerprint");
+        let (resolver, runs) = resolver_with(vec![group_entry], Some(policy(ALLOW_ALL)));
+        let seen = drop_a_group(&resolver, &runs, || {}).await;
+        seen.assert_seen("an entry names the group");
+        assert_eq!(seen.before.identities.len(), 1);
+        assert!(seen.after.identities.is_empty(), "{:?}", seen.after);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_drops_a_group_is_attested_again_while_the_policy_reads_selectors() {
+        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
+            return;
+        }
+        let (resolver, runs) = resolver_with(Vec::new(), Some(policy(READS_SELECTORS)));
+        drop_a_group(&resolver, &runs, || {})
+            .await
+            .assert_seen("the policy reads selectors");
+
+        // A reload that starts reading them: the next call compares the groups the caller
+        // was attested with, though no call read them while the old policy was in force.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.cedar");
+        std::fs::write(&file, ALLOW_ALL).unwrap();
+        let engine = Arc::new(PolicyEngine::load(&file, Default::default()).unwrap());
+        let (resolver, runs) = resolver_with(Vec::new(), Some(engine.clone()));
+        drop_a_group(&resolver, &runs, || {
+            std::fs::write(&file, READS_SELECTORS).unwrap();
+            engine.reload().unwrap();
+        })
+        .await
+        .assert_seen("a reload made the policy read selectors");
+    }
+
+    #[tokio::test]
+    async fn a_caller_whose_groups_nothing_reads_keeps_its_attestation_when_it_drops_one() {
+        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
+            return;
+        }
+        // An entry for its uid, another (not matched) for a group, a policy that reads no
+        // selectors: no answer could change, and the groups are not read again.
+        let entries = vec![
+            entry("spiffe://example.org/root", "unix:uid:0".into()),
+            entry(
+                "spiffe://example.org/other",
+                "unix:supplementary_gid:1".into(),
+            ),
+        ];
+        let (resolver, runs) = resolver_with(entries, Some(policy(ALLOW_ALL)));
+        let kept = drop_a_group(&resolver, &runs, || {}).await;
+        assert!(kept.fingerprint_unchanged);
+        assert!(Arc::ptr_eq(&kept.before, &kept.after), "{:?}", kept.after);
+        assert_eq!(kept.attestations, 1);
+        assert_eq!(kept.before.identities.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_the_group_of_its_own_gid_is_attested_again() {
+        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
+            return;
+        }
+        // Its only group is its own gid (0), which the fingerprint covers as the gid; but its
+        // `unix:supplementary_gid:0` selector goes with `setgroups(0, [])`, and so the groups
+        // of any caller that has some are watched, not only groups beyond the gid.
+        const OWN: [libc::gid_t; 1] = [0];
+        let child = ForkedChild::spawn(
+            || unsafe {
+                if libc::syscall(libc::SYS_setgroups, 1, OWN.as_ptr()) != 0 {
+                    libc::_exit(1);
+                }
+            },
+            || unsafe {
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+            },
+        );
+        let handle = handle_for(child.pid as u32);
+        let pinned = handle.pinned().unwrap();
+        wait_until("the child is in its gid's group only", || {
+            groups_of(pinned) == OWN.to_vec()
+        });
+        let (resolver, runs) = resolver_with(Vec::new(), Some(policy(READS_SELECTORS)));
+        let before = resolver.resolve_handle(&handle).await.unwrap();
+        child.go();
+        wait_until("the child is in no group", || groups_of(pinned).is_empty());
+        let after = resolver.resolve_handle(&handle).await;
+        child.kill();
+        assert!(has(&before, "unix:supplementary_gid:0"), "{before:?}");
         let after = after.unwrap();
-        assert!(!has(&after, &dropped), "{after:?}");
-        assert!(
-            has(&after, &format!("unix:supplementary_gid:{KEPT}")),
-            "{after:?}"
-        );
+        assert!(!has(&after, "unix:supplementary_gid:0"), "{after:?}");
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
-    async fn a_caller_in_no_group_beyond_its_gid_keeps_the_two_stat_check() {
+    async fn a_caller_is_watched_for_its_groups_exactly_when_it_has_some() {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let handle = handle_for(child.id());
         let pinned = handle.pinned().unwrap();
-        let in_more = pinned.groups().unwrap().beyond_gid();
+        let has_groups = !pinned.groups().unwrap().groups.is_empty();
         let (resolver, _, _) = resolver();
         resolver.resolve_handle(&handle).await.unwrap();
-        let watched = handle.known().as_ref().unwrap().groups.is_some();
+        let (watched, identities_read) = {
+            let known = handle.known();
+            let known = known.as_ref().unwrap();
+            (known.groups.is_some(), known.identities_read_groups)
+        };
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(
-            watched, in_more,
-            "groups are read on each call exactly when they go beyond the gid"
+        assert_eq!(watched, has_groups);
+        assert!(
+            !identities_read,
+            "an empty registry reads no group selector"
         );
     }
 
