@@ -40,6 +40,8 @@ pub struct DaemonOptions {
     /// Body of a `[limits]` table (the stream daemon's raised connection and stream limits).
     pub limits: Option<String>,
     pub extra_config: Option<String>,
+    /// Cedar policy text in place of [`BENCH_POLICY`].
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -161,7 +163,8 @@ impl Daemon {
             startup: Some(startup),
             idle_rss,
             started_at: Some(started_at),
-            note: None,
+            note: (broker_sections && opts.policy.is_some())
+                .then(|| "the daemon enforces the policy given with --policy".to_string()),
             oauth,
             dir: Some(d.dir().to_path_buf()),
             launched: Some(d),
@@ -210,7 +213,7 @@ pub fn config(
     if broker_sections {
         c = c
             .broker(&format!("max_open_tasks = {MAX_OPEN_TASKS}"))
-            .policy(BENCH_POLICY)
+            .policy(opts.policy.as_deref().unwrap_or(BENCH_POLICY))
             .audit("audit.jsonl");
         if let Some(o) = oauth {
             c = c.extra_toml(&format!(

@@ -118,6 +118,11 @@ pub struct BenchArgs {
     /// TOML appended to the generated daemon config (e.g. `[broker]` settings).
     #[arg(long)]
     pub extra_config: Option<PathBuf>,
+    /// A Cedar policy file the daemon enforces instead of the bench's own (which permits the
+    /// bench identity and reads no selectors), e.g. one that reads `principal.selectors` to
+    /// measure what that costs a caller with supplementary groups.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
 }
 
 /// Resolved run settings.
@@ -292,6 +297,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         }
         None => None,
     };
+    let policy = match &args.policy {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?)
+        }
+        None => None,
+    };
     let target = match &args.socket {
         Some(s) => Target::Running(s.clone()),
         None => Target::Start(DaemonOptions {
@@ -302,6 +313,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             ca_ttl: None,
             limits: daemon_limits(&settings, false, extra_config.as_deref()),
             extra_config: extra_config.clone(),
+            policy,
         }),
     };
 
