@@ -6,9 +6,7 @@
 #[path = "support/daemon.rs"]
 mod daemon;
 
-use std::process::Command;
-
-use daemon::{venv_python, Daemon, DaemonConfig};
+use daemon::{Daemon, DaemonConfig};
 
 const ID: &str = "spiffe://example.org/test/grouped";
 const AUDIENCE: &str = "spiffe://example.org/needs-group";
@@ -47,20 +45,12 @@ when {{ principal.selectors.contains("unix:supplementary_gid:{DROPPED}") }};"#
             .file("groups.cedar", &policy)
             .extra_toml("[policy]\nfile = \"@DIR@/groups.cedar\"\nworkload_api_jwt = true"),
     );
-    let out = Command::new(venv_python())
-        .arg(daemon::peer_file("python/drop_group_client.py"))
-        .args([AUDIENCE, &KEPT.to_string(), &DROPPED.to_string()])
-        .env("SPIFFE_ENDPOINT_SOCKET", d.endpoint())
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "py-spiffe client failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let (kept, dropped) = (KEPT.to_string(), DROPPED.to_string());
+    let v = daemon::python_peer(
+        "drop_group_client.py",
+        &[AUDIENCE, &kept, &dropped],
+        &d.endpoint(),
     );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON from py-spiffe");
     assert_eq!(v["before"], serde_json::json!([ID, ID]), "{v}");
     assert_eq!(v["groups_now"], serde_json::json!([KEPT]), "{v}");
     let after = v["after"].as_str().unwrap();

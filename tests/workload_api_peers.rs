@@ -128,22 +128,8 @@ fn jwks_sequence(d: &Daemon) -> u64 {
 
 #[test]
 fn py_spiffe_fetches_x509_context_and_jwt_and_validates() {
-    let python = venv_python();
     let d = daemon();
-    let out = Command::new(&python)
-        .arg(daemon::peer_file("python/pyspiffe_client.py"))
-        .arg(AUDIENCE)
-        .env("SPIFFE_ENDPOINT_SOCKET", d.endpoint())
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "py-spiffe client failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON from py-spiffe");
+    let v = daemon::python_peer("pyspiffe_client.py", &[AUDIENCE], &d.endpoint());
     assert_eq!(v["x509_spiffe_id"], ID);
     assert_eq!(v["x509_chain_len"], 1);
     assert_eq!(

@@ -88,6 +88,29 @@ pub fn venv_python() -> PathBuf {
     venv_bin("python")
 }
 
+/// Runs the Python peer `tests/peers/python/<script>` with `args`, pointed at the Workload API
+/// at `endpoint`, and returns the one JSON object it prints.
+///
+/// # Panics
+/// The venv is missing, or the peer fails or prints something else: the panic shows its output.
+pub fn python_peer(script: &str, args: &[&str], endpoint: &str) -> serde_json::Value {
+    let out = Command::new(venv_python())
+        .arg(peer_file(&format!("python/{script}")))
+        .args(args)
+        .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON object ({e}):\n{stdout}"))
+}
+
 /// A program on PATH, or a panic with how to install it.
 pub fn require_tool(name: &str, hint: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
