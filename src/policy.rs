@@ -186,8 +186,16 @@ struct Snapshot {
 
 impl Snapshot {
     fn new(set: PolicySet, ids: Vec<String>) -> Self {
+        let reads_selectors = readers::reads_selectors(&set);
+        if reads_selectors {
+            // Operators see why callers in supplementary groups cost more per call.
+            tracing::info!(
+                "the policy reads principal.selectors: a caller with supplementary groups has \
+                 them re-read on each call (see deploy/policy/README.md)"
+            );
+        }
         Self {
-            reads_selectors: readers::reads_selectors(&set),
+            reads_selectors,
             policies: set,
             ids,
         }
