@@ -306,7 +306,7 @@ impl CallerResolver {
         if handle.known().is_some() {
             tracing::info!(
                 pid = process.pid(),
-                "caller changed program or owner; attesting again"
+                "caller changed program, owner or groups; attesting again"
             );
         }
         let attestation = self
