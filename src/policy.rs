@@ -21,6 +21,7 @@ use cedar_policy::{Authorizer, PolicySet, Request, Schema, Validator};
 
 mod entities;
 mod loader;
+mod nesting;
 mod readers;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ mod tests;
 pub const DEVELOPMENT_POLICY: &str = include_str!("policy/development.cedar");
 
 pub use entities::{AudienceAttributes, AudienceInfo, NAMESPACE};
+pub use nesting::MAX_POLICY_NESTING;
 
 /// The schema every policy set is validated against.
 pub const SCHEMA: &str = include_str!("policy/schema.cedarschema");
@@ -149,6 +151,12 @@ pub enum PolicyError {
     NotUtf8 { path: PathBuf, offset: usize },
     #[error("policy text is over {MAX_POLICY_BYTES} bytes (read {size})")]
     TooLarge { size: usize },
+    #[error(
+        "policy nests deeper than {MAX_POLICY_NESTING} levels at line {line}, column {column} \
+         (brackets, `if` and chains of `.`, arithmetic and comparisons count; `&&`, `||` and \
+         commas do not): split the condition or use `&&` / `||`"
+    )]
+    TooDeep { line: usize, column: usize },
     #[error("policy does not parse:\n{0}")]
     Parse(Diagnostics),
     #[error("policy does not validate against the schema:\n{0}")]

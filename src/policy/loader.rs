@@ -70,6 +70,11 @@ pub(super) fn check(text: &str, validator: &Validator) -> Result<Checked, Policy
     if text.len() > MAX_POLICY_BYTES {
         return Err(PolicyError::TooLarge { size: text.len() });
     }
+    // Before Cedar, whose recursion would overflow the stack and abort the process.
+    super::nesting::check(text).map_err(|at| PolicyError::TooDeep {
+        line: at.line,
+        column: at.column,
+    })?;
     let parsed = PolicySet::from_str(text).map_err(|errs| {
         PolicyError::Parse(Diagnostics(
             errs.iter()

@@ -630,6 +630,105 @@ fn whether_the_set_reads_selectors_follows_a_reload() {
     assert!(!e.reads_selectors());
 }
 
+/// Policy text nested `n` levels deep by one construct.
+type Nesting = fn(usize) -> String;
+
+/// The deepest text of each nesting construct that the bound lets through.
+fn deepest_accepted(make: impl Fn(usize) -> String) -> String {
+    let mut n = 1;
+    while nesting_ok(&make(n + 1)) {
+        n += 1;
+        assert!(
+            n < 10 * MAX_POLICY_NESTING,
+            "the bound never refused {}",
+            make(n)
+        );
+    }
+    make(n)
+}
+
+fn nesting_ok(text: &str) -> bool {
+    !matches!(
+        PolicyEngine::from_text(text, AudienceAttributes::default()),
+        Err(PolicyError::TooDeep { .. })
+    )
+}
+
+#[test]
+fn what_the_nesting_bound_lets_through_fits_a_runtime_threads_stack() {
+    fn when(c: String) -> String {
+        format!("@id(\"deep\") permit (principal, action, resource) when {{ {c} }};")
+    }
+    let constructs: [(&str, Nesting); 6] = [
+        ("parentheses", |n| {
+            when(format!("{}true{}", "(".repeat(n), ")".repeat(n)))
+        }),
+        ("sets", |n| {
+            when(format!("{}1{} == [1]", "[".repeat(n), "]".repeat(n)))
+        }),
+        ("records", |n| {
+            when(format!(
+                "{}1{} == {{a: 1}}",
+                "{a: ".repeat(n),
+                "}".repeat(n)
+            ))
+        }),
+        ("ifs", |n| {
+            when(format!(
+                "{}true{}",
+                "if true then ".repeat(n),
+                " else false".repeat(n)
+            ))
+        }),
+        ("members", |n| {
+            when(format!("principal{} == 1", ".a".repeat(n)))
+        }),
+        ("sums", |n| {
+            when(format!(
+                "context.ttl_seconds > {}",
+                vec!["1"; n].join(" + ")
+            ))
+        }),
+    ];
+    for (name, make) in constructs {
+        let text = deepest_accepted(make);
+        // Parse, validate, decide, and drop, on a thread with the runtime's 2 MiB stack: an
+        // overflow here aborts the test binary.
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(
+                move || match PolicyEngine::from_text(&text, AudienceAttributes::default()) {
+                    Ok(engine) => format!("loaded, allowed: {}", decide(&engine, &BASE).allowed),
+                    Err(e) => format!("refused: {}", e.to_string().lines().next().unwrap_or("")),
+                },
+            )
+            .unwrap()
+            .join()
+            .unwrap();
+        eprintln!("{name}: {outcome}");
+    }
+}
+
+#[test]
+fn a_policy_nested_past_the_bound_is_refused_and_a_reload_keeps_the_old_set() {
+    let deep = format!(
+        "@id(\"deep\") permit (principal, action, resource) when {{ {}true{} }};",
+        "(".repeat(200),
+        ")".repeat(200)
+    );
+    let e = PolicyEngine::from_text(&deep, AudienceAttributes::default()).unwrap_err();
+    assert!(matches!(e, PolicyError::TooDeep { line: 1, .. }), "{e}");
+    assert!(e.to_string().contains("nests deeper than 32 levels"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.cedar");
+    std::fs::write(&path, ALLOW_ALL).unwrap();
+    let engine = PolicyEngine::load(&path, AudienceAttributes::default()).unwrap();
+    std::fs::write(&path, &deep).unwrap();
+    assert!(matches!(engine.reload(), Err(PolicyError::TooDeep { .. })));
+    assert_eq!(engine.policy_ids(), vec!["allow-all"]);
+}
+
 #[test]
 fn engine_from_text_cannot_reload() {
     assert!(matches!(
