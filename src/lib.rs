@@ -21,7 +21,5 @@ pub mod server;
 pub mod spiffe_id;
 pub mod svid;
 pub mod telemetry;
-#[cfg(test)]
-mod testing;
 pub mod tls;
 pub mod workload_api;

@@ -13,24 +13,9 @@ const AUDIENCE: &str = "spiffe://example.org/needs-group";
 const KEPT: u32 = 4242;
 const DROPPED: u32 = 4243;
 
-/// Root, or `SVID_BROKER_TESTS_NOT_ROOT=1` to skip explicitly; anything else fails.
-fn root_or_opt_out() -> bool {
-    if daemon::euid() == 0 {
-        return true;
-    }
-    if std::env::var_os("SVID_BROKER_TESTS_NOT_ROOT").is_some_and(|v| v == "1") {
-        eprintln!("SVID_BROKER_TESTS_NOT_ROOT=1: skipping a test whose client calls setgroups");
-        return false;
-    }
-    panic!(
-        "this test's client calls setgroups and needs root (CI runs as root); \
-         set SVID_BROKER_TESTS_NOT_ROOT=1 to skip it explicitly"
-    );
-}
-
 #[test]
 fn a_jwt_svid_the_policy_ties_to_a_group_is_refused_once_the_caller_drops_it() {
-    if !root_or_opt_out() {
+    if !svid_broker_test_support::root_or_opt_out("runs a client that calls setgroups") {
         return;
     }
     let policy = format!(

@@ -10,7 +10,7 @@ const NOBODY: u32 = 65534;
 
 /// True when the test can chown; otherwise panics, unless the operator opted out.
 fn root_or_opt_out() -> bool {
-    crate::testing::root_or_opt_out(&format!(
+    svid_broker_test_support::root_or_opt_out(&format!(
         "chowns files to uid {NOBODY} to play another user"
     ))
 }

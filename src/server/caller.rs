@@ -914,7 +914,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_drops_a_group_an_entry_names_is_attested_again() {
-        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
+        if !svid_broker_test_support::root_or_opt_out("changes a child's supplementary groups") {
             return;
         }
         let group_entry = entry(
@@ -930,7 +930,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_drops_a_group_is_attested_again_while_the_policy_reads_selectors() {
-        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
+        if !svid_broker_test_support::root_or_opt_out("changes a child's supplementary groups") {
             return;
         }
         let (resolver, runs) = resolver_with(Vec::new(), Some(policy(READS_SELECTORS)));
@@ -955,7 +955,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_whose_groups_nothing_reads_keeps_its_attestation_when_it_drops_one() {
-        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
+        if !svid_broker_test_support::root_or_opt_out("changes a child's supplementary groups") {
             return;
         }
         // An entry for its uid, another (not matched) for a group, a policy that reads no
@@ -977,7 +977,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_leaves_the_group_of_its_own_gid_is_attested_again() {
-        if !crate::testing::root_or_opt_out("changes a child's supplementary groups") {
+        if !svid_broker_test_support::root_or_opt_out("changes a child's supplementary groups") {
             return;
         }
         // Its only group is its own gid (0), which the fingerprint covers as the gid; but its
@@ -1035,7 +1035,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_changes_user_is_attested_again() {
-        if !crate::testing::root_or_opt_out("changes a child's user") {
+        if !svid_broker_test_support::root_or_opt_out("changes a child's user") {
             return;
         }
         const NOBODY: libc::uid_t = 65534;

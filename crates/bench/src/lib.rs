@@ -125,6 +125,12 @@ pub struct BenchArgs {
     pub policy: Option<PathBuf>,
 }
 
+/// The text of a file named on the command line, if one was.
+fn read_if_given(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    path.map(|p| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display())))
+        .transpose()
+}
+
 /// Resolved run settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -291,18 +297,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     procfs::raise_nofile_limit(
         ((settings.stream_connections + settings.clients.iter().sum::<usize>()) * 3 + 1024) as u64,
     );
-    let extra_config = match &args.extra_config {
-        Some(p) => {
-            Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?)
-        }
-        None => None,
-    };
-    let policy = match &args.policy {
-        Some(p) => {
-            Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?)
-        }
-        None => None,
-    };
+    let extra_config = read_if_given(args.extra_config.as_deref())?;
+    let policy = read_if_given(args.policy.as_deref())?;
     let target = match &args.socket {
         Some(s) => Target::Running(s.clone()),
         None => Target::Start(DaemonOptions {
