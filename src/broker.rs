@@ -12,6 +12,7 @@ pub mod core;
 mod events;
 pub mod grant;
 mod introspect;
+mod issued;
 pub mod limits;
 mod mint;
 pub mod oidc;

@@ -109,3 +109,24 @@ pub fn kinds(records: &[AuditEvent]) -> Vec<String> {
         })
         .collect()
 }
+
+/// `token` with its payload rewritten by `edit`, its header and signature kept: the jti is
+/// one the broker issued, the bytes are not the ones it signed.
+pub fn with_payload(token: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (header, payload, sig) = (
+        parts.next().expect("header"),
+        parts.next().expect("payload"),
+        parts.next().expect("signature"),
+    );
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url payload"))
+            .expect("JSON payload");
+    edit(&mut claims);
+    format!(
+        "{header}.{}.{sig}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("JSON"))
+    )
+}
