@@ -573,6 +573,72 @@ async fn queued_appends_share_one_fsync() {
     assert!(syncs < 100, "{syncs} fsyncs for 100 records: no grouping");
 }
 
+#[tokio::test]
+async fn one_calls_records_share_one_fsync_however_many() {
+    let sink = FakeSink::default();
+    let log = start(sink.clone());
+    // More than a batch holds: a CloseTask of a wide tree writes this many revocations.
+    let n = MAX_BATCH_RECORDS * 4 + 1;
+    log.append_all((0..n as u64).map(token_issued).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.syncs.load(Ordering::SeqCst),
+        1,
+        "one disk wait for the whole call"
+    );
+    assert_eq!(*sink.batches.lock().unwrap(), [n]);
+    assert_eq!(log.append(token_issued(0)).await.unwrap(), n as u64 + 1);
+    // Nothing to write: no disk wait at all.
+    log.append_all(Vec::new()).await.unwrap();
+    assert_eq!(sink.syncs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_calls_keep_their_records_next_to_each_other() {
+    let sink = FakeSink {
+        sync_delay: Some(std::time::Duration::from_millis(5)),
+        ..FakeSink::default()
+    };
+    // A batch bound below one call's three records: calls still go whole.
+    let log = start_with(
+        sink.clone(),
+        AuditOptions {
+            max_batch: 2,
+            ..AuditOptions::default()
+        },
+    );
+    let calls = 40u64;
+    let tasks: Vec<_> = (0..calls)
+        .map(|c| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.append_all((0..3).map(|i| token_issued(c * 10 + i)).collect())
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let written = String::from_utf8(sink.written.lock().unwrap().clone()).unwrap();
+    let jtis: Vec<u64> = written
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["jti"].as_str().unwrap()["jti-".len()..].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(jtis.len(), 3 * calls as usize);
+    for call in jtis.chunks(3) {
+        let c = call[0] / 10;
+        assert_eq!(call, [c * 10, c * 10 + 1, c * 10 + 2], "{jtis:?}");
+    }
+    // Each call reached the bound alone, so each went in a write of its own, uncut.
+    let batches = sink.batches.lock().unwrap().clone();
+    assert_eq!(batches, vec![3; calls as usize]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_sync_or_write_fails_every_appender() {
     for sink in [

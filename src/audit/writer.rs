@@ -1,6 +1,12 @@
 //! The single writer: owns the file, extends the chain, and acknowledges appends only after
 //! their batch is written and synced (group commit).
 //!
+//! An append is one call's records. They are written together, in order and next to each
+//! other, with one sync however many there are (a CloseTask of a wide tree writes thousands):
+//! the batch bound decides which further appends share that sync, never splits one. Only a
+//! rotation falling among them puts a call's records in two files, each synced before the
+//! call is acknowledged.
+//!
 //! It runs on its own OS thread because every step (write, fsync) blocks; a tokio worker
 //! parked in fsync would stall unrelated requests.
 //!
@@ -38,10 +44,34 @@ pub(super) trait Sink: Send + 'static {
     }
 }
 
-/// An appender's request: the event's JSON object, and where to send the seq (or error).
+/// An appender's request: one call's events as JSON objects (at least one, in order), and
+/// where to send the first one's seq (or the error) once all are on disk.
 pub(super) struct Pending {
-    pub event_json: Vec<u8>,
-    pub ack: oneshot::Sender<Result<u64, AuditError>>,
+    events: Vec<Vec<u8>>,
+    /// How many of `events` are on disk already (the rest wait for a rotation).
+    written: usize,
+    /// Seq of `events[0]`, once it is written.
+    first_seq: Option<u64>,
+    ack: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+impl Pending {
+    /// `None` for no events: there is nothing to write or to wait for.
+    pub fn new(
+        events: Vec<Vec<u8>>,
+        ack: oneshot::Sender<Result<u64, AuditError>>,
+    ) -> Option<Self> {
+        (!events.is_empty()).then_some(Self {
+            events,
+            written: 0,
+            first_seq: None,
+            ack,
+        })
+    }
+
+    fn unwritten(&self) -> &[Vec<u8>] {
+        &self.events[self.written..]
+    }
 }
 
 /// The end of the chain: the next seq and the hash the next record must carry, and where the
@@ -57,6 +87,7 @@ pub(super) struct ChainState {
 
 /// How the writer behaves.
 pub(super) struct Config {
+    /// Further appends join a batch while it holds fewer records than this.
     pub max_batch: usize,
     /// Rotate before the active file would grow past this; `None`: never.
     pub max_file_bytes: Option<u64>,
@@ -130,9 +161,13 @@ impl Writer {
                     None => break,
                 }
             }
-            while batch.len() < self.config.max_batch {
+            let mut records: usize = batch.iter().map(|p| p.unwritten().len()).sum();
+            while records < self.config.max_batch {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(p) => {
+                        records += p.unwritten().len();
+                        batch.push(p);
+                    }
                     Err(_) => break,
                 }
             }
@@ -140,10 +175,7 @@ impl Writer {
         }
         let last: Vec<Pending> = on_close()
             .into_iter()
-            .map(|event_json| Pending {
-                event_json,
-                ack: oneshot::channel().0,
-            })
+            .filter_map(|event_json| Pending::new(vec![event_json], oneshot::channel().0))
             .collect();
         if !last.is_empty() {
             // Closing: try the disk once more whatever the backoff says.
@@ -203,26 +235,43 @@ impl Writer {
             self.monitor.succeeded();
         }
         self.monitor.synced(taken);
-        let first_seq = self.state.next_seq;
+        let mut seq = self.state.next_seq;
         self.state.next_seq += taken as u64;
         self.state.prev = prev;
         self.state.file_len += buf.len() as u64;
-        for (i, p) in batch.drain(..taken).enumerate() {
-            // An appender that gave up waiting still has its record on disk; that is the safe
+        // The written records are the batch's leading ones, so the appends they complete are
+        // its leading ones too; a call cut by a rotation stays first, partly written.
+        let (mut left, mut complete) = (taken, 0);
+        for p in batch.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            let n = p.unwritten().len().min(left);
+            p.first_seq.get_or_insert(seq);
+            p.written += n;
+            seq += n as u64;
+            left -= n;
+            if p.unwritten().is_empty() {
+                complete += 1;
+            }
+        }
+        for p in batch.drain(..complete) {
+            // An appender that gave up waiting still has its records on disk; that is the safe
             // direction (a record without a token, never the reverse).
-            let _ = p.ack.send(Ok(first_seq + i as u64));
+            let _ = p.ack.send(Ok(p.first_seq.unwrap_or(seq)));
         }
     }
 
-    /// The lines for the leading records of `batch` that fit in the active file: at least one
-    /// when the file is empty, none when the file must rotate first.
+    /// The lines for the leading unwritten records of `batch` that fit in the active file: at
+    /// least one when the file is empty, none when the file must rotate first.
     fn encode(&self, batch: &[Pending], ts: &str) -> (Vec<u8>, usize, String) {
         let limit = self.config.max_file_bytes.unwrap_or(u64::MAX);
         let mut prev = self.state.prev.clone();
         let mut buf = Vec::new();
         let mut taken = 0;
-        for (seq, p) in (self.state.next_seq..).zip(batch) {
-            let line = encode_line(seq, ts, &prev, &p.event_json);
+        let records = batch.iter().flat_map(Pending::unwritten);
+        for (seq, event_json) in (self.state.next_seq..).zip(records) {
+            let line = encode_line(seq, ts, &prev, event_json);
             let after = self.state.file_len + (buf.len() + line.len() + 1) as u64;
             if after > limit && self.state.file_len + buf.len() as u64 > 0 {
                 break;
