@@ -4,7 +4,8 @@
 #   Python venv ${SVID_BROKER_VENV:-<repo>/.venv}, from tests/peers/python/requirements.txt (pinned):
 #     spiffe (py-spiffe) 0.3.2, PyJWT[crypto], jwcrypto, cryptography, buf-bin (the `buf` CLI,
 #     for `buf curl` over gRPC reflection), kubernetes-validate (scripts/validate-manifests.sh)
-#   openssl            from Debian's packages when missing (needs root)
+#   openssl, valgrind  from Debian's packages when missing (needs root); valgrind runs the
+#                      link-order check (scripts/text-order.sh --check)
 #   Go peers           SPIRE and a go-spiffe client, by scripts/install-go-peers.sh
 #                      (SVID_BROKER_SKIP_GO=1 skips them; those tests then say they skipped)
 #
@@ -55,18 +56,22 @@ say "  $("$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null 
   awk '{printf "%s==%s ", $1, $2}')"
 say "  buf $buf_version"
 
-# --- openssl ------------------------------------------------------------------------------
-if ! command -v openssl >/dev/null 2>&1; then
+# --- Debian packages: openssl (certificates in tests), valgrind (the link-order check) -------
+debian_tool() { # command, package
+  command -v "$1" >/dev/null 2>&1 && return
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    say "openssl missing: apt-get install -y openssl"
+    say "$1 missing: apt-get install -y $2"
     apt-get update -qq || fail "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null ||
-      fail "apt-get install openssl failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null ||
+      fail "apt-get install $2 failed"
   else
-    fail "openssl not found; install it (Debian: sudo apt-get install openssl)"
+    fail "$1 not found; install it (Debian: sudo apt-get install $2)"
   fi
-fi
+}
+debian_tool openssl openssl
 say "openssl: $(openssl version)"
+debian_tool valgrind valgrind
+say "valgrind: $(valgrind --version)"
 
 # --- Go peers -----------------------------------------------------------------------------
 if [[ -f "$repo/scripts/install-go-peers.sh" ]]; then

@@ -5,12 +5,18 @@
 # bench's idle RSS:
 #
 #   bash scripts/text-order.sh
+#   bash scripts/text-order.sh --check   fails when start-up runs functions the order lacks
+#                                        (the test command runs this)
 #
 # Needs valgrind (Debian: valgrind). The bench starts the daemon under callgrind, which records
 # every function entered, twice: once through start-up, the readiness checks and the idle wait
 # (the no-op row only), once through every row at one client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=write
+if [[ "${1:-}" == "--check" ]]; then
+  mode=check
+fi
 
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 command -v nm >/dev/null || { echo "nm not found: apt-get install binutils" >&2; exit 1; }
@@ -18,7 +24,7 @@ command -v nm >/dev/null || { echo "nm not found: apt-get install binutils" >&2;
 if [ -z "${NO_BUILD:-}" ]; then
   cargo build --release -p svid-broker -p svid-broker-bench
 fi
-bin=target/release
+bin=$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -26,7 +32,7 @@ trap 'rm -rf "$work"' EXIT
 cat >"$work/under-callgrind.sh" <<EOF
 #!/bin/sh
 exec valgrind --tool=callgrind --demangle=no --dump-instr=no \
-  --callgrind-out-file="\$CALLGRIND_OUT" "$PWD/$bin/svid-broker" "\$@"
+  --callgrind-out-file="\$CALLGRIND_OUT" "$bin/svid-broker" "\$@"
 EOF
 chmod +x "$work/under-callgrind.sh"
 
@@ -40,6 +46,11 @@ run() { # name, then bench arguments
 # --only matches names by substring: "no-op (health" is the gRPC health row alone, not also the
 # OAuth listener's no-op row, whose serving code is not start-up.
 run startup --only "no-op (health"
+if [[ $mode == check ]]; then
+  python3 scripts/text-order.py --check "$bin/svid-broker" link/svid-broker.order \
+    "$work/startup.callgrind"
+  exit 0
+fi
 run serving
 
 python3 scripts/text-order.py "$bin/svid-broker" link/svid-broker.order \
