@@ -12,7 +12,7 @@ use tonic::Status;
 use super::events::{decision_event, task_open_event};
 use super::grant::{self, GrantContext, ParentLimit};
 use super::limits;
-use super::table::{TableError, Task, TaskState};
+use super::table::{Grants, TableError, Task, TaskState};
 use super::token;
 use super::who::choose_identity;
 use super::Broker;
@@ -315,7 +315,17 @@ impl Broker {
             claims.scopes.into_iter().collect()
         };
         let counted = token_state.max_uses > 0;
-        let task = task.clone();
+        // Only what the child needs, not the whole task: its list of children grows with every
+        // child opened from it, and copying it here, under the table's lock, made each
+        // delegated open cost more than the one before.
+        let task = Parent {
+            id: task.id.clone(),
+            owner: task.owner.clone(),
+            grants: task.grants.clone(),
+            expires_at: task.expires_at,
+            depth: task.depth,
+            obo: task.obo.clone(),
+        };
         // Opening a child spends a use of an N-use delegation token, under the same lock
         // as the check, so two children cannot share a single-use token.
         let used = if counted {
@@ -333,6 +343,16 @@ impl Broker {
     }
 }
 
+/// What a child task takes from its parent task.
+struct Parent {
+    id: String,
+    owner: SpiffeId,
+    grants: Grants,
+    expires_at: i64,
+    depth: u32,
+    obo: Option<Value>,
+}
+
 /// A task OpenTask decided to open, and what the answer says about it.
 struct Decided {
     task: Task,
@@ -343,7 +363,7 @@ struct Decided {
 }
 
 pub(super) struct ParentInfo {
-    task: Task,
+    task: Parent,
     token_scopes: BTreeSet<String>,
     /// (task, jti, uses) when opening this child spent a use of the delegation token.
     used: Option<(String, String, u32)>,
