@@ -1,7 +1,7 @@
 //! The task table: tasks, their delegation tree, issued tokens and use counts. Plain data,
 //! no I/O; the broker holds it under a mutex and writes the audit record first.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde_json::Value;
 use spiffe::SpiffeId;
@@ -233,15 +233,28 @@ impl TaskTable {
     /// Forgets tasks finished more than `retention` seconds ago and expired tokens.
     pub fn sweep(&mut self, now: i64, retention: i64) {
         self.tokens.retain(|_, t| t.exp > now);
-        let gone: Vec<String> = self
+        let gone: HashSet<String> = self
             .tasks
             .values()
             .filter(|t| t.state(now) != TaskState::Open && t.expires_at + retention <= now)
             .map(|t| t.id.clone())
             .collect();
+        let mut parents = HashSet::new();
         for id in &gone {
-            if self.tasks.remove(id).is_some_and(|t| !t.closed) {
-                self.unclosed -= 1;
+            if let Some(t) = self.tasks.remove(id) {
+                if !t.closed {
+                    self.unclosed -= 1;
+                }
+                parents.extend(t.parent);
+            }
+        }
+        // A task that outlives its children must not keep their ids: a long-lived parent
+        // opening short children would grow its list for its whole life. A forgotten child
+        // has no open descendants (a child ends no later than its parent, and a close takes
+        // every descendant), so nothing a later close must reach is lost.
+        for id in &parents {
+            if let Some(parent) = self.tasks.get_mut(id) {
+                parent.children.retain(|c| !gone.contains(c));
             }
         }
         let tokens = &self.tokens;
@@ -360,6 +373,21 @@ mod tests {
         assert_eq!(t.record_issue(&id, 30), 2);
         assert_eq!(t.record_issue(&id, 61), 2);
         assert_eq!(t.rate(&id, 200), 0);
+    }
+
+    #[test]
+    fn a_parent_forgets_the_children_the_sweep_forgets() {
+        let mut t = TaskTable::default();
+        t.insert(task("parent", None, 1000), 10, 0).unwrap();
+        t.insert(task("short", Some("parent"), 10), 10, 0).unwrap();
+        t.insert(task("closed", Some("parent"), 40), 10, 0).unwrap();
+        t.insert(task("live", Some("parent"), 900), 10, 0).unwrap();
+        t.close("closed");
+        t.sweep(100, 50);
+        assert_eq!(t.get("parent").unwrap().children, ["live"]);
+        // Closing the parent still reaches the child it kept.
+        t.close("parent");
+        assert!(t.get("live").unwrap().closed);
     }
 
     #[test]
