@@ -60,8 +60,8 @@ impl Broker {
             (closed, revoked)
         };
         // Every descendant's revocation in one batch: closing a tree waits for the disk twice
-        // (the close before it takes effect, the revocations after), not once per task, up to
-        // the writer's batch of `audit::MAX_BATCH_RECORDS`.
+        // (the close before it takes effect, the revocations after), not once per task, however
+        // wide the tree (the writer never splits one call's records between syncs).
         let revocations: Vec<AuditEvent> = closed
             .iter()
             .filter(|c| c.as_str() != task_id)
