@@ -3,19 +3,45 @@
 //! An ES256 verification costs more than everything else an introspection or a delegated
 //! OpenTask does with a token. The broker keeps the SHA-256 of each token it mints (in its
 //! table entry, until the token expires), so a presented token whose bytes hash to that value
-//! is one it signed itself. Everything else (key id in the bundle, audience, expiry, task
-//! state) is still checked by the caller.
+//! is one it signed itself. Everything else is still checked: the key id, audience and expiry
+//! by [`Broker::verify_token`], the task and token state by its callers.
+
+use std::time::SystemTime;
 
 use subtle::ConstantTimeEq;
 
 use super::Broker;
-use crate::svid::jwt::{self, ParsedJwt};
+use crate::svid::jwt::{self, JwtError, ParsedJwt, VerifiedJwt};
 
 impl Broker {
+    /// Verifies `token` (already parsed as `parsed`) for `audience` against this trust
+    /// domain's current bundle, without its signature when its bytes are ones minted here.
+    ///
+    /// # Errors
+    /// The first failed check, as [`jwt::verify_parsed`] reports it.
+    pub(super) fn verify_token(
+        &self,
+        token: &str,
+        parsed: ParsedJwt,
+        audience: &str,
+        now: SystemTime,
+    ) -> Result<VerifiedJwt, JwtError> {
+        let bundle = self.issuer.current_bundle();
+        let signature = self.signature_check_for(&parsed, token);
+        jwt::verify_parsed(
+            token,
+            parsed,
+            audience,
+            now,
+            |td| (td == &bundle.trust_domain).then_some(bundle.as_ref()),
+            signature,
+        )
+    }
+
     /// `IssuedHere` when `token` (already parsed as `parsed`) is byte for byte one this
     /// broker minted and still remembers; `Check` otherwise (a token minted upstream by
     /// SPIRE, one forgotten after a restart, or bytes that differ in any way).
-    pub(super) fn signature_check_for(&self, parsed: &ParsedJwt, token: &str) -> jwt::Signature {
+    fn signature_check_for(&self, parsed: &ParsedJwt, token: &str) -> jwt::Signature {
         let kept = parsed
             .claims
             .get("jti")

@@ -260,7 +260,6 @@ impl Broker {
     ) -> Result<ParentInfo, Status> {
         let denied =
             |why: String| Status::permission_denied(format!("parent_token rejected: {why}"));
-        let bundle = self.issuer.current_bundle();
         let parsed = jwt::parse(token).map_err(|e| denied(e.to_string()))?;
         let owner_str = owner.to_string();
         if !parsed.audiences().contains(&owner_str.as_str()) {
@@ -271,16 +270,9 @@ impl Broker {
         }
         // A delegation token is one this broker minted moments ago: when its bytes are the
         // ones that left, the signature check (most of a delegated open's CPU) is skipped.
-        let signature = self.signature_check_for(&parsed, token);
-        let verified = jwt::verify_parsed(
-            token,
-            parsed,
-            &owner_str,
-            now,
-            |td| (td == &bundle.trust_domain).then_some(bundle.as_ref()),
-            signature,
-        )
-        .map_err(|e| denied(e.to_string()))?;
+        let verified = self
+            .verify_token(token, parsed, &owner_str, now)
+            .map_err(|e| denied(e.to_string()))?;
         let claims =
             token::read(&verified.parsed).ok_or_else(|| denied("not a task token".into()))?;
         let mut table = self.lock();
