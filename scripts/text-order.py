@@ -4,7 +4,6 @@
     text-order.py BINARY OUT STARTUP.callgrind [SERVING.callgrind ...]
     text-order.py --check BINARY ORDER STARTUP.callgrind
 
-
 The first callgrind file is the daemon starting, answering its readiness health checks and
 sitting idle; the others are the daemon serving requests. OUT lists the binary's functions
 that the first run executed, those the serving runs spent least in first, then those only the
@@ -83,11 +82,17 @@ def text_symbols(binary):
 MAX_MISSING_STARTUP = 8
 
 
-def check(binary, order_path, startup):
+def startup_functions(binary, startup):
+    """The binary's function sizes, and the names of those the start-up run executed."""
     sizes = text_symbols(binary)
     first = self_costs(startup).keys() & sizes.keys()
     if not first:
         sys.exit(f"{startup}: no function of {binary} in it (run callgrind with --demangle=no)")
+    return sizes, first
+
+
+def check(binary, order_path, startup):
+    sizes, first = startup_functions(binary, startup)
     with open(order_path, encoding="utf-8") as f:
         listed = set(f.read().split())
     missing = sorted(first - listed, key=lambda n: -sizes[n])
@@ -111,10 +116,7 @@ def main(argv):
     if len(argv) < 4:
         sys.exit(__doc__)
     binary, out_path, startup, *serving = argv[1:]
-    sizes = text_symbols(binary)
-    first = self_costs(startup).keys() & sizes.keys()
-    if not first:
-        sys.exit(f"{startup}: no function of {binary} in it (run callgrind with --demangle=no)")
+    sizes, first = startup_functions(binary, startup)
     hot = {}
     for f in serving:
         for name, cost in self_costs(f).items():
