@@ -17,6 +17,7 @@ pub mod limits;
 mod mint;
 pub mod oidc;
 mod open;
+mod open_count;
 pub mod replay;
 pub mod service;
 pub mod settings;

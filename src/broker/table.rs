@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::Value;
 use spiffe::SpiffeId;
 
+use super::open_count::OpenCount;
+
 /// Scopes granted per audience.
 pub type Grants = BTreeMap<String, BTreeSet<String>>;
 
@@ -96,9 +98,8 @@ pub struct TaskTable {
     tasks: HashMap<String, Task>,
     tokens: HashMap<String, TokenState>,
     issued: HashMap<SpiffeId, VecDeque<i64>>,
-    /// Tasks not closed (some may have expired): an upper bound on open tasks, so the
-    /// open-task limit is checked without a scan until it could matter.
-    unclosed: usize,
+    /// Tasks not closed, by expiry: the open-task limit is checked without a scan.
+    open: OpenCount,
     /// Token ids per task, so a close counts its tokens without scanning them all.
     task_tokens: HashMap<String, Vec<String>>,
 }
@@ -107,11 +108,9 @@ impl TaskTable {
     /// # Errors
     /// `Full` when `limit` tasks are open already.
     pub fn insert(&mut self, task: Task, limit: usize, now: i64) -> Result<(), TableError> {
-        if self.unclosed >= limit {
-            let open = self.open_count(now);
-            if open >= limit {
-                return Err(TableError::Full(open));
-            }
+        let open = self.open.open(now);
+        if open >= limit {
+            return Err(TableError::Full(open));
         }
         self.insert_unchecked(task);
         Ok(())
@@ -130,24 +129,17 @@ impl TaskTable {
             parent.children.push(task.id.clone());
         }
         if !task.closed {
-            self.unclosed += 1;
+            self.open.add(task.expires_at);
         }
         if let Some(old) = self.tasks.insert(task.id.clone(), task) {
             if !old.closed {
-                self.unclosed -= 1;
+                self.open.remove(old.expires_at);
             }
         }
     }
 
     pub fn get(&self, id: &str) -> Option<&Task> {
         self.tasks.get(id)
-    }
-
-    pub fn open_count(&self, now: i64) -> usize {
-        self.tasks
-            .values()
-            .filter(|t| t.state(now) == TaskState::Open)
-            .count()
     }
 
     /// Closes `id` and every task delegated from it, depth first. Returns the ids that
@@ -163,7 +155,7 @@ impl TaskTable {
             if let Some(t) = self.tasks.get_mut(&next) {
                 if !t.closed {
                     t.closed = true;
-                    self.unclosed -= 1;
+                    self.open.remove(t.expires_at);
                     closed.push(next.clone());
                 }
                 stack.extend(t.children.iter().cloned());
@@ -243,7 +235,7 @@ impl TaskTable {
         for id in &gone {
             if let Some(t) = self.tasks.remove(id) {
                 if !t.closed {
-                    self.unclosed -= 1;
+                    self.open.remove(t.expires_at);
                 }
                 parents.extend(t.parent);
             }
@@ -362,7 +354,7 @@ mod tests {
         );
         t.sweep(1000, 0);
         assert!(t.insert(task("d", None, 2000), 2, 1000).is_ok());
-        assert_eq!(t.unclosed, 1);
+        assert_eq!(t.open.unclosed(), 1);
     }
 
     #[test]
