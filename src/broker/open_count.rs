@@ -72,6 +72,7 @@ impl OpenCount {
     }
 
     /// Tasks not closed, expired or not.
+    #[cfg(test)]
     pub fn unclosed(&self) -> usize {
         self.unclosed
     }
