@@ -50,8 +50,8 @@ pub(super) struct Pending {
     events: Vec<Vec<u8>>,
     /// How many of `events` are on disk already (the rest wait for a rotation).
     written: usize,
-    /// Seq of `events[0]`, once it is written.
-    first_seq: Option<u64>,
+    /// Seq of `events[0]`: meaningful once `written > 0`, set when it is written.
+    first_seq: u64,
     ack: oneshot::Sender<Result<u64, AuditError>>,
 }
 
@@ -64,7 +64,7 @@ impl Pending {
         (!events.is_empty()).then_some(Self {
             events,
             written: 0,
-            first_seq: None,
+            first_seq: 0,
             ack,
         })
     }
@@ -247,7 +247,9 @@ impl Writer {
                 break;
             }
             let n = p.unwritten().len().min(left);
-            p.first_seq.get_or_insert(seq);
+            if p.written == 0 {
+                p.first_seq = seq;
+            }
             p.written += n;
             seq += n as u64;
             left -= n;
@@ -258,7 +260,7 @@ impl Writer {
         for p in batch.drain(..complete) {
             // An appender that gave up waiting still has its records on disk; that is the safe
             // direction (a record without a token, never the reverse).
-            let _ = p.ack.send(Ok(p.first_seq.unwrap_or(seq)));
+            let _ = p.ack.send(Ok(p.first_seq));
         }
     }
 

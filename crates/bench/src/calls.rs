@@ -60,6 +60,9 @@ pub enum Workload {
     IntrospectToken,
     /// OpenTask, MintTaskToken, CloseTask in sequence, timed as one.
     TaskCycle,
+    /// OpenTask once the table's every slot holds an expired task the sweep still keeps
+    /// ([`super::full_table`]); run after the other rows' rounds.
+    OpenTaskFullTable,
     /// FetchJWTSVID with a fresh audience against a SPIRE agent.
     SpireJwtFreshAudience,
     /// GET /.well-known/oauth-authorization-server: the OAuth listener's no-op baseline
@@ -84,6 +87,7 @@ impl Workload {
         Workload::MintTaskToken,
         Workload::IntrospectToken,
         Workload::TaskCycle,
+        Workload::OpenTaskFullTable,
         Workload::OAuthNoop,
         Workload::OAuthToken,
         Workload::OAuthIntrospect,
@@ -101,6 +105,7 @@ impl Workload {
             Workload::MintTaskToken => "MintTaskToken",
             Workload::IntrospectToken => "IntrospectToken",
             Workload::TaskCycle => "OpenTask+MintTaskToken+CloseTask",
+            Workload::OpenTaskFullTable => "OpenTask, table full of expired tasks",
             Workload::SpireJwtFreshAudience => "SPIRE agent: FetchJWTSVID fresh audience",
             Workload::OAuthNoop => "oauth no-op",
             Workload::OAuthToken => "oauth token",
@@ -139,6 +144,7 @@ impl Workload {
                 | Workload::MintTaskToken
                 | Workload::IntrospectToken
                 | Workload::TaskCycle
+                | Workload::OpenTaskFullTable
         )
     }
 
@@ -172,6 +178,7 @@ impl Workload {
                 | Workload::DelegatedOpenTask
                 | Workload::MintTaskToken
                 | Workload::IntrospectToken
+                | Workload::OpenTaskFullTable
         )
     }
 }
@@ -337,7 +344,7 @@ impl Client {
                     })
                     .await?;
             }
-            Workload::OpenTask => {
+            Workload::OpenTask | Workload::OpenTaskFullTable => {
                 let id = self.open_task().await?;
                 self.opened.push(id);
             }

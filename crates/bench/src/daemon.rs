@@ -17,7 +17,7 @@ pub const TASK_AUDIENCE: &str = "spiffe://bench.test/tool";
 /// The scope the bench's tasks ask for.
 pub const TASK_SCOPE: &str = "bench:read";
 /// `[broker] max_open_tasks`: the OpenTask row opens tasks faster than it can close them.
-const MAX_OPEN_TASKS: usize = 100_000;
+pub const MAX_OPEN_TASKS: usize = 100_000;
 /// How long the daemon may take to answer its first health check.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after serving starts before idle RSS is read.

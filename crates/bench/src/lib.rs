@@ -11,6 +11,7 @@ pub mod chart;
 pub mod daemon;
 pub mod disk;
 pub mod floor;
+pub mod full_table;
 pub mod load;
 pub mod metrics;
 pub mod procfs;
@@ -41,6 +42,7 @@ pub const ROW_NAMES: &[&str] = &[
     Workload::MintTaskToken.name(),
     Workload::IntrospectToken.name(),
     Workload::TaskCycle.name(),
+    Workload::OpenTaskFullTable.name(),
     Workload::SpireJwtFreshAudience.name(),
     Workload::OAuthNoop.name(),
     Workload::OAuthToken.name(),
@@ -271,6 +273,54 @@ fn daemon_limits(s: &Settings, streams: bool, extra_config: Option<&str>) -> Opt
 
 /// Adds one round of a row to the rows: the first round of a (row, clients) pair takes its
 /// place in table order, later rounds are absorbed into it.
+/// The row on a full table: fills the table of a daemon the bench started (never an
+/// operator's running one), then runs the row's rounds. Returns the report's note and the
+/// rounds.
+async fn full_table_rows(
+    settings: &Settings,
+    target: &Target,
+    daemon: &Daemon,
+) -> (String, Vec<RowResult>) {
+    let name = Workload::OpenTaskFullTable.name();
+    if let Target::Running(_) = target {
+        return (
+            format!("{name}: not measured: it fills the task table, so it runs only on a daemon the bench starts"),
+            Vec::new(),
+        );
+    }
+    let tasks = if settings.quick {
+        full_table::QUICK_FILL_TASKS
+    } else {
+        daemon::MAX_OPEN_TASKS
+    };
+    let filled = match full_table::fill(&daemon.socket, tasks, daemon::MAX_OPEN_TASKS).await {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                format!("{name}: not measured: filling the table failed: {e}"),
+                Vec::new(),
+            )
+        }
+    };
+    let mut rounds = Vec::new();
+    for round in 0..settings.rounds {
+        for &clients in &settings.clients {
+            let row = load::run_row(
+                Workload::OpenTaskFullTable,
+                &daemon.socket,
+                None,
+                clients,
+                &settings.plan,
+                &[daemon.pid],
+            )
+            .await;
+            eprintln!("bench: round {}: {}", round + 1, row.summary());
+            rounds.push(row);
+        }
+    }
+    (filled.note(), rounds)
+}
+
 fn merge_round(rows: &mut Vec<RowResult>, round: RowResult) {
     match rows
         .iter_mut()
@@ -361,7 +411,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         let (mut rechecks, mut per_sync) = (Vec::new(), Vec::new());
         for round in 0..settings.rounds {
             for workload in Workload::BROKER_ROWS {
-                if !settings.selected(*workload) {
+                // Its fill would stay in the table for the later rounds: it runs after them.
+                if !settings.selected(*workload) || *workload == Workload::OpenTaskFullTable {
                     continue;
                 }
                 for &clients in &settings.clients {
@@ -386,6 +437,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                     eprintln!("bench: round {}: {}", round + 1, row.summary());
                     merge_round(&mut rows, row);
                 }
+            }
+        }
+        if settings.selected(Workload::OpenTaskFullTable) {
+            let (note, rounds) = full_table_rows(&settings, &target, &daemon).await;
+            facts.full_table_note = Some(note);
+            for row in rounds {
+                merge_round(&mut rows, row);
             }
         }
         facts.recheck = mean(&rechecks);

@@ -61,6 +61,8 @@ pub struct Facts {
     pub spire_note: Option<String>,
     /// How the OAuth rows with client assertions were bounded.
     pub oauth_note: Option<String>,
+    /// How the table was filled for the full-table row, or why that row did not run.
+    pub full_table_note: Option<String>,
     /// `/proc/loadavg` when the run started and when it ended: other work on the machine
     /// shows in the tail latencies.
     pub load_average: (Option<String>, Option<String>),
@@ -134,6 +136,9 @@ impl Report {
             notes.push(n.clone());
         }
         if let Some(n) = &self.facts.oauth_note {
+            notes.push(n.clone());
+        }
+        if let Some(n) = &self.facts.full_table_note {
             notes.push(n.clone());
         }
         if let Some(st) = &self.facts.streams {

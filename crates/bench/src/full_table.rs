@@ -1,0 +1,93 @@
+//! The table a busy node reaches when agents let their tasks lapse instead of closing them:
+//! every slot of `[broker] max_open_tasks` taken by a task that has expired but that the
+//! sweep keeps for its retention hour. An OpenTask must then decide, under the lock every
+//! TaskBroker call takes, that none of them is open. The row "OpenTask, table full of expired
+//! tasks" runs after the bench fills the table this way.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use super::calls::connect;
+use super::daemon::{TASK_AUDIENCE, TASK_SCOPE};
+use svid_broker::client::with_header;
+use svid_broker::proto::svidbroker::v1 as broker;
+use svid_broker::proto::svidbroker::v1::task_broker_client::TaskBrokerClient;
+
+/// Lifetime of the tasks that fill the table: the shortest a task can ask for.
+pub const FILL_TASK_TTL_SECS: u32 = 1;
+/// Connections the fill spreads its OpenTask calls over.
+pub const FILL_CLIENTS: usize = 16;
+/// Tasks a `--quick` run fills with: enough to exercise the row, not a full table.
+pub const QUICK_FILL_TASKS: usize = 1_000;
+
+/// What the fill did.
+#[derive(Clone, Debug)]
+pub struct Filled {
+    /// Tasks opened (and lapsed) before the row.
+    pub tasks: usize,
+    /// The daemon's `max_open_tasks`.
+    pub limit: usize,
+    pub took: Duration,
+}
+
+impl Filled {
+    pub fn note(&self) -> String {
+        format!(
+            "OpenTask, table full of expired tasks: before its first round the bench opened {} tasks of {} s ({} connections, {:.1} s) against max_open_tasks = {} and waited for them to expire; the sweep keeps them for an hour, so each call of the row finds them there",
+            crate::report::thousands(self.tasks),
+            FILL_TASK_TTL_SECS,
+            FILL_CLIENTS,
+            self.took.as_secs_f64(),
+            crate::report::thousands(self.limit)
+        )
+    }
+}
+
+/// Opens up to `tasks` tasks of [`FILL_TASK_TTL_SECS`] (fewer if the daemon reports its table
+/// full first) and returns once all of them have expired.
+///
+/// # Errors
+/// A connection or an OpenTask fails other than with the table full.
+pub async fn fill(socket: &Path, tasks: usize, limit: usize) -> Result<Filled, String> {
+    let started = Instant::now();
+    let mut openers = Vec::with_capacity(FILL_CLIENTS);
+    for i in 0..FILL_CLIENTS {
+        let share = tasks / FILL_CLIENTS + usize::from(i < tasks % FILL_CLIENTS);
+        let channel = connect(socket).await.map_err(|e| format!("connect: {e}"))?;
+        let mut client = TaskBrokerClient::new(with_header(channel));
+        openers.push(tokio::spawn(async move {
+            let mut opened = 0;
+            for _ in 0..share {
+                let r = client
+                    .open_task(broker::OpenTaskRequest {
+                        purpose: "benchmark: lapses unclosed".into(),
+                        audiences: vec![TASK_AUDIENCE.into()],
+                        scopes: vec![TASK_SCOPE.into()],
+                        ttl_seconds: FILL_TASK_TTL_SECS,
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(_) => opened += 1,
+                    Err(s) if s.code() == Code::ResourceExhausted => break,
+                    Err(s) => return Err(format!("OpenTask: {s}")),
+                }
+            }
+            Ok(opened)
+        }));
+    }
+    let mut opened = 0;
+    for o in openers {
+        opened += o.await.map_err(|e| format!("opener: {e}"))??;
+    }
+    let took = started.elapsed();
+    // The last task opened lapses FILL_TASK_TTL_SECS after it was opened, at a whole second.
+    tokio::time::sleep(Duration::from_secs(u64::from(FILL_TASK_TTL_SECS) + 1)).await;
+    Ok(Filled {
+        tasks: opened,
+        limit,
+        took,
+    })
+}
