@@ -15,8 +15,9 @@ use svid_broker::client::with_header;
 use svid_broker::proto::svidbroker::v1 as broker;
 use svid_broker::proto::svidbroker::v1::task_broker_client::TaskBrokerClient;
 
-/// Lifetime of the tasks that fill the table: the shortest a task can ask for.
-pub const FILL_TASK_TTL_SECS: u32 = 1;
+/// Lifetime of the tasks that fill the table: the shortest a task can ask for, since a task
+/// must outlive the shortest token (`[broker] min_token_ttl`, left at its default here).
+pub const FILL_TASK_TTL_SECS: u32 = svid_broker::broker::settings::MIN_TOKEN_TTL.as_secs() as u32;
 /// Connections the fill spreads its OpenTask calls over.
 pub const FILL_CLIENTS: usize = 16;
 /// Tasks a `--quick` run fills with: enough to exercise the row, not a full table.
