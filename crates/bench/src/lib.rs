@@ -117,6 +117,9 @@ pub struct BenchArgs {
     /// Skip the stream and CA rotation measurement.
     #[arg(long)]
     pub no_streams: bool,
+    /// Skip the full-table OpenTask row (its fill opens `max_open_tasks` tasks first).
+    #[arg(long)]
+    pub no_full_table: bool,
     /// TOML appended to the generated daemon config (e.g. `[broker]` settings).
     #[arg(long)]
     pub extra_config: Option<PathBuf>,
@@ -439,7 +442,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 }
             }
         }
-        if settings.selected(Workload::OpenTaskFullTable) {
+        if args.no_full_table {
+            facts.full_table_note = Some(format!(
+                "{}: skipped (--no-full-table)",
+                Workload::OpenTaskFullTable.name()
+            ));
+        } else if settings.selected(Workload::OpenTaskFullTable) {
             let (note, rounds) = full_table_rows(&settings, &target, &daemon).await;
             facts.full_table_note = Some(note);
             for row in rounds {
