@@ -363,11 +363,14 @@ pub(super) struct ParentInfo {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tonic::Code;
 
     use super::super::testkit::{
-        caller, kinds, kit, mint_request, open_request, with_payload, AGENT, OTHER, TOOL,
+        caller, kinds, kit, kit_with, mint_request, open_request, with_payload, AGENT, OTHER, TOOL,
     };
+    use crate::broker::{BrokerConfig, Who};
 
     /// A task of AGENT that may delegate to OTHER, and a token for OTHER good for `uses`.
     async fn delegation_token(k: &super::super::testkit::Kit, uses: u32) -> (String, String) {
@@ -453,6 +456,41 @@ mod tests {
             k.broker.list(true).iter().all(|t| t.delegation_depth == 0),
             "no child"
         );
+    }
+
+    /// `max_open_tasks` at its edge, through OpenTask: a task stops counting when it expires
+    /// (though the table keeps it) or closes.
+    #[tokio::test]
+    async fn the_open_task_bound_counts_only_tasks_still_open() {
+        let k = kit_with(BrokerConfig {
+            max_open_tasks: 2,
+            ..BrokerConfig::default()
+        });
+        let agent = caller(AGENT);
+        let open = |ttl| k.broker.open_task(&agent, open_request(&[TOOL], &[], ttl));
+        open(60).await.unwrap();
+        let long = open(600).await.unwrap();
+        let err = open(600).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message().contains("too many open tasks (2)")
+                && err.message().contains("broker.max_open_tasks"),
+            "{err:?}"
+        );
+        k.clock.advance(Duration::from_secs(60));
+        assert_eq!(
+            k.broker.list(true).len(),
+            2,
+            "the expired task is still listed"
+        );
+        open(600).await.expect("the expired task no longer counts");
+        assert_eq!(open(600).await.unwrap_err().code(), Code::ResourceExhausted);
+        k.broker
+            .close(&Who::Workload(agent.clone()), &long.task_id, "")
+            .await
+            .unwrap();
+        open(600).await.expect("the closed task no longer counts");
+        assert_eq!(open(600).await.unwrap_err().code(), Code::ResourceExhausted);
     }
 
     #[tokio::test]

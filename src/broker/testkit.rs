@@ -28,13 +28,18 @@ pub struct Kit {
 }
 
 pub fn kit() -> Kit {
+    kit_with(BrokerConfig::default())
+}
+
+/// A kit whose broker runs on `config`.
+pub fn kit_with(config: BrokerConfig) -> Kit {
     let issuer = FakeIssuer::new("example.org");
     let sink = Arc::new(RecordingSink::default());
     let clock = FakeClock::now_truncated();
     let policy = PolicyEngine::from_text(crate::policy::DEVELOPMENT_POLICY, Default::default())
         .expect("development policy");
     let broker = Broker::new(BrokerParts {
-        config: BrokerConfig::default(),
+        config,
         issuer: issuer.clone(),
         policy: Some(Arc::new(policy)),
         audit: Some(sink.clone()),
