@@ -165,6 +165,21 @@ pub enum AuditError {
     },
 }
 
+impl AuditError {
+    /// The record itself cannot be written (too large, a field too long, something that looks
+    /// like a secret), whatever state the log is in: the fault is in what the request carried,
+    /// and the same request will fail the same way against a healthy log.
+    pub fn is_about_the_record(&self) -> bool {
+        matches!(
+            self,
+            AuditError::FieldTooLong { .. }
+                | AuditError::ListTooLong { .. }
+                | AuditError::RecordTooLarge { .. }
+                | AuditError::SecretLike { .. }
+        )
+    }
+}
+
 /// A handle to the log; clone it freely. When the last handle is dropped the writer writes
 /// the pending attestation summaries, closes the file and releases its lock before the drop
 /// returns.

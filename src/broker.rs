@@ -2,7 +2,7 @@
 //! tokens, with delegation between agents, revocation on close, policy at request time and
 //! an audit record before every token leaves.
 //!
-//! One file per operation (`open`, `mint`, `close`, `introspect`, `admin`), sharing the state
+//! One file per operation (`open`, `mint`, `close`, `introspect`, `list`, `admin`), sharing the state
 //! in `core`. Each is unit-tested against a fake issuer, a recording audit sink and a fake
 //! clock (`testkit`).
 
@@ -14,6 +14,7 @@ pub mod grant;
 mod introspect;
 mod issued;
 pub mod limits;
+mod list;
 mod mint;
 pub mod oidc;
 mod open;

@@ -273,6 +273,7 @@ async fn admin_socket_is_the_only_way_in_for_operators() {
     let r = on_public
         .list_tasks(pb::ListTasksRequest {
             include_closed: true,
+            ..Default::default()
         })
         .await;
     assert_eq!(r.unwrap_err().code(), Code::Unimplemented);
@@ -332,6 +333,7 @@ async fn admin_socket_is_the_only_way_in_for_operators() {
     let listed = admin
         .list_tasks(pb::ListTasksRequest {
             include_closed: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -435,9 +437,107 @@ async fn admin_socket_is_the_only_way_in_for_operators() {
     let listed = admin
         .list_tasks(pb::ListTasksRequest {
             include_closed: false,
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert!(listed.tasks.is_empty(), "{:?}", listed.tasks);
+}
+
+/// A listing larger than one answer comes in pages (here because of the page's byte bound:
+/// 60 tasks of 16 audiences of 1,500 bytes list as about 1.5 MiB), and the CLI follows them.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_listing_comes_in_pages_and_the_cli_reads_them_all() {
+    let b = Broker::start(Options::new(&version("v1", "read")));
+    let mut c = b.client().await;
+    let mut opened = BTreeSet::new();
+    for n in 0..60 {
+        let auds: Vec<String> = (0..16)
+            .map(|a| {
+                let mut s = format!("spiffe://example.org/tool/{n}/{a}/");
+                s.extend(std::iter::repeat_n('x', 1_500 - s.len()));
+                s
+            })
+            .collect();
+        let auds: Vec<&str> = auds.iter().map(String::as_str).collect();
+        let purpose = "p".repeat(1024);
+        let t = c
+            .open_task(open_req(&purpose, &auds, &["read"], 0))
+            .await
+            .unwrap()
+            .into_inner();
+        opened.insert(t.task_id);
+    }
+
+    let mut admin = b.admin().await;
+    let first = admin
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !first.next_page_token.is_empty() && first.tasks.len() < 60,
+        "one answer held {} tasks",
+        first.tasks.len()
+    );
+    let rest = admin
+        .list_tasks(pb::ListTasksRequest {
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rest.next_page_token.is_empty());
+    let paged: BTreeSet<String> = first
+        .tasks
+        .iter()
+        .chain(&rest.tasks)
+        .map(|t| t.task_id.clone())
+        .collect();
+    assert_eq!(paged, opened);
+
+    let out = b.cli(&[
+        "admin",
+        "tasks",
+        "--admin-socket",
+        b.admin_socket.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let printed: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(printed, opened, "the CLI printed every page");
+
+    let bad = admin
+        .list_tasks(pb::ListTasksRequest {
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(bad, Code::InvalidArgument, "page_token");
+
+    // Larger still, the task's own audit record would not fit: the caller is told to ask for
+    // less, and the daemon stays up and keeps its log.
+    let huge: Vec<String> = (0..16)
+        .map(|a| {
+            let mut s = format!("spiffe://example.org/tool/huge/{a}/");
+            s.extend(std::iter::repeat_n('x', 2048 - s.len()));
+            s
+        })
+        .collect();
+    let huge: Vec<&str> = huge.iter().map(String::as_str).collect();
+    assert_status(
+        c.open_task(open_req(&"p".repeat(1024), &huge, &["read"], 0))
+            .await,
+        Code::InvalidArgument,
+        "cannot be recorded",
+    );
+    c.open_task(open_req("small", &[TOOL_X], &["read"], 0))
+        .await
+        .expect("the next task opens");
 }

@@ -434,6 +434,7 @@ async fn delegation_chain_closes_from_the_top() {
     let listed = admin
         .list_tasks(pb::ListTasksRequest {
             include_closed: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -497,6 +498,7 @@ async fn child_opened_during_parent_close_is_closed_too() {
             .await
             .list_tasks(pb::ListTasksRequest {
                 include_closed: true,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -527,6 +529,7 @@ async fn child_opened_during_parent_close_is_closed_too() {
         .await
         .list_tasks(pb::ListTasksRequest {
             include_closed: false,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -20,7 +20,9 @@ impl AuditSink for AuditLog {
     }
 }
 
-/// A sink that keeps records in memory and fails on demand.
+/// A sink that keeps records in memory and fails on demand. It refuses what the real log
+/// refuses before writing (a record too large, a field too long, a secret-like value), so the
+/// broker's unit tests see those refusals too.
 #[cfg(test)]
 #[derive(Default)]
 pub struct RecordingSink {
@@ -54,6 +56,9 @@ impl AuditSink for RecordingSink {
             return Err(AuditError::Failed {
                 reason: "injected: disk full".into(),
             });
+        }
+        for e in &events {
+            super::encode(e)?;
         }
         self.records.lock().unwrap().extend(events);
         self.appends

@@ -87,6 +87,8 @@ impl Broker {
     ///
     /// # Errors
     /// `Unavailable` when the log cannot take it: the caller must not hand anything out.
+    /// `InvalidArgument` when the record itself cannot be written (too large, a field too
+    /// long): the request carried too much.
     pub async fn audit(&self, event: AuditEvent) -> Result<(), Status> {
         self.audit_all(vec![event]).await
     }
@@ -101,6 +103,13 @@ impl Broker {
             return Ok(());
         };
         log.append_all(events).await.map_err(|e| {
+            if e.is_about_the_record() {
+                // Nothing was written: every record is checked before any is queued.
+                tracing::warn!(error = %e, "request refused: its audit record cannot be written");
+                return Status::invalid_argument(format!(
+                    "the request cannot be recorded, nothing issued: {e}; ask for fewer or shorter audiences, scopes or purpose"
+                ));
+            }
             tracing::error!(error = %e, "audit append failed; refusing the request");
             Status::unavailable(format!("audit log unavailable, nothing issued: {e}"))
         })

@@ -493,6 +493,39 @@ mod tests {
         assert_eq!(open(600).await.unwrap_err().code(), Code::ResourceExhausted);
     }
 
+    /// Every field within its own bound, but together more than one audit record holds: the
+    /// caller asked for too much (`InvalidArgument`, saying what to cut), the log is not at
+    /// fault (`Unavailable`), and nothing is opened or recorded.
+    #[tokio::test]
+    async fn a_task_too_large_to_record_is_refused_as_the_callers_fault() {
+        use super::super::limits::{
+            MAX_AUDIENCE_BYTES, MAX_PURPOSE_BYTES, MAX_SCOPES, MAX_SCOPE_BYTES, MAX_TASK_AUDIENCES,
+        };
+        let k = kit();
+        let mut req = open_request(&[], &[], 600);
+        req.purpose = "p".repeat(MAX_PURPOSE_BYTES);
+        req.audiences = (0..MAX_TASK_AUDIENCES)
+            .map(|a| {
+                let mut s = format!("https://tool.example/{a}/");
+                s.extend(std::iter::repeat_n('x', MAX_AUDIENCE_BYTES - s.len()));
+                s
+            })
+            .collect();
+        req.scopes = (0..MAX_SCOPES)
+            .map(|i| format!("{i:0>width$}", width = MAX_SCOPE_BYTES))
+            .collect();
+        let err = k.broker.open_task(&caller(AGENT), req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains("cannot be recorded")
+                && err.message().contains("audit event is")
+                && err.message().contains("fewer or shorter audiences"),
+            "{err:?}"
+        );
+        assert!(k.sink.records().is_empty(), "nothing recorded");
+        assert!(k.broker.list(true).is_empty(), "nothing opened");
+    }
+
     #[tokio::test]
     async fn a_task_is_recorded_before_it_is_answered() {
         let k = kit();

@@ -136,9 +136,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        Ok(Response::new(pb::ListTasksResponse {
-            tasks: self.broker.list(request.get_ref().include_closed),
-        }))
+        self.broker.list_page(request.get_ref()).map(Response::new)
     }
 
     async fn revoke_task(

@@ -251,24 +251,33 @@ pub async fn run_admin(cmd: AdminCommand) -> anyhow::Result<()> {
     let mut client = AdminClient::new(connect(path).await?);
     match cmd {
         AdminCommand::Tasks { all, .. } => {
-            let r = client
-                .list_tasks(pb::ListTasksRequest {
-                    include_closed: all,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            for t in r.tasks {
-                println!(
-                    "{}  {:8}  {}  depth={} tokens={} audiences={} expires_at={}",
-                    t.task_id,
-                    t.state,
-                    t.spiffe_id,
-                    t.delegation_depth,
-                    t.tokens_issued,
-                    t.audiences.join(","),
-                    t.expires_at
-                );
+            let mut req = pb::ListTasksRequest {
+                include_closed: all,
+                ..Default::default()
+            };
+            // Page after page, each printed as it arrives.
+            loop {
+                let r = client
+                    .list_tasks(req.clone())
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                for t in r.tasks {
+                    println!(
+                        "{}  {:8}  {}  depth={} tokens={} audiences={} expires_at={}",
+                        t.task_id,
+                        t.state,
+                        t.spiffe_id,
+                        t.delegation_depth,
+                        t.tokens_issued,
+                        t.audiences.join(","),
+                        t.expires_at
+                    );
+                }
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                req.page_token = r.next_page_token;
             }
         }
         AdminCommand::Revoke { task, reason, .. } => {
