@@ -351,3 +351,39 @@ async fn callers_without_identity_are_recorded_once_per_window_and_summarised_on
         .unwrap()
         .is_empty());
 }
+
+/// The largest FetchJWTSVID the Workload API accepts (64 audiences of 2 KiB) makes a record
+/// larger than the log takes. The caller is told to ask for less (`InvalidArgument`); the log is
+/// not at fault, so health stays SERVING and the next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_svid_too_large_to_record_is_refused_as_the_callers_fault() {
+    use svid_broker::workload_api::{MAX_AUDIENCES, MAX_AUDIENCE_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let audit_dir = tempfile::tempdir().unwrap();
+    let (d, audit) = start(dir, audit_dir.path());
+    let mut c = client(&d).await;
+    let audiences: Vec<String> = (0..MAX_AUDIENCES)
+        .map(|i| {
+            let mut s = format!("spiffe://example.org/aud/{i}/");
+            s.extend(std::iter::repeat_n('x', MAX_AUDIENCE_BYTES - s.len()));
+            s
+        })
+        .collect();
+    let err = c
+        .fetch_jwtsvid(req(pb::JwtsvidRequest {
+            audience: audiences,
+            spiffe_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("cannot be recorded") && err.message().contains("audit event is"),
+        "{err:?}"
+    );
+    assert_eq!(health(&d).await, ServingStatus::Serving as i32);
+    let token = fetch_jwt(&mut c, "spiffe://example.org/after")
+        .await
+        .expect("the next request is served");
+    assert_eq!(issued_with_jti(&records(&audit), &jti(&token)), 1);
+}

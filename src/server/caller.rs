@@ -191,12 +191,20 @@ pub async fn with_attestation_written<T>(
     let Some(a) = attestation else { return r };
     match a.written().await {
         Ok(()) => r,
-        Err(e) => r.and(Err(audit_unavailable(e))),
+        Err(e) => r.and(Err(audit_refused(e))),
     }
 }
 
 /// The status of a call whose audit records the log refused: nothing was handed out.
-pub fn audit_unavailable(e: AuditError) -> Status {
+/// `Unavailable` when the log cannot write; `InvalidArgument` when the record itself cannot
+/// be written (the largest legal FetchJWTSVID, 64 audiences of 2 KiB, makes a record twice the
+/// size a record may be): the log is healthy and the caller must ask for less.
+pub fn audit_refused(e: AuditError) -> Status {
+    if e.is_about_the_record() {
+        return Status::invalid_argument(format!(
+            "the request cannot be recorded, nothing issued: {e}; ask for fewer or shorter audiences"
+        ));
+    }
     Status::unavailable(format!("audit log unavailable: {e}"))
 }
 
@@ -271,7 +279,7 @@ impl CallerResolver {
     pub async fn resolve_handle(&self, handle: &CallerHandle) -> Result<Arc<Caller>, Status> {
         let (caller, record) = self.resolve_handle_deferring(handle).await?;
         if let Some(record) = record {
-            record.written().await.map_err(audit_unavailable)?;
+            record.written().await.map_err(audit_refused)?;
         }
         Ok(caller)
     }
@@ -354,7 +362,7 @@ impl CallerResolver {
             if caller.identities.is_empty() {
                 log.append_attestation(process.uid(), event)
                     .await
-                    .map_err(audit_unavailable)?;
+                    .map_err(audit_refused)?;
             } else {
                 record = Some(Arc::new(AttestationRecord::new(log.clone(), event)));
             }

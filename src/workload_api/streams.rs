@@ -12,7 +12,7 @@ use super::WorkloadApi;
 use crate::audit::{AuditEvent, AuditLog, SvidKind};
 use crate::authority::{IssuedJwt, Issuer};
 use crate::caller::{Caller, Written};
-use crate::server::caller::{audit_unavailable, record_for, AttestationRecord};
+use crate::server::caller::{audit_refused, record_for, AttestationRecord};
 use crate::svid::bundle::TrustBundle;
 
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -49,8 +49,8 @@ impl Records {
 /// leaves only with its record. Without an audit log, nothing to do.
 ///
 /// # Errors
-/// `Unavailable` "audit log unavailable: …" when the log refuses them; the SVIDs must not be
-/// handed out.
+/// `Unavailable` "audit log unavailable: …" when the log refuses them, `InvalidArgument` when
+/// a record is too large to write ([`audit_refused`]); the SVIDs must not be handed out.
 pub(super) async fn record_issued(
     audit: Option<&AuditLog>,
     attestation: Option<&AttestationRecord>,
@@ -63,7 +63,7 @@ pub(super) async fn record_issued(
             .map(drop),
         None => record_for(audit, attestation, records.events).await,
     };
-    written.map_err(audit_unavailable)
+    written.map_err(audit_refused)
 }
 
 impl WorkloadApi {
