@@ -1,9 +1,9 @@
 //! Admin.ListTasks, a page at a time.
 //!
-//! One answer with every task did not scale with the table: a task may carry 16 audiences of
-//! 2 KiB, 32 scopes and a 1 KiB purpose (about 37 KiB listed), the table holds up to 100,000
-//! open tasks plus the closed ones it keeps for an hour, and gRPC clients refuse answers over
-//! 4 MiB by default. So an answer stops at [`MAX_LIST_PAGE_TASKS`] tasks or when the next task
+//! One answer with every task did not scale with the table: a task may list about 30 KiB of
+//! audiences, scopes and purpose (what its 64 KiB audit record, naming each audience twice, can
+//! hold), the table holds up to 100,000 open tasks plus the closed ones it keeps for an hour,
+//! and gRPC clients refuse answers over 4 MiB by default. So an answer stops at [`MAX_LIST_PAGE_TASKS`] tasks or when the next task
 //! would take it past [`MAX_LIST_PAGE_BYTES`], whichever comes first, and hands back a token
 //! for the rest. Tasks are listed oldest first (creation second, then id); the token names the
 //! last one listed, so a page costs one pass over the table under its lock and no state is
