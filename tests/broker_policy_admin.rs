@@ -445,6 +445,17 @@ async fn admin_socket_is_the_only_way_in_for_operators() {
     assert!(listed.tasks.is_empty(), "{:?}", listed.tasks);
 }
 
+/// `count` audiences under `prefix`, each padded to `bytes`.
+fn padded_audiences(prefix: &str, count: usize, bytes: usize) -> Vec<String> {
+    (0..count)
+        .map(|a| {
+            let mut s = format!("{prefix}/{a}/");
+            s.extend(std::iter::repeat_n('x', bytes - s.len()));
+            s
+        })
+        .collect()
+}
+
 /// A listing larger than one answer comes in pages (here because of the page's byte bound:
 /// 60 tasks of 16 audiences of 1,500 bytes list as about 1.5 MiB), and the CLI follows them.
 #[tokio::test(flavor = "multi_thread")]
@@ -453,13 +464,7 @@ async fn admin_listing_comes_in_pages_and_the_cli_reads_them_all() {
     let mut c = b.client().await;
     let mut opened = BTreeSet::new();
     for n in 0..60 {
-        let auds: Vec<String> = (0..16)
-            .map(|a| {
-                let mut s = format!("spiffe://example.org/tool/{n}/{a}/");
-                s.extend(std::iter::repeat_n('x', 1_500 - s.len()));
-                s
-            })
-            .collect();
+        let auds = padded_audiences(&format!("spiffe://example.org/tool/{n}"), 16, 1_500);
         let auds: Vec<&str> = auds.iter().map(String::as_str).collect();
         let purpose = "p".repeat(1024);
         let t = c
@@ -523,13 +528,7 @@ async fn admin_listing_comes_in_pages_and_the_cli_reads_them_all() {
 
     // Larger still, the task's own audit record would not fit: the caller is told to ask for
     // less, and the daemon stays up and keeps its log.
-    let huge: Vec<String> = (0..16)
-        .map(|a| {
-            let mut s = format!("spiffe://example.org/tool/huge/{a}/");
-            s.extend(std::iter::repeat_n('x', 2048 - s.len()));
-            s
-        })
-        .collect();
+    let huge = padded_audiences("spiffe://example.org/tool/huge", 16, 2048);
     let huge: Vec<&str> = huge.iter().map(String::as_str).collect();
     assert_status(
         c.open_task(open_req(&"p".repeat(1024), &huge, &["read"], 0))

@@ -165,7 +165,7 @@ mod tests {
     use prost::Message as _;
     use tonic::Code;
 
-    use super::super::testkit::{caller, kit, open_request, Kit, AGENT, TOOL};
+    use super::super::testkit::{caller, kit, open_request, padded_audiences, Kit, AGENT, TOOL};
     use super::super::Who;
     use super::*;
 
@@ -242,13 +242,11 @@ mod tests {
         let big = |n: usize| {
             let mut req = open_request(&[], &[], 600);
             req.purpose = "p".repeat(super::super::limits::MAX_PURPOSE_BYTES);
-            req.audiences = (0..super::super::limits::MAX_TASK_AUDIENCES)
-                .map(|a| {
-                    let mut s = format!("https://tool.example/{n}/{a}/");
-                    s.extend(std::iter::repeat_n('x', 1_500 - s.len()));
-                    s
-                })
-                .collect();
+            req.audiences = padded_audiences(
+                &format!("https://tool.example/{n}"),
+                super::super::limits::MAX_TASK_AUDIENCES,
+                1_500,
+            );
             req
         };
         let tasks = 60;

@@ -368,7 +368,8 @@ mod tests {
     use tonic::Code;
 
     use super::super::testkit::{
-        caller, kinds, kit, kit_with, mint_request, open_request, with_payload, AGENT, OTHER, TOOL,
+        caller, kinds, kit, kit_with, mint_request, open_request, padded_audiences, with_payload,
+        AGENT, OTHER, TOOL,
     };
     use crate::broker::{BrokerConfig, Who};
 
@@ -504,13 +505,11 @@ mod tests {
         let k = kit();
         let mut req = open_request(&[], &[], 600);
         req.purpose = "p".repeat(MAX_PURPOSE_BYTES);
-        req.audiences = (0..MAX_TASK_AUDIENCES)
-            .map(|a| {
-                let mut s = format!("https://tool.example/{a}/");
-                s.extend(std::iter::repeat_n('x', MAX_AUDIENCE_BYTES - s.len()));
-                s
-            })
-            .collect();
+        req.audiences = padded_audiences(
+            "https://tool.example",
+            MAX_TASK_AUDIENCES,
+            MAX_AUDIENCE_BYTES,
+        );
         req.scopes = (0..MAX_SCOPES)
             .map(|i| format!("{i:0>width$}", width = MAX_SCOPE_BYTES))
             .collect();

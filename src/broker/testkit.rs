@@ -91,6 +91,17 @@ pub fn mint_request(task_id: &str, audience: &str, scopes: &[&str]) -> pb::MintT
     }
 }
 
+/// `count` audiences under `prefix`, each padded to `bytes`: requests near the size bounds.
+pub fn padded_audiences(prefix: &str, count: usize, bytes: usize) -> Vec<String> {
+    (0..count)
+        .map(|a| {
+            let mut s = format!("{prefix}/{a}/");
+            s.extend(std::iter::repeat_n('x', bytes - s.len()));
+            s
+        })
+        .collect()
+}
+
 /// Opens a task for AGENT on TOOL with scopes `read` and `write`.
 pub async fn open_task(kit: &Kit) -> pb::OpenTaskResponse {
     kit.broker
