@@ -103,12 +103,12 @@ impl Broker {
             return Ok(());
         };
         log.append_all(events).await.map_err(|e| {
-            if e.is_about_the_record() {
-                // Nothing was written: every record is checked before any is queued.
+            // Nothing was written: every record is checked before any is queued.
+            if let Some(refusal) =
+                crate::server::status::unrecordable(&e, "audiences, scopes or purpose")
+            {
                 tracing::warn!(error = %e, "request refused: its audit record cannot be written");
-                return Status::invalid_argument(format!(
-                    "the request cannot be recorded, nothing issued: {e}; ask for fewer or shorter audiences, scopes or purpose"
-                ));
+                return refusal;
             }
             tracing::error!(error = %e, "audit append failed; refusing the request");
             Status::unavailable(format!("audit log unavailable, nothing issued: {e}"))

@@ -200,12 +200,8 @@ pub async fn with_attestation_written<T>(
 /// be written (the largest legal FetchJWTSVID, 64 audiences of 2 KiB, makes a record twice the
 /// size a record may be): the log is healthy and the caller must ask for less.
 pub fn audit_refused(e: AuditError) -> Status {
-    if e.is_about_the_record() {
-        return Status::invalid_argument(format!(
-            "the request cannot be recorded, nothing issued: {e}; ask for fewer or shorter audiences"
-        ));
-    }
-    Status::unavailable(format!("audit log unavailable: {e}"))
+    super::status::unrecordable(&e, "audiences")
+        .unwrap_or_else(|| Status::unavailable(format!("audit log unavailable: {e}")))
 }
 
 /// Turns connections into callers.

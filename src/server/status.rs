@@ -5,6 +5,7 @@ use tonic::Status;
 
 use spiffe::SpiffeId;
 
+use crate::audit::AuditError;
 use crate::caller::IssueError;
 use crate::server::limits::MAX_SPIFFE_ID_BYTES;
 
@@ -17,6 +18,18 @@ impl From<IssueError> for Status {
             IssueError::Failed(m) => Status::internal(m),
         }
     }
+}
+
+/// `InvalidArgument` for a request whose own audit record cannot be written (too large, a field
+/// too long, a secret-like value): the log is healthy, nothing was written, and the caller must
+/// send less (`cut` names what). `None` when the fault is the log's: the caller decides how to
+/// say that.
+pub fn unrecordable(e: &AuditError, cut: &str) -> Option<Status> {
+    e.is_about_the_record().then(|| {
+        Status::invalid_argument(format!(
+            "the request cannot be recorded, nothing issued: {e}; ask for fewer or shorter {cut}"
+        ))
+    })
 }
 
 /// A SPIFFE ID from a request field.
