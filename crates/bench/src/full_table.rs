@@ -28,20 +28,18 @@ pub const QUICK_FILL_TASKS: usize = 1_000;
 pub struct Filled {
     /// Tasks opened (and lapsed) before the row.
     pub tasks: usize,
-    /// The daemon's `max_open_tasks`.
-    pub limit: usize,
     pub took: Duration,
 }
 
 impl Filled {
     pub fn note(&self) -> String {
         format!(
-            "OpenTask, table full of expired tasks: before its first round the bench opened {} tasks of {} s ({} connections, {:.1} s) against max_open_tasks = {} and waited for them to expire; the sweep keeps them for an hour, so each call of the row finds them there",
+            "OpenTask, table full of expired tasks: before its first round the bench opened {} tasks of {} s ({} connections, {:.1} s) against the bench daemon's max_open_tasks = {} and waited for them to expire; the sweep keeps them for an hour, so each call of the row finds them there",
             crate::report::thousands(self.tasks),
             FILL_TASK_TTL_SECS,
             FILL_CLIENTS,
             self.took.as_secs_f64(),
-            crate::report::thousands(self.limit)
+            crate::report::thousands(crate::daemon::MAX_OPEN_TASKS)
         )
     }
 }
@@ -51,7 +49,7 @@ impl Filled {
 ///
 /// # Errors
 /// A connection or an OpenTask fails other than with the table full.
-pub async fn fill(socket: &Path, tasks: usize, limit: usize) -> Result<Filled, String> {
+pub async fn fill(socket: &Path, tasks: usize) -> Result<Filled, String> {
     let started = Instant::now();
     let mut openers = Vec::with_capacity(FILL_CLIENTS);
     for i in 0..FILL_CLIENTS {
@@ -88,7 +86,6 @@ pub async fn fill(socket: &Path, tasks: usize, limit: usize) -> Result<Filled, S
     tokio::time::sleep(Duration::from_secs(u64::from(FILL_TASK_TTL_SECS) + 1)).await;
     Ok(Filled {
         tasks: opened,
-        limit,
         took,
     })
 }

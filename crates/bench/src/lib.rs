@@ -296,7 +296,7 @@ async fn full_table_rows(
     } else {
         daemon::MAX_OPEN_TASKS
     };
-    let filled = match full_table::fill(&daemon.socket, tasks, daemon::MAX_OPEN_TASKS).await {
+    let filled = match full_table::fill(&daemon.socket, tasks).await {
         Ok(f) => f,
         Err(e) => {
             return (
@@ -305,23 +305,33 @@ async fn full_table_rows(
             )
         }
     };
+    let rounds = row_rounds(
+        Workload::OpenTaskFullTable,
+        &daemon.socket,
+        settings,
+        &[daemon.pid],
+    )
+    .await;
+    (filled.note(), rounds)
+}
+
+/// Every round of one row at each client count, on its own (not interleaved with other rows).
+async fn row_rounds(
+    workload: Workload,
+    socket: &std::path::Path,
+    settings: &Settings,
+    server_pids: &[i32],
+) -> Vec<RowResult> {
     let mut rounds = Vec::new();
     for round in 0..settings.rounds {
         for &clients in &settings.clients {
-            let row = load::run_row(
-                Workload::OpenTaskFullTable,
-                &daemon.socket,
-                None,
-                clients,
-                &settings.plan,
-                &[daemon.pid],
-            )
-            .await;
+            let row =
+                load::run_row(workload, socket, None, clients, &settings.plan, server_pids).await;
             eprintln!("bench: round {}: {}", round + 1, row.summary());
             rounds.push(row);
         }
     }
-    (filled.note(), rounds)
+    rounds
 }
 
 fn merge_round(rows: &mut Vec<RowResult>, round: RowResult) {
@@ -518,20 +528,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         match spire::find_binaries(args.spire_bin.as_deref()) {
             Ok(bins) => match spire::start(&bins).await {
                 Ok(spire) => {
-                    for round in 0..settings.rounds {
-                        for &clients in &settings.clients {
-                            let row = load::run_row(
-                                Workload::SpireJwtFreshAudience,
-                                &spire.workload_socket(),
-                                None,
-                                clients,
-                                &settings.plan,
-                                &spire.pids(),
-                            )
-                            .await;
-                            eprintln!("bench: round {}: {}", round + 1, row.summary());
-                            merge_round(&mut rows, row);
-                        }
+                    let rounds = row_rounds(
+                        Workload::SpireJwtFreshAudience,
+                        &spire.workload_socket(),
+                        &settings,
+                        &spire.pids(),
+                    )
+                    .await;
+                    for row in rounds {
+                        merge_round(&mut rows, row);
                     }
                     facts.spire_note = Some(format!(
                         "SPIRE {} (server + agent on this machine; CPU column is both)",
