@@ -188,12 +188,7 @@ async fn reload_under_load_is_all_or_nothing() {
         ),
     ] {
         b.write_policy(broken);
-        let out = b.cli(&[
-            "admin",
-            "reload-policy",
-            "--admin-socket",
-            b.admin_socket.to_str().unwrap(),
-        ]);
+        let out = b.admin_cli("reload-policy");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "a broken policy was accepted");
         assert!(
@@ -351,12 +346,7 @@ async fn admin_socket_is_the_only_way_in_for_operators() {
         owners.contains(&(theirs.clone(), AGENT_B.to_string())),
         "{owners:?}"
     );
-    let out = b.cli(&[
-        "admin",
-        "tasks",
-        "--admin-socket",
-        b.admin_socket.to_str().unwrap(),
-    ]);
+    let out = b.admin_cli("tasks");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains(&theirs) && text.contains(AGENT_B),
@@ -503,12 +493,7 @@ async fn admin_listing_comes_in_pages_and_the_cli_reads_them_all() {
         .collect();
     assert_eq!(paged, opened);
 
-    let out = b.cli(&[
-        "admin",
-        "tasks",
-        "--admin-socket",
-        b.admin_socket.to_str().unwrap(),
-    ]);
+    let out = b.admin_cli("tasks");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     let printed: BTreeSet<String> = text

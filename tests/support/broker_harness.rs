@@ -318,6 +318,16 @@ impl Broker {
         Command::new(bin()).args(args).output().unwrap()
     }
 
+    /// Runs `svid-broker admin <command>` against this daemon's admin socket.
+    pub fn admin_cli(&self, command: &str) -> Output {
+        self.cli(&[
+            "admin",
+            command,
+            "--admin-socket",
+            self.admin_socket.to_str().unwrap(),
+        ])
+    }
+
     /// A TaskBroker client on the public socket, as this test process.
     pub async fn client(&self) -> TaskBrokerClient<HeaderChannel> {
         TaskBrokerClient::new(with_header(connect(self.socket.clone()).await.unwrap()))
