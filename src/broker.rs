@@ -26,6 +26,7 @@ pub mod table;
 #[cfg(test)]
 mod testkit;
 pub mod token;
+mod token_table;
 pub mod who;
 
 pub use self::core::{Broker, BrokerParts};

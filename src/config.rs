@@ -398,6 +398,34 @@ selectors = ["unix:uid:1000"]
     }
 
     #[test]
+    fn broker_table_bounds_default_and_are_bounded_at_their_edges() {
+        use crate::broker::settings::{
+            DEFAULT_MAX_FINISHED_TASKS, DEFAULT_MAX_LIVE_TOKENS, MAX_FINISHED_TASKS,
+            MAX_LIVE_TOKENS, MAX_OPEN_TASKS,
+        };
+        let with = |extra: &str| Config::parse(&format!("{MINIMAL}[broker]\n{extra}"));
+        let broker = with("").unwrap().broker;
+        assert_eq!(broker.max_finished_tasks, DEFAULT_MAX_FINISHED_TASKS);
+        assert_eq!(broker.max_live_tokens, DEFAULT_MAX_LIVE_TOKENS);
+        for (key, ceiling) in [
+            ("max_open_tasks", MAX_OPEN_TASKS),
+            ("max_finished_tasks", MAX_FINISHED_TASKS),
+            ("max_live_tokens", MAX_LIVE_TOKENS),
+        ] {
+            for ok in [1, ceiling] {
+                assert!(with(&format!("{key} = {ok}")).is_ok(), "{key} = {ok}");
+            }
+            for bad in [0, ceiling + 1] {
+                let err = with(&format!("{key} = {bad}")).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("broker.{key} must be 1..={ceiling}")),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn durations_parse_and_are_bounded() {
         let ok = MINIMAL.replace(
             "selectors",

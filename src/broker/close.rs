@@ -53,12 +53,7 @@ impl Broker {
             },
         })
         .await?;
-        let (closed, revoked) = {
-            let mut table = self.lock();
-            let closed = table.close(task_id);
-            let revoked = table.live_tokens_of(&closed, self.clock.unix_seconds());
-            (closed, revoked)
-        };
+        let (closed, revoked) = self.lock().close(task_id, self.clock.unix_seconds());
         // Every descendant's revocation in one batch: closing a tree waits for the disk twice
         // (the close before it takes effect, the revocations after), not once per task, however
         // wide the tree (the writer never splits one call's records between syncs).
@@ -83,7 +78,10 @@ impl Broker {
 mod tests {
     use tonic::Code;
 
-    use super::super::testkit::{caller, kinds, kit, mint_request, open_task, AGENT, OTHER, TOOL};
+    use super::super::testkit::{
+        caller, kinds, kit, kit_with, mint_request, open_request, open_task, AGENT, OTHER, TOOL,
+    };
+    use super::super::BrokerConfig;
     use super::Who;
 
     #[tokio::test]
@@ -181,5 +179,42 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert_eq!(k.sink.records().len(), before);
+    }
+
+    /// `max_finished_tasks` through OpenTask and CloseTask: a workload that opens and
+    /// closes in a loop keeps at most `max_open_tasks + max_finished_tasks` tasks in the
+    /// table, and the ones it forgets are those closed first.
+    #[tokio::test]
+    async fn an_open_close_loop_keeps_the_table_at_its_bound() {
+        let k = kit_with(BrokerConfig {
+            max_open_tasks: 2,
+            max_finished_tasks: 3,
+            ..BrokerConfig::default()
+        });
+        let agent = caller(AGENT);
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            let t = k
+                .broker
+                .open_task(&agent, open_request(&[TOOL], &[], 600))
+                .await
+                .unwrap();
+            k.broker
+                .close(&Who::Workload(agent.clone()), &t.task_id, "")
+                .await
+                .unwrap();
+            ids.push(t.task_id);
+            k.clock.advance(std::time::Duration::from_secs(1));
+            assert!(
+                k.broker.lock().task_count() <= 5,
+                "{}",
+                k.broker.lock().task_count()
+            );
+        }
+        let mut listed: Vec<String> = k.broker.list(true).into_iter().map(|t| t.task_id).collect();
+        listed.sort();
+        let mut last: Vec<String> = ids[ids.len() - 5..].to_vec();
+        last.sort();
+        assert_eq!(listed, last, "the five closed last are kept");
     }
 }

@@ -9,6 +9,7 @@ use tonic::Status;
 
 use super::oidc::OidcIssuers;
 use super::settings::BrokerConfig;
+use super::settings::CLOSED_TASK_RETENTION;
 use super::table::TaskTable;
 use crate::audit::{AuditEvent, AuditSink};
 use crate::authority::Issuer;
@@ -66,8 +67,13 @@ impl Broker {
         self.policy.as_ref()
     }
 
-    /// Replaces the task table (state rebuilt from the audit log at start).
-    pub fn restore(&self, table: TaskTable) {
+    /// Replaces the task table (state rebuilt from the audit log at start), then forgets
+    /// what a running broker would have forgotten by now: the sweep's due tasks and
+    /// expired tokens, and finished tasks beyond the table's bounds.
+    pub fn restore(&self, mut table: TaskTable) {
+        let now = self.clock.unix_seconds();
+        table.sweep(now, CLOSED_TASK_RETENTION.as_secs() as i64);
+        table.trim(&self.config.table_bounds(), now);
         *self.lock() = table;
     }
 

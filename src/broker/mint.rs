@@ -40,6 +40,12 @@ impl Broker {
         let now = self.clock.now();
         let now_secs = unix_seconds(now);
         let task = self.mint_view(caller, &req, now_secs)?;
+        // mint_view took a slot in the token table; every way out below gives it back,
+        // unless the token is added into it.
+        let mut slot = TokenSlot {
+            broker: self,
+            filled: false,
+        };
         let scopes = task.scopes;
         let ttl = self.token_ttl(req.ttl_seconds, task.expires_at - now_secs)?;
         let rate = task.rate;
@@ -129,6 +135,7 @@ impl Broker {
                     digest: Some(digest),
                 },
             );
+            slot.filled = true;
         }
         self.metrics.task_token_issued();
         Ok(pb::MintTaskTokenResponse {
@@ -181,7 +188,7 @@ impl Broker {
         req: &pb::MintTaskTokenRequest,
         now_secs: i64,
     ) -> Result<MintView, Status> {
-        let table = self.lock();
+        let mut table = self.lock();
         let task = table
             .get(&req.task_id)
             .filter(|t| Who::Workload(caller.clone()).holds(&t.owner))
@@ -218,7 +225,7 @@ impl Broker {
                 .into_iter()
                 .collect()
         };
-        Ok(MintView {
+        let view = MintView {
             id: task.id.clone(),
             owner: task.owner.clone(),
             purpose: task.purpose.clone(),
@@ -228,7 +235,28 @@ impl Broker {
             obo: task.obo.clone(),
             act: act_of(&table, task),
             rate: table.rate(&task.owner, now_secs),
-        })
+        };
+        // Last, so that no refusal above leaves a slot taken.
+        table
+            .reserve_token(self.config.max_live_tokens, now_secs)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(view)
+    }
+}
+
+/// A slot in the token table taken for one mint: given back on drop unless the minted
+/// token filled it, so a refused policy decision, a failed signature or a failed audit
+/// write never leaks one.
+struct TokenSlot<'a> {
+    broker: &'a Broker,
+    filled: bool,
+}
+
+impl Drop for TokenSlot<'_> {
+    fn drop(&mut self) {
+        if !self.filled {
+            self.broker.lock().tokens.release();
+        }
     }
 }
 
@@ -269,7 +297,10 @@ mod tests {
 
     use tonic::Code;
 
-    use super::super::testkit::{caller, kinds, kit, mint_request, open_task, AGENT, OTHER, TOOL};
+    use super::super::testkit::{
+        caller, kinds, kit, kit_with, mint_request, open_request, open_task, AGENT, OTHER, TOOL,
+    };
+    use super::super::{BrokerConfig, Who};
     use crate::caller::IssueError;
 
     #[tokio::test]
@@ -392,5 +423,57 @@ mod tests {
         assert_eq!(err.code(), Code::Unavailable);
         assert_eq!(err.message(), "upstream down");
         assert!(!kinds(&k.sink.records()[before..]).contains(&"token_issued".to_string()));
+    }
+
+    /// `max_live_tokens` at its edge, through MintTaskToken: the mint past it is refused
+    /// before anything is signed or recorded; a failed mint gives its slot back; expiry and
+    /// a close free slots.
+    #[tokio::test]
+    async fn the_live_token_bound_at_its_edge() {
+        let k = kit_with(BrokerConfig {
+            max_live_tokens: 2,
+            ..BrokerConfig::default()
+        });
+        let agent = caller(AGENT);
+        let first = open_task(&k).await;
+        let mint = |task_id: String| k.broker.mint(&agent, mint_request(&task_id, TOOL, &[]));
+        k.issuer
+            .fail_next(IssueError::Unavailable("upstream down".into()));
+        mint(first.task_id.clone()).await.unwrap_err();
+        mint(first.task_id.clone()).await.unwrap();
+        mint(first.task_id.clone()).await.unwrap();
+        let before = k.sink.records().len();
+        let err = mint(first.task_id.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message().contains("too many live task tokens (2)")
+                && err.message().contains("broker.max_live_tokens"),
+            "{err:?}"
+        );
+        assert_eq!(k.sink.records().len(), before, "nothing decided or issued");
+
+        k.clock.advance(k.broker.config.default_token_ttl);
+        mint(first.task_id.clone())
+            .await
+            .expect("the two tokens expired");
+        let second = k
+            .broker
+            .open_task(&agent, open_request(&[TOOL], &[], 600))
+            .await
+            .unwrap();
+        mint(second.task_id.clone()).await.unwrap();
+        assert_eq!(
+            mint(first.task_id.clone()).await.unwrap_err().code(),
+            Code::ResourceExhausted
+        );
+        let closed = k
+            .broker
+            .close(&Who::Workload(agent.clone()), &second.task_id, "")
+            .await
+            .unwrap();
+        assert_eq!(closed.revoked_tokens, 1);
+        mint(first.task_id.clone())
+            .await
+            .expect("the closed task's token no longer holds a slot");
     }
 }

@@ -69,9 +69,11 @@ impl Broker {
         let closed_meanwhile = {
             let mut table = self.lock();
             table
-                .insert(task, self.config.max_open_tasks, now_secs)
+                .insert(task, &self.config.table_bounds(), now_secs)
                 .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
-            table.get(&answer.task_id).is_some_and(|t| t.closed)
+            table
+                .get(&answer.task_id)
+                .is_some_and(|t| t.closed_at.is_some())
         };
         if closed_meanwhile {
             // The parent was closed after its token was checked: the child went in closed
@@ -240,7 +242,7 @@ impl Broker {
             parent: parent.as_ref().map(|p| p.task.id.clone()),
             depth,
             children: Vec::new(),
-            closed: false,
+            closed_at: None,
             tokens_issued: 0,
             obo,
         };

@@ -51,7 +51,7 @@ pub fn rebuild(records: &[AuditRecord]) -> TaskTable {
                     parent: parent_task_id.clone(),
                     depth: *delegation_depth,
                     children: Vec::new(),
-                    closed: false,
+                    closed_at: None,
                     tokens_issued: 0,
                     obo: on_behalf_of
                         .as_deref()
@@ -64,7 +64,7 @@ pub fn rebuild(records: &[AuditRecord]) -> TaskTable {
                 expires_at,
                 max_uses,
                 ..
-            } => table.add_token(
+            } => table.restore_token(
                 jti.clone(),
                 TokenState {
                     task_id: task_id.clone(),
@@ -76,7 +76,7 @@ pub fn rebuild(records: &[AuditRecord]) -> TaskTable {
             ),
             AuditEvent::TokenUsed { jti, uses, .. } => table.set_uses(jti, *uses),
             AuditEvent::TaskClose { task_id, .. } | AuditEvent::Revocation { task_id, .. } => {
-                table.close(task_id);
+                table.close(task_id, chrono_seconds(&record.ts));
             }
             _ => {}
         }

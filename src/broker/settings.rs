@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::table::TableBounds;
+
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(120);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(10);
@@ -12,8 +14,15 @@ pub const MAX_TASK_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Deepest delegation chain the broker accepts at all; policy may allow less.
 pub const MAX_DELEGATION_DEPTH: u32 = 8;
 pub const MAX_OPEN_TASKS: usize = 100_000;
-/// Closed or expired tasks stay this long for introspection answers and listing.
+/// Closed or expired tasks stay this long after they end, for introspection answers and
+/// listing, unless the table's bound forgets them sooner.
 pub const CLOSED_TASK_RETENTION: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_FINISHED_TASKS: usize = 10_000;
+/// Ceiling of `max_finished_tasks`: room kept for tasks that have ended.
+pub const MAX_FINISHED_TASKS: usize = 100_000;
+pub const DEFAULT_MAX_LIVE_TOKENS: usize = 100_000;
+/// Ceiling of `max_live_tokens` (a remembered token is about 300 bytes).
+pub const MAX_LIVE_TOKENS: usize = 1_000_000;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +39,11 @@ pub struct BrokerConfig {
     pub max_task_ttl: Duration,
     pub max_delegation_depth: u32,
     pub max_open_tasks: usize,
+    /// Room for tasks that have ended (closed or expired) beyond `max_open_tasks`: the
+    /// table holds at most the sum, and forgets the task that ended first to make room.
+    pub max_finished_tasks: usize,
+    /// Unexpired task tokens remembered at once; MintTaskToken beyond it is refused.
+    pub max_live_tokens: usize,
     /// SPIFFE IDs allowed to introspect any task token (besides each token's audience).
     pub introspectors: Vec<String>,
 }
@@ -44,6 +58,8 @@ impl Default for BrokerConfig {
             max_task_ttl: MAX_TASK_TTL,
             max_delegation_depth: 2,
             max_open_tasks: 10_000,
+            max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
+            max_live_tokens: DEFAULT_MAX_LIVE_TOKENS,
             introspectors: Vec::new(),
         }
     }
@@ -80,6 +96,25 @@ impl BrokerConfig {
                 "broker.max_open_tasks must be 1..={MAX_OPEN_TASKS}"
             ));
         }
+        if self.max_finished_tasks == 0 || self.max_finished_tasks > MAX_FINISHED_TASKS {
+            return Err(format!(
+                "broker.max_finished_tasks must be 1..={MAX_FINISHED_TASKS}"
+            ));
+        }
+        if self.max_live_tokens == 0 || self.max_live_tokens > MAX_LIVE_TOKENS {
+            return Err(format!(
+                "broker.max_live_tokens must be 1..={MAX_LIVE_TOKENS}"
+            ));
+        }
         Ok(())
+    }
+
+    /// The task table's bounds.
+    pub fn table_bounds(&self) -> TableBounds {
+        TableBounds {
+            open_tasks: self.max_open_tasks,
+            finished_tasks: self.max_finished_tasks,
+            live_tokens: self.max_live_tokens,
+        }
     }
 }

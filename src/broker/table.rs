@@ -7,6 +7,7 @@ use serde_json::Value;
 use spiffe::SpiffeId;
 
 use super::open_count::OpenCount;
+use super::token_table::{push_pruned, TokenTable};
 
 /// Scopes granted per audience.
 pub type Grants = BTreeMap<String, BTreeSet<String>>;
@@ -27,7 +28,8 @@ pub struct Task {
     pub parent: Option<String>,
     pub depth: u32,
     pub children: Vec<String>,
-    pub closed: bool,
+    /// When it was closed (unix seconds); `None` while not closed.
+    pub closed_at: Option<i64>,
     pub tokens_issued: u32,
     /// The user this task acts for: `{"iss": …, "sub": …}`.
     pub obo: Option<Value>,
@@ -64,7 +66,7 @@ impl Task {
     }
 
     pub fn state(&self, now: i64) -> TaskState {
-        if self.closed {
+        if self.closed_at.is_some() {
             TaskState::Closed
         } else if now >= self.expires_at {
             TaskState::Expired
@@ -91,60 +93,113 @@ pub struct TokenState {
 pub enum TableError {
     #[error("too many open tasks ({0}); close tasks or raise broker.max_open_tasks")]
     Full(usize),
+    #[error(
+        "too many live task tokens ({0}); wait for tokens to expire, close tasks, or raise broker.max_live_tokens"
+    )]
+    TooManyTokens(usize),
+}
+
+/// What the table may hold: `[broker] max_open_tasks`, `max_finished_tasks`, `max_live_tokens`.
+#[derive(Clone, Copy, Debug)]
+pub struct TableBounds {
+    pub open_tasks: usize,
+    pub finished_tasks: usize,
+    pub live_tokens: usize,
+}
+
+impl TableBounds {
+    /// Tasks held at once, open or finished. Open tasks never pass `open_tasks`, so a
+    /// table this full always holds a finished task to forget.
+    pub fn tasks(&self) -> usize {
+        self.open_tasks.saturating_add(self.finished_tasks)
+    }
 }
 
 #[derive(Default)]
 pub struct TaskTable {
     tasks: HashMap<String, Task>,
-    tokens: HashMap<String, TokenState>,
+    pub tokens: TokenTable,
     issued: HashMap<SpiffeId, VecDeque<i64>>,
     /// Tasks not closed, by expiry: the open-task limit is checked without a scan.
     open: OpenCount,
-    /// Token ids per task, so a close counts its tokens without scanning them all.
-    task_tokens: HashMap<String, Vec<String>>,
+    /// `(expires_at, id)` of every task: the sweep and the bound find expired tasks
+    /// without a scan.
+    by_expiry: BTreeSet<(i64, String)>,
+    /// `(closed_at, id)` of every closed task.
+    by_close: BTreeSet<(i64, String)>,
 }
 
 impl TaskTable {
+    /// Inserts a task opened now. When the table holds `bounds.tasks()` tasks, the task
+    /// that ended first is forgotten to make room (one per insert, so no insert walks).
+    ///
     /// # Errors
-    /// `Full` when `limit` tasks are open already.
-    pub fn insert(&mut self, task: Task, limit: usize, now: i64) -> Result<(), TableError> {
+    /// `Full` when `bounds.open_tasks` tasks are open already.
+    pub fn insert(&mut self, task: Task, bounds: &TableBounds, now: i64) -> Result<(), TableError> {
         let open = self.open.open(now);
-        if open >= limit {
+        if open >= bounds.open_tasks {
             return Err(TableError::Full(open));
+        }
+        while self.tasks.len() >= bounds.tasks() {
+            if !self.forget_first_finished(now) {
+                break;
+            }
         }
         self.insert_unchecked(task);
         Ok(())
     }
 
-    /// Inserts without the open-task bound (state rebuild).
+    /// Inserts without the bounds (state rebuild; [`Self::trim`] applies them after).
     ///
     /// A child whose parent is already closed is inserted closed: the parent's close may
     /// have run while the child was being opened (after its parent token was checked), and
     /// a close must take every descendant with it, live and on replay alike.
     pub fn insert_unchecked(&mut self, mut task: Task) {
+        if let Some(old) = self.tasks.get(&task.id) {
+            let id = old.id.clone();
+            self.forget(&id);
+        }
         if let Some(parent) = task.parent.as_ref().and_then(|p| self.tasks.get_mut(p)) {
-            if parent.closed {
-                task.closed = true;
+            if let Some(at) = parent.closed_at {
+                task.closed_at.get_or_insert(at);
             }
-            parent.children.push(task.id.clone());
-        }
-        if !task.closed {
-            self.open.add(task.expires_at);
-        }
-        if let Some(old) = self.tasks.insert(task.id.clone(), task) {
-            if !old.closed {
-                self.open.remove(old.expires_at);
+            let mut children = std::mem::take(&mut parent.children);
+            push_pruned(&mut children, task.id.clone(), |c| {
+                self.tasks.contains_key(c)
+            });
+            if let Some(parent) = task.parent.as_ref().and_then(|p| self.tasks.get_mut(p)) {
+                parent.children = children;
             }
         }
+        match task.closed_at {
+            Some(at) => {
+                self.by_close.insert((at, task.id.clone()));
+            }
+            None => self.open.add(task.expires_at),
+        }
+        self.by_expiry.insert((task.expires_at, task.id.clone()));
+        self.tasks.insert(task.id.clone(), task);
+    }
+
+    /// Forgets finished tasks, the first to end first, until the table holds fewer than
+    /// `bounds.tasks()` (after a state rebuild).
+    pub fn trim(&mut self, bounds: &TableBounds, now: i64) {
+        while self.tasks.len() >= bounds.tasks() && self.forget_first_finished(now) {}
     }
 
     pub fn get(&self, id: &str) -> Option<&Task> {
         self.tasks.get(id)
     }
 
-    /// Closes `id` and every task delegated from it, depth first. Returns the ids that
-    /// were open or expired before (already closed ones are skipped).
-    pub fn close(&mut self, id: &str) -> Vec<String> {
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Closes `id` and every task delegated from it, depth first, and forgets their
+    /// tokens (a closed task's tokens answer inactive). Returns the ids that were open or
+    /// expired before (already closed ones are skipped) and how many of their tokens had
+    /// not expired: what the close revoked.
+    pub fn close(&mut self, id: &str, now: i64) -> (Vec<String>, u32) {
         let mut closed = Vec::new();
         let mut stack = vec![id.to_string()];
         let mut seen = BTreeSet::new();
@@ -153,36 +208,48 @@ impl TaskTable {
                 continue;
             }
             if let Some(t) = self.tasks.get_mut(&next) {
-                if !t.closed {
-                    t.closed = true;
+                if t.closed_at.is_none() {
+                    t.closed_at = Some(now);
                     self.open.remove(t.expires_at);
+                    self.by_close.insert((now, next.clone()));
                     closed.push(next.clone());
                 }
                 stack.extend(t.children.iter().cloned());
             }
         }
-        closed
+        let revoked = self.tokens.live_of(&closed, now);
+        for id in &closed {
+            self.tokens.forget_task(id);
+        }
+        (closed, revoked)
     }
 
-    /// Tokens of these tasks that have not expired: what a close revokes.
-    pub fn live_tokens_of(&self, task_ids: &[String], now: i64) -> u32 {
-        task_ids
-            .iter()
-            .filter_map(|id| self.task_tokens.get(id))
-            .flatten()
-            .filter(|jti| self.tokens.get(*jti).is_some_and(|t| t.exp > now))
-            .count() as u32
+    /// Takes a slot for a token a mint is about to sign; see [`TokenTable::reserve`].
+    ///
+    /// # Errors
+    /// `TooManyTokens` at `[broker] max_live_tokens`.
+    pub fn reserve_token(&mut self, limit: usize, now: i64) -> Result<(), TableError> {
+        self.tokens.reserve(limit, now)
     }
 
+    /// Adds a minted token into the slot [`Self::reserve_token`] took.
     pub fn add_token(&mut self, jti: String, token: TokenState) {
         if let Some(t) = self.tasks.get_mut(&token.task_id) {
             t.tokens_issued = t.tokens_issued.saturating_add(1);
         }
-        self.task_tokens
-            .entry(token.task_id.clone())
-            .or_default()
-            .push(jti.clone());
-        self.tokens.insert(jti, token);
+        self.tokens.add_reserved(jti, token);
+    }
+
+    /// Adds a token from the log (state rebuild): no slot, and only while its task is
+    /// remembered and not closed, as a live mint would have left it.
+    pub fn restore_token(&mut self, jti: String, token: TokenState) {
+        let Some(t) = self.tasks.get_mut(&token.task_id) else {
+            return;
+        };
+        t.tokens_issued = t.tokens_issued.saturating_add(1);
+        if t.closed_at.is_none() {
+            self.tokens.add(jti, token);
+        }
     }
 
     pub fn token(&self, jti: &str) -> Option<&TokenState> {
@@ -222,21 +289,21 @@ impl TaskTable {
         })
     }
 
-    /// Forgets tasks finished more than `retention` seconds ago and expired tokens.
+    /// Forgets tasks that ended more than `retention` seconds ago (closed then, or expired
+    /// then) and expired tokens. Walks only what it forgets.
     pub fn sweep(&mut self, now: i64, retention: i64) {
-        self.tokens.retain(|_, t| t.exp > now);
-        let gone: HashSet<String> = self
-            .tasks
-            .values()
-            .filter(|t| t.state(now) != TaskState::Open && t.expires_at + retention <= now)
-            .map(|t| t.id.clone())
-            .collect();
+        self.tokens.expire(now);
         let mut parents = HashSet::new();
-        for id in &gone {
-            if let Some(t) = self.tasks.remove(id) {
-                if !t.closed {
-                    self.open.remove(t.expires_at);
-                }
+        loop {
+            let due = |at: Option<&(i64, String)>| {
+                at.filter(|(at, _)| at.saturating_add(retention) <= now)
+                    .map(|(_, id)| id.clone())
+            };
+            let Some(id) = due(self.by_expiry.first()).or_else(|| due(self.by_close.first()))
+            else {
+                break;
+            };
+            if let Some(t) = self.forget(&id) {
                 parents.extend(t.parent);
             }
         }
@@ -245,17 +312,53 @@ impl TaskTable {
         // has no open descendants (a child ends no later than its parent, and a close takes
         // every descendant), so nothing a later close must reach is lost.
         for id in &parents {
-            if let Some(parent) = self.tasks.get_mut(id) {
-                parent.children.retain(|c| !gone.contains(c));
+            if let Some(mut children) = self
+                .tasks
+                .get_mut(id)
+                .map(|p| std::mem::take(&mut p.children))
+            {
+                children.retain(|c| self.tasks.contains_key(c));
+                if let Some(parent) = self.tasks.get_mut(id) {
+                    parent.children = children;
+                }
             }
         }
-        let tokens = &self.tokens;
-        self.task_tokens.retain(|_, jtis| {
-            jtis.retain(|j| tokens.contains_key(j));
-            !jtis.is_empty()
-        });
         self.issued
             .retain(|_, q| q.back().is_some_and(|&t| t > now - RATE_WINDOW_SECS));
+    }
+
+    /// Forgets the finished task that ended first: the earliest closed, or the earliest
+    /// expired if it expired before that close. False when no task has finished.
+    fn forget_first_finished(&mut self, now: i64) -> bool {
+        let expired = self.by_expiry.first().filter(|(at, _)| *at <= now);
+        let closed = self.by_close.first();
+        let id = match (closed, expired) {
+            (Some((c, cid)), Some((e, eid))) => {
+                if c <= e {
+                    cid.clone()
+                } else {
+                    eid.clone()
+                }
+            }
+            (Some((_, id)), None) | (None, Some((_, id))) => id.clone(),
+            (None, None) => return false,
+        };
+        self.forget(&id).is_some()
+    }
+
+    /// Removes a task from the table and every index, with its tokens. Its parent's list
+    /// of children keeps the id until pruned: a close skips ids it no longer finds.
+    fn forget(&mut self, id: &str) -> Option<Task> {
+        let t = self.tasks.remove(id)?;
+        self.by_expiry.remove(&(t.expires_at, t.id.clone()));
+        match t.closed_at {
+            Some(at) => {
+                self.by_close.remove(&(at, t.id.clone()));
+            }
+            None => self.open.remove(t.expires_at),
+        }
+        self.tokens.forget_task(id);
+        Some(t)
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
@@ -264,131 +367,5 @@ impl TaskTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn task(id: &str, parent: Option<&str>, exp: i64) -> Task {
-        Task {
-            id: id.into(),
-            owner: SpiffeId::new("spiffe://example.org/a").unwrap(),
-            purpose: "p".into(),
-            grants: Grants::new(),
-            created_at: 0,
-            expires_at: exp,
-            parent: parent.map(Into::into),
-            depth: 0,
-            children: vec![],
-            closed: false,
-            tokens_issued: 0,
-            obo: None,
-        }
-    }
-
-    #[test]
-    fn all_scopes_are_every_audiences_scopes_sorted_once() {
-        let mut t = task("a", None, 100);
-        let set = |s: &[&str]| s.iter().map(ToString::to_string).collect::<BTreeSet<_>>();
-        t.grants
-            .insert("https://one".into(), set(&["write", "read"]));
-        t.grants
-            .insert("https://two".into(), set(&["read", "admin"]));
-        assert_eq!(t.all_scopes(), ["admin", "read", "write"]);
-        assert!(task("b", None, 100).all_scopes().is_empty());
-    }
-
-    #[test]
-    fn closing_a_task_closes_its_descendants() {
-        let mut t = TaskTable::default();
-        t.insert(task("a", None, 100), 10, 0).unwrap();
-        t.insert(task("b", Some("a"), 100), 10, 0).unwrap();
-        t.insert(task("c", Some("b"), 100), 10, 0).unwrap();
-        t.insert(task("x", None, 100), 10, 0).unwrap();
-        t.add_token(
-            "j1".into(),
-            TokenState {
-                task_id: "c".into(),
-                exp: 50,
-                max_uses: 0,
-                uses: 0,
-                digest: None,
-            },
-        );
-        let mut closed = t.close("a");
-        closed.sort();
-        assert_eq!(closed, ["a", "b", "c"]);
-        assert_eq!(t.live_tokens_of(&closed, 10), 1);
-        assert_eq!(t.get("c").unwrap().state(10), TaskState::Closed);
-        assert_eq!(t.get("x").unwrap().state(10), TaskState::Open);
-        assert!(t.close("a").is_empty(), "closing twice closes nothing new");
-    }
-
-    #[test]
-    fn child_of_a_closed_task_is_born_closed() {
-        let mut t = TaskTable::default();
-        t.insert(task("a", None, 100), 10, 0).unwrap();
-        assert_eq!(t.close("a"), ["a"]);
-        t.insert(task("b", Some("a"), 100), 10, 0).unwrap();
-        assert_eq!(t.get("b").unwrap().state(10), TaskState::Closed);
-    }
-
-    #[test]
-    fn open_task_limit_at_its_edge() {
-        let mut t = TaskTable::default();
-        t.insert(task("a", None, 100), 2, 0).unwrap();
-        t.insert(task("b", None, 100), 2, 0).unwrap();
-        assert_eq!(
-            t.insert(task("c", None, 100), 2, 0),
-            Err(TableError::Full(2))
-        );
-        // Expired tasks do not count.
-        assert!(t.insert(task("c", None, 100), 2, 100).is_ok());
-        // Closed ones neither, and the counter follows closes and sweeps.
-        let mut t = TaskTable::default();
-        t.insert(task("a", None, 100), 2, 0).unwrap();
-        t.insert(task("b", None, 100), 2, 0).unwrap();
-        t.close("a");
-        assert!(t.insert(task("c", None, 100), 2, 0).is_ok());
-        assert_eq!(
-            t.insert(task("d", None, 100), 2, 0),
-            Err(TableError::Full(2))
-        );
-        t.sweep(1000, 0);
-        assert!(t.insert(task("d", None, 2000), 2, 1000).is_ok());
-        assert_eq!(t.open.unclosed(), 1);
-    }
-
-    #[test]
-    fn rate_counts_the_last_minute() {
-        let mut t = TaskTable::default();
-        let id = SpiffeId::new("spiffe://example.org/a").unwrap();
-        assert_eq!(t.record_issue(&id, 0), 1);
-        assert_eq!(t.record_issue(&id, 30), 2);
-        assert_eq!(t.record_issue(&id, 61), 2);
-        assert_eq!(t.rate(&id, 200), 0);
-    }
-
-    #[test]
-    fn a_parent_forgets_the_children_the_sweep_forgets() {
-        let mut t = TaskTable::default();
-        t.insert(task("parent", None, 1000), 10, 0).unwrap();
-        t.insert(task("short", Some("parent"), 10), 10, 0).unwrap();
-        t.insert(task("closed", Some("parent"), 40), 10, 0).unwrap();
-        t.insert(task("live", Some("parent"), 900), 10, 0).unwrap();
-        t.close("closed");
-        t.sweep(100, 50);
-        assert_eq!(t.get("parent").unwrap().children, ["live"]);
-        // Closing the parent still reaches the child it kept.
-        t.close("parent");
-        assert!(t.get("live").unwrap().closed);
-    }
-
-    #[test]
-    fn sweep_keeps_open_tasks() {
-        let mut t = TaskTable::default();
-        t.insert(task("old", None, 10), 10, 0).unwrap();
-        t.insert(task("live", None, 1000), 10, 0).unwrap();
-        t.sweep(100, 50);
-        assert!(t.get("old").is_none());
-        assert!(t.get("live").is_some());
-    }
-}
+#[path = "table_tests.rs"]
+mod tests;

@@ -18,6 +18,9 @@ pub const TASK_AUDIENCE: &str = "spiffe://bench.test/tool";
 pub const TASK_SCOPE: &str = "bench:read";
 /// `[broker] max_open_tasks`: the OpenTask row opens tasks faster than it can close them.
 pub const MAX_OPEN_TASKS: usize = 100_000;
+/// `[broker] max_live_tokens`: the MintTaskToken and IntrospectToken rows mint faster than
+/// their tokens expire (the daemon's default, 100,000, would refuse mints within a row).
+pub const MAX_LIVE_TOKENS: usize = 1_000_000;
 /// How long the daemon may take to answer its first health check.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after serving starts before idle RSS is read.
@@ -186,7 +189,8 @@ fn free_loopback_addr() -> anyhow::Result<std::net::SocketAddr> {
 }
 
 /// The launcher's config for the bench daemon: the bench's uid gets [`BENCH_SPIFFE_ID`]; with
-/// `broker_sections`, the TaskBroker opens up to [`MAX_OPEN_TASKS`] tasks under a permit-all
+/// `broker_sections`, the TaskBroker opens up to [`MAX_OPEN_TASKS`] tasks (and keeps up to
+/// [`MAX_LIVE_TOKENS`] tokens) under a permit-all
 /// policy and writes its audit log to the temp dir; with `oauth`, the OAuth face listens there
 /// in plain HTTP.
 pub fn config(
@@ -213,6 +217,7 @@ pub fn config(
     if broker_sections {
         c = c
             .broker(&format!("max_open_tasks = {MAX_OPEN_TASKS}"))
+            .broker(&format!("max_live_tokens = {MAX_LIVE_TOKENS}"))
             .policy(opts.policy.as_deref().unwrap_or(BENCH_POLICY))
             .audit("audit.jsonl");
         if let Some(o) = oauth {

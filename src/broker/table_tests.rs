@@ -1,0 +1,323 @@
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+fn task(id: &str, parent: Option<&str>, exp: i64) -> Task {
+    Task {
+        id: id.into(),
+        owner: SpiffeId::new("spiffe://example.org/a").unwrap(),
+        purpose: "p".into(),
+        grants: Grants::new(),
+        created_at: 0,
+        expires_at: exp,
+        parent: parent.map(Into::into),
+        depth: 0,
+        children: vec![],
+        closed_at: None,
+        tokens_issued: 0,
+        obo: None,
+    }
+}
+
+fn bounds(open: usize, finished: usize) -> TableBounds {
+    TableBounds {
+        open_tasks: open,
+        finished_tasks: finished,
+        live_tokens: 100,
+    }
+}
+
+fn token(task: &str, exp: i64) -> TokenState {
+    TokenState {
+        task_id: task.into(),
+        exp,
+        max_uses: 0,
+        uses: 0,
+        digest: None,
+    }
+}
+
+fn mint(t: &mut TaskTable, jti: &str, task: &str, exp: i64) {
+    t.reserve_token(100, 0).unwrap();
+    t.add_token(jti.into(), token(task, exp));
+}
+
+/// Every index agrees with the tasks it indexes.
+fn assert_consistent(t: &TaskTable) {
+    assert_eq!(t.by_expiry.len(), t.tasks.len());
+    let closed = t.tasks.values().filter(|x| x.closed_at.is_some()).count();
+    assert_eq!(t.by_close.len(), closed);
+    assert_eq!(t.open.unclosed(), t.tasks.len() - closed);
+    for (exp, id) in &t.by_expiry {
+        assert_eq!(t.tasks[id].expires_at, *exp);
+    }
+}
+
+#[test]
+fn all_scopes_are_every_audiences_scopes_sorted_once() {
+    let mut t = task("a", None, 100);
+    let set = |s: &[&str]| s.iter().map(ToString::to_string).collect::<BTreeSet<_>>();
+    t.grants
+        .insert("https://one".into(), set(&["write", "read"]));
+    t.grants
+        .insert("https://two".into(), set(&["read", "admin"]));
+    assert_eq!(t.all_scopes(), ["admin", "read", "write"]);
+    assert!(task("b", None, 100).all_scopes().is_empty());
+}
+
+#[test]
+fn closing_a_task_closes_its_descendants_and_forgets_their_tokens() {
+    let mut t = TaskTable::default();
+    let b = bounds(10, 10);
+    t.insert(task("a", None, 100), &b, 0).unwrap();
+    t.insert(task("b", Some("a"), 100), &b, 0).unwrap();
+    t.insert(task("c", Some("b"), 100), &b, 0).unwrap();
+    t.insert(task("x", None, 100), &b, 0).unwrap();
+    mint(&mut t, "j1", "c", 50);
+    mint(&mut t, "j2", "c", 5);
+    mint(&mut t, "jx", "x", 50);
+    let (mut closed, revoked) = t.close("a", 10);
+    closed.sort();
+    assert_eq!(closed, ["a", "b", "c"]);
+    assert_eq!(revoked, 1, "j2 had expired");
+    assert!(t.token("j1").is_none() && t.token("j2").is_none());
+    assert!(t.token("jx").is_some(), "another task's token stays");
+    assert_eq!(t.tokens.count(), 1);
+    assert_eq!(t.get("c").unwrap().state(10), TaskState::Closed);
+    assert_eq!(t.get("c").unwrap().tokens_issued, 2);
+    assert_eq!(t.get("x").unwrap().state(10), TaskState::Open);
+    assert!(
+        t.close("a", 11).0.is_empty(),
+        "closing twice closes nothing new"
+    );
+    assert_consistent(&t);
+}
+
+#[test]
+fn child_of_a_closed_task_is_born_closed() {
+    let mut t = TaskTable::default();
+    let b = bounds(10, 10);
+    t.insert(task("a", None, 100), &b, 0).unwrap();
+    assert_eq!(t.close("a", 0).0, ["a"]);
+    t.insert(task("b", Some("a"), 100), &b, 0).unwrap();
+    assert_eq!(t.get("b").unwrap().state(10), TaskState::Closed);
+    assert_consistent(&t);
+}
+
+#[test]
+fn open_task_limit_at_its_edge() {
+    let mut t = TaskTable::default();
+    let b = bounds(2, 10);
+    t.insert(task("a", None, 100), &b, 0).unwrap();
+    t.insert(task("b", None, 100), &b, 0).unwrap();
+    assert_eq!(
+        t.insert(task("c", None, 100), &b, 0),
+        Err(TableError::Full(2))
+    );
+    // Expired tasks do not count.
+    assert!(t.insert(task("c", None, 100), &b, 100).is_ok());
+    // Closed ones neither, and the counter follows closes and sweeps.
+    let mut t = TaskTable::default();
+    t.insert(task("a", None, 100), &b, 0).unwrap();
+    t.insert(task("b", None, 100), &b, 0).unwrap();
+    t.close("a", 0);
+    assert!(t.insert(task("c", None, 100), &b, 0).is_ok());
+    assert_eq!(
+        t.insert(task("d", None, 100), &b, 0),
+        Err(TableError::Full(2))
+    );
+    t.sweep(1000, 0);
+    assert!(t.insert(task("d", None, 2000), &b, 1000).is_ok());
+    assert_eq!(t.open.unclosed(), 1);
+    assert_consistent(&t);
+}
+
+/// The table holds `open + finished` tasks at most; past that, each insert forgets the
+/// task that ended first, whether it ended by a close or by expiring.
+#[test]
+fn a_full_table_forgets_the_task_that_ended_first() {
+    let mut t = TaskTable::default();
+    let b = bounds(2, 2);
+    t.insert(task("a", None, 100), &b, 0).unwrap();
+    t.insert(task("b", None, 50), &b, 0).unwrap();
+    t.insert(task("c", None, 1000), &b, 0).unwrap_err();
+    t.close("b", 1);
+    t.insert(task("c", None, 1000), &b, 1).unwrap();
+    t.close("c", 5);
+    t.insert(task("d", None, 1000), &b, 60).unwrap();
+    assert_eq!(
+        t.task_count(),
+        4,
+        "a (open), b (closed at 1), c (closed at 5), d"
+    );
+    t.close("a", 70);
+    // Full: b closed first (1), before c (5) and before anything expired.
+    t.insert(task("e", None, 1000), &b, 70).unwrap();
+    assert!(t.get("b").is_none());
+    assert_eq!(t.task_count(), 4);
+    // c (closed at 5) goes next, then a (closed at 70).
+    t.close("d", 80);
+    t.insert(task("f", None, 90), &b, 80).unwrap();
+    assert!(t.get("c").is_none());
+    t.close("e", 85);
+    t.insert(task("g", None, 1000), &b, 85).unwrap();
+    assert!(t.get("a").is_none());
+    // Then d (closed at 80) before f (expired at 90), e (85) before f, and f before h.
+    t.insert(task("h", None, 1000), &b, 95).unwrap();
+    assert!(
+        t.get("d").is_none(),
+        "d closed at 80, before f expired at 90"
+    );
+    t.close("h", 96);
+    t.insert(task("i", None, 1000), &b, 96).unwrap();
+    assert!(
+        t.get("e").is_none(),
+        "e closed at 85, before f expired at 90"
+    );
+    t.close("i", 97);
+    t.insert(task("j", None, 1000), &b, 97).unwrap();
+    assert!(
+        t.get("f").is_none(),
+        "f expired at 90, before h closed at 96"
+    );
+    assert_eq!(t.task_count(), 4);
+    assert_consistent(&t);
+}
+
+/// Random opens (some delegated), closes, mints and sweeps, with time going forward: the
+/// table never passes its bounds and its indexes stay exact. Without the forgetting in
+/// `insert`, the closed tasks pile up and the first assertion fails.
+#[test]
+fn a_table_under_churn_stays_within_its_bounds() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let b = bounds(20, 30);
+    let mut t = TaskTable::default();
+    let mut now = 0i64;
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0..20_000 {
+        now += rng.gen_range(0..3);
+        match rng.gen_range(0..10) {
+            0..=3 => {
+                let parent = if rng.gen_bool(0.3) && !ids.is_empty() {
+                    let p = &ids[rng.gen_range(0..ids.len())];
+                    t.get(p)
+                        .filter(|p| p.state(now) == TaskState::Open)
+                        .map(|p| (p.id.clone(), p.expires_at))
+                } else {
+                    None
+                };
+                let exp = now + rng.gen_range(1..200);
+                let exp = parent.as_ref().map_or(exp, |(_, e)| exp.min(*e));
+                let id = format!("t{i}");
+                if t.insert(
+                    task(&id, parent.as_ref().map(|(p, _)| p.as_str()), exp),
+                    &b,
+                    now,
+                )
+                .is_ok()
+                {
+                    ids.push(id);
+                }
+            }
+            4..=6 if !ids.is_empty() => {
+                let id = ids[rng.gen_range(0..ids.len())].clone();
+                t.close(&id, now);
+            }
+            7..=8 if !ids.is_empty() => {
+                let id = ids[rng.gen_range(0..ids.len())].clone();
+                if t.get(&id).is_some_and(|x| x.state(now) == TaskState::Open)
+                    && t.reserve_token(b.live_tokens, now).is_ok()
+                {
+                    t.add_token(format!("j{i}"), token(&id, now + rng.gen_range(1..60)));
+                }
+            }
+            _ => t.sweep(now, 100),
+        }
+        assert!(
+            t.task_count() <= b.tasks(),
+            "{} tasks, bound {}",
+            t.task_count(),
+            b.tasks()
+        );
+        assert!(t.open.open(now) <= b.open_tasks);
+        assert!(t.tokens.count() <= b.live_tokens);
+        ids.retain(|id| t.get(id).is_some());
+    }
+    assert_consistent(&t);
+    // Every remembered token belongs to a remembered task that is not closed.
+    for t2 in t.tasks.values() {
+        if t2.closed_at.is_some() {
+            assert_eq!(t.tokens.live_of(std::slice::from_ref(&t2.id), 0), 0);
+        }
+    }
+}
+
+#[test]
+fn rate_counts_the_last_minute() {
+    let mut t = TaskTable::default();
+    let id = SpiffeId::new("spiffe://example.org/a").unwrap();
+    assert_eq!(t.record_issue(&id, 0), 1);
+    assert_eq!(t.record_issue(&id, 30), 2);
+    assert_eq!(t.record_issue(&id, 61), 2);
+    assert_eq!(t.rate(&id, 200), 0);
+}
+
+#[test]
+fn a_parent_forgets_the_children_the_sweep_forgets() {
+    let mut t = TaskTable::default();
+    let b = bounds(10, 10);
+    t.insert(task("parent", None, 1000), &b, 0).unwrap();
+    t.insert(task("short", Some("parent"), 10), &b, 0).unwrap();
+    t.insert(task("closed", Some("parent"), 900), &b, 0)
+        .unwrap();
+    t.insert(task("live", Some("parent"), 900), &b, 0).unwrap();
+    t.close("closed", 40);
+    t.sweep(100, 50);
+    assert_eq!(t.get("parent").unwrap().children, ["live"]);
+    // Closing the parent still reaches the child it kept.
+    t.close("parent", 100);
+    assert!(t.get("live").unwrap().closed_at.is_some());
+    assert_consistent(&t);
+}
+
+/// A closed task is kept `retention` after its close, not after the expiry it would have
+/// reached: an 8-hour task closed at once does not stay for nine hours.
+#[test]
+fn a_closed_task_is_forgotten_retention_after_its_close() {
+    let mut t = TaskTable::default();
+    let b = bounds(10, 10);
+    t.insert(task("long", None, 8 * 3600), &b, 0).unwrap();
+    t.close("long", 10);
+    t.sweep(59, 50);
+    assert!(t.get("long").is_some());
+    t.sweep(60, 50);
+    assert!(t.get("long").is_none());
+    assert_consistent(&t);
+}
+
+#[test]
+fn sweep_keeps_open_tasks() {
+    let mut t = TaskTable::default();
+    let b = bounds(10, 10);
+    t.insert(task("old", None, 10), &b, 0).unwrap();
+    t.insert(task("live", None, 1000), &b, 0).unwrap();
+    t.sweep(100, 50);
+    assert!(t.get("old").is_none());
+    assert!(t.get("live").is_some());
+    assert_consistent(&t);
+}
+
+#[test]
+fn a_rebuilt_table_is_trimmed_to_its_bounds() {
+    let mut t = TaskTable::default();
+    for i in 0..10 {
+        t.insert_unchecked(task(&format!("t{i}"), None, 100 + i));
+    }
+    t.close("t9", 5);
+    t.trim(&bounds(2, 3), 105);
+    // t0..t5 expired by 105 and t9 closed at 5: the first to end go first.
+    assert!(t.task_count() < 5, "{}", t.task_count());
+    assert!(t.get("t9").is_none(), "closed at 5, before any expiry");
+    assert!(t.get("t6").is_some() && t.get("t8").is_some(), "still open");
+    assert_consistent(&t);
+}
