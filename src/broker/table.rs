@@ -108,12 +108,15 @@ pub struct TableBounds {
 }
 
 impl TableBounds {
-    /// Tasks held at once, open or finished. Open tasks never pass `open_tasks`, so a
-    /// table this full always holds a finished task to forget.
+    /// Tasks held at once, open or ended. Open tasks never pass `open_tasks`, so a table
+    /// this full always holds an ended task to forget.
     pub fn tasks(&self) -> usize {
         self.open_tasks.saturating_add(self.finished_tasks)
     }
 }
+
+/// Ended tasks one insert forgets at most while their room is full.
+pub const FORGET_PER_INSERT: usize = 2;
 
 #[derive(Default)]
 pub struct TaskTable {
@@ -130,8 +133,11 @@ pub struct TaskTable {
 }
 
 impl TaskTable {
-    /// Inserts a task opened now. When the table holds `bounds.tasks()` tasks, the task
-    /// that ended first is forgotten to make room (one per insert, so no insert walks).
+    /// Inserts a task opened now. While `bounds.finished_tasks` tasks that have ended are
+    /// kept, the first of them to end is forgotten to make room: at most
+    /// [`FORGET_PER_INSERT`] per insert, so a mass expiry is worked off by the inserts that
+    /// follow it (and the sweep) instead of in one pass under the lock. The table never
+    /// holds more than `bounds.tasks()`.
     ///
     /// # Errors
     /// `Full` when `bounds.open_tasks` tasks are open already.
@@ -140,11 +146,14 @@ impl TaskTable {
         if open >= bounds.open_tasks {
             return Err(TableError::Full(open));
         }
-        while self.tasks.len() >= bounds.tasks() {
-            if !self.forget_first_finished(now) {
-                break;
-            }
+        let mut forgotten = 0;
+        while forgotten < FORGET_PER_INSERT
+            && self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
+            && self.forget_first_finished(now)
+        {
+            forgotten += 1;
         }
+        while self.tasks.len() >= bounds.tasks() && self.forget_first_finished(now) {}
         self.insert_unchecked(task);
         Ok(())
     }
@@ -181,10 +190,14 @@ impl TaskTable {
         self.tasks.insert(task.id.clone(), task);
     }
 
-    /// Forgets finished tasks, the first to end first, until the table holds fewer than
-    /// `bounds.tasks()` (after a state rebuild).
+    /// Forgets tasks that have ended, the first to end first, until fewer than
+    /// `bounds.finished_tasks` remain (after a state rebuild, in one pass: nothing is
+    /// served yet).
     pub fn trim(&mut self, bounds: &TableBounds, now: i64) {
-        while self.tasks.len() >= bounds.tasks() && self.forget_first_finished(now) {}
+        let open = self.open.open(now);
+        while self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
+            && self.forget_first_finished(now)
+        {}
     }
 
     pub fn get(&self, id: &str) -> Option<&Task> {

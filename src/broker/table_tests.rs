@@ -132,55 +132,51 @@ fn open_task_limit_at_its_edge() {
     assert_consistent(&t);
 }
 
-/// The table holds `open + finished` tasks at most; past that, each insert forgets the
-/// task that ended first, whether it ended by a close or by expiring.
+/// At most `finished` tasks that have ended are kept: an insert that finds that many
+/// forgets the one that ended first, whether it ended by a close or by expiring.
 #[test]
-fn a_full_table_forgets_the_task_that_ended_first() {
+fn the_task_that_ended_first_is_forgotten_first() {
     let mut t = TaskTable::default();
-    let b = bounds(2, 2);
+    let b = bounds(3, 2);
     t.insert(task("a", None, 100), &b, 0).unwrap();
     t.insert(task("b", None, 50), &b, 0).unwrap();
-    t.insert(task("c", None, 1000), &b, 0).unwrap_err();
-    t.close("b", 1);
-    t.insert(task("c", None, 1000), &b, 1).unwrap();
+    t.insert(task("c", None, 1000), &b, 0).unwrap();
+    t.close("a", 1);
     t.close("c", 5);
-    t.insert(task("d", None, 1000), &b, 60).unwrap();
-    assert_eq!(
-        t.task_count(),
-        4,
-        "a (open), b (closed at 1), c (closed at 5), d"
-    );
-    t.close("a", 70);
-    // Full: b closed first (1), before c (5) and before anything expired.
-    t.insert(task("e", None, 1000), &b, 70).unwrap();
-    assert!(t.get("b").is_none());
-    assert_eq!(t.task_count(), 4);
-    // c (closed at 5) goes next, then a (closed at 70).
-    t.close("d", 80);
-    t.insert(task("f", None, 90), &b, 80).unwrap();
+    t.insert(task("d", None, 1000), &b, 10).unwrap();
+    assert!(t.get("a").is_none(), "two ended; a closed first");
+    // b expired at 50: c (closed at 5) ended before it.
+    t.insert(task("e", None, 1000), &b, 60).unwrap();
     assert!(t.get("c").is_none());
-    t.close("e", 85);
-    t.insert(task("g", None, 1000), &b, 85).unwrap();
-    assert!(t.get("a").is_none());
-    // Then d (closed at 80) before f (expired at 90), e (85) before f, and f before h.
-    t.insert(task("h", None, 1000), &b, 95).unwrap();
-    assert!(
-        t.get("d").is_none(),
-        "d closed at 80, before f expired at 90"
-    );
-    t.close("h", 96);
-    t.insert(task("i", None, 1000), &b, 96).unwrap();
-    assert!(
-        t.get("e").is_none(),
-        "e closed at 85, before f expired at 90"
-    );
-    t.close("i", 97);
-    t.insert(task("j", None, 1000), &b, 97).unwrap();
-    assert!(
-        t.get("f").is_none(),
-        "f expired at 90, before h closed at 96"
-    );
+    // b (expired at 50) ended before d's close at 70.
+    t.close("d", 70);
+    t.insert(task("f", None, 1000), &b, 70).unwrap();
+    assert!(t.get("b").is_none());
+    // One ended task (d) is below the bound of two: nothing is forgotten.
+    t.insert(task("g", None, 1000), &b, 70).unwrap();
+    assert!(t.get("d").is_some());
     assert_eq!(t.task_count(), 4);
+    assert_consistent(&t);
+}
+
+/// A mass expiry is worked off a few tasks per insert, never in one pass, and the table
+/// never holds more than `open + finished`.
+#[test]
+fn a_mass_expiry_is_forgotten_a_few_per_insert() {
+    let mut t = TaskTable::default();
+    let b = bounds(10, 2);
+    for i in 0..10 {
+        t.insert(task(&format!("t{i}"), None, 100), &b, 0).unwrap();
+    }
+    t.insert(task("x", None, 1000), &b, 100).unwrap();
+    assert_eq!(t.task_count(), 10 - FORGET_PER_INSERT + 1);
+    t.insert(task("y", None, 1000), &b, 100).unwrap();
+    assert_eq!(t.task_count(), 10 - 2 * FORGET_PER_INSERT + 2);
+    for i in 0..20 {
+        t.insert(task(&format!("z{i}"), None, 1000), &b, 100)
+            .unwrap_or(());
+        assert!(t.task_count() <= b.tasks());
+    }
     assert_consistent(&t);
 }
 
@@ -314,10 +310,10 @@ fn a_rebuilt_table_is_trimmed_to_its_bounds() {
         t.insert_unchecked(task(&format!("t{i}"), None, 100 + i));
     }
     t.close("t9", 5);
-    t.trim(&bounds(2, 3), 105);
-    // t0..t5 expired by 105 and t9 closed at 5: the first to end go first.
-    assert!(t.task_count() < 5, "{}", t.task_count());
-    assert!(t.get("t9").is_none(), "closed at 5, before any expiry");
-    assert!(t.get("t6").is_some() && t.get("t8").is_some(), "still open");
+    t.trim(&bounds(10, 3), 105);
+    // Ended by 105: t9 (closed at 5), then t0..t5 (expired at 100..105). Two stay.
+    let mut kept: Vec<&str> = t.tasks.keys().map(String::as_str).collect();
+    kept.sort();
+    assert_eq!(kept, ["t4", "t5", "t6", "t7", "t8"]);
     assert_consistent(&t);
 }
