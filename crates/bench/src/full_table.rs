@@ -34,7 +34,7 @@ pub struct Filled {
 impl Filled {
     pub fn note(&self) -> String {
         format!(
-            "OpenTask, table full of expired tasks: before its first round the bench opened {} tasks of {} s ({} connections, {:.1} s) against the bench daemon's max_open_tasks = {} and waited for them to expire; the sweep keeps them for an hour, so each call of the row finds them there (once the table holds max_open_tasks + max_finished_tasks, each call forgets one)",
+            "OpenTask, table full of expired tasks: before its first round the bench opened {} tasks of {} s ({} connections, {:.1} s) against the bench daemon's max_open_tasks = {} and waited for them to expire; the sweep would keep them for an hour, and each call of the row forgets two of them (the first to expire) while more than the daemon's max_finished_tasks remain",
             crate::report::thousands(self.tasks),
             FILL_TASK_TTL_SECS,
             FILL_CLIENTS,

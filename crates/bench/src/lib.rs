@@ -452,6 +452,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 }
             }
         }
+        if Workload::BROKER_ROWS
+            .iter()
+            .any(|w| *w != Workload::OpenTaskFullTable && settings.selected(*w))
+        {
+            facts.broker_rss = procfs::rss(daemon.pid);
+        }
         if args.no_full_table {
             facts.full_table_note = Some(format!(
                 "{}: skipped (--no-full-table)",

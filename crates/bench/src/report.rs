@@ -14,6 +14,7 @@ use super::Settings;
 
 pub const FACT_START: &str = "start to serving";
 pub const FACT_IDLE_RSS: &str = "idle RSS";
+pub const FACT_BROKER_RSS: &str = "daemon RSS after the TaskBroker rows";
 pub const FACT_RECHECK: &str = "attestation re-check per call, known connection";
 pub const FACT_FIRST_CALL: &str = "first call on a new connection (full attestation)";
 pub const FACT_LATER_CALL: &str = "later calls on that connection";
@@ -27,6 +28,7 @@ pub const FACT_RECORDS_PER_SYNC: &str = "audit records per fsync, MintTaskToken 
 pub const FACT_NAMES: &[&str] = &[
     FACT_START,
     FACT_IDLE_RSS,
+    FACT_BROKER_RSS,
     FACT_RECHECK,
     FACT_FIRST_CALL,
     FACT_LATER_CALL,
@@ -43,6 +45,9 @@ pub const FACT_NAMES: &[&str] = &[
 pub struct Facts {
     pub startup: Option<Duration>,
     pub idle_rss: Option<crate::procfs::Rss>,
+    /// After every TaskBroker row but the full-table one: what the tasks and tokens they
+    /// left behind hold (the table's bounds, `[broker] max_*`, cap it).
+    pub broker_rss: Option<crate::procfs::Rss>,
     pub broker_config_note: Option<String>,
     /// The `[limits]` the bench gave its daemons.
     pub limits_note: Option<String>,
@@ -228,6 +233,17 @@ impl Report {
                     mb(r.anon_kib)
                 )
             }),
+        );
+        line(
+            FACT_BROKER_RSS,
+            f.broker_rss
+                .map_or("— (no TaskBroker row ran)".into(), |r| {
+                    format!(
+                        "{:.1} MB ({:.1} MB anonymous)",
+                        mb(r.total_kib),
+                        mb(r.anon_kib)
+                    )
+                }),
         );
         line(
             FACT_RECHECK,
