@@ -22,6 +22,7 @@ mod open_count;
 pub mod replay;
 pub mod service;
 pub mod settings;
+mod slot;
 pub mod table;
 #[cfg(test)]
 mod testkit;

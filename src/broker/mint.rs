@@ -12,6 +12,7 @@ use tonic::Status;
 use super::events::decision_event;
 use super::grant;
 use super::limits;
+use super::slot::Slot;
 use super::table::{Task, TaskState, TaskTable, TokenState};
 use super::token::{self, TaskTokenSpec};
 use super::who::Who;
@@ -42,10 +43,7 @@ impl Broker {
         let task = self.mint_view(caller, &req, now_secs)?;
         // mint_view took a slot in the token table; every way out below gives it back,
         // unless the token is added into it.
-        let mut slot = TokenSlot {
-            broker: self,
-            filled: false,
-        };
+        let slot = Slot::taken(self, |t| t.tokens.release());
         let scopes = task.scopes;
         let ttl = self.token_ttl(req.ttl_seconds, task.expires_at - now_secs)?;
         let rate = task.rate;
@@ -135,7 +133,7 @@ impl Broker {
                     digest: Some(digest),
                 },
             );
-            slot.filled = true;
+            slot.fill();
         }
         self.metrics.task_token_issued();
         Ok(pb::MintTaskTokenResponse {
@@ -241,22 +239,6 @@ impl Broker {
             .reserve_token(self.config.max_live_tokens, now_secs)
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(view)
-    }
-}
-
-/// A slot in the token table taken for one mint: given back on drop unless the minted
-/// token filled it, so a refused policy decision, a failed signature or a failed audit
-/// write never leaks one.
-struct TokenSlot<'a> {
-    broker: &'a Broker,
-    filled: bool,
-}
-
-impl Drop for TokenSlot<'_> {
-    fn drop(&mut self) {
-        if !self.filled {
-            self.broker.lock().tokens.release();
-        }
     }
 }
 

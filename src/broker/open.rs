@@ -12,7 +12,8 @@ use tonic::Status;
 use super::events::{decision_event, task_open_event};
 use super::grant::{self, GrantContext, ParentLimit};
 use super::limits;
-use super::table::{Grants, TableError, Task, TaskState};
+use super::slot::Slot;
+use super::table::{Grants, Task, TaskState, TaskTable};
 use super::token;
 use super::who::choose_identity;
 use super::Broker;
@@ -37,6 +38,12 @@ impl Broker {
         limits::scopes(&req.scopes)?;
         limits::token("parent_token", &req.parent_token)?;
         limits::token("subject_token", &req.subject_token)?;
+        // A place in the table first: an OpenTask past `max_open_tasks` is refused before
+        // policy runs, and a task the log records as opened always fits the table.
+        self.lock()
+            .reserve_open(self.config.max_open_tasks, self.clock.unix_seconds())
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let slot = Slot::taken(self, TaskTable::release_open);
         let mut records = Vec::new();
         let decided = self.decide_task(caller, &req, &mut records);
         // Every record of the request goes to disk in one write (a spent use of the delegation
@@ -68,9 +75,8 @@ impl Broker {
         let now_secs = task.created_at;
         let closed_meanwhile = {
             let mut table = self.lock();
-            table
-                .insert(task, &self.config.table_bounds(), now_secs)
-                .map_err(|e: TableError| Status::resource_exhausted(e.to_string()))?;
+            table.insert_reserved(task, &self.config.table_bounds(), now_secs);
+            slot.fill();
             table
                 .get(&answer.task_id)
                 .is_some_and(|t| t.closed_at.is_some())
@@ -471,10 +477,23 @@ mod tests {
         });
         let agent = caller(AGENT);
         let open = |ttl| k.broker.open_task(&agent, open_request(&[TOOL], &[], ttl));
+        // A refused OpenTask gives its place back.
+        for _ in 0..3 {
+            let mut bad = open_request(&[TOOL], &[], 60);
+            bad.parent_token = "not.a.token".into();
+            let err = k.broker.open_task(&agent, bad).await.unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        }
         open(60).await.unwrap();
         let long = open(600).await.unwrap();
+        let before = k.sink.records().len();
         let err = open(600).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert_eq!(
+            k.sink.records().len(),
+            before,
+            "refused before policy: no decision, and no task_open for a task never opened"
+        );
         assert!(
             err.message().contains("too many open tasks (2)")
                 && err.message().contains("broker.max_open_tasks"),

@@ -130,6 +130,8 @@ pub struct TaskTable {
     by_expiry: BTreeSet<(i64, String)>,
     /// `(closed_at, id)` of every closed task.
     by_close: BTreeSet<(i64, String)>,
+    /// Places taken by OpenTasks still deciding or writing their record.
+    reserved_open: usize,
 }
 
 impl TaskTable {
@@ -142,10 +144,34 @@ impl TaskTable {
     /// # Errors
     /// `Full` when `bounds.open_tasks` tasks are open already.
     pub fn insert(&mut self, task: Task, bounds: &TableBounds, now: i64) -> Result<(), TableError> {
-        let open = self.open.open(now);
-        if open >= bounds.open_tasks {
+        self.reserve_open(bounds.open_tasks, now)?;
+        self.insert_reserved(task, bounds, now);
+        Ok(())
+    }
+
+    /// Takes a place for a task about to be decided and recorded: open tasks and places
+    /// taken count against `limit`.
+    ///
+    /// # Errors
+    /// `Full` when `limit` tasks are open or about to be.
+    pub fn reserve_open(&mut self, limit: usize, now: i64) -> Result<(), TableError> {
+        let open = self.open.open(now) + self.reserved_open;
+        if open >= limit {
             return Err(TableError::Full(open));
         }
+        self.reserved_open += 1;
+        Ok(())
+    }
+
+    /// Gives back a place [`Self::reserve_open`] took and no task filled.
+    pub fn release_open(&mut self) {
+        self.reserved_open = self.reserved_open.saturating_sub(1);
+    }
+
+    /// Inserts a task into the place [`Self::reserve_open`] took; see [`Self::insert`].
+    pub fn insert_reserved(&mut self, task: Task, bounds: &TableBounds, now: i64) {
+        self.release_open();
+        let open = self.open.open(now);
         let mut forgotten = 0;
         while forgotten < FORGET_PER_INSERT
             && self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
@@ -155,7 +181,6 @@ impl TaskTable {
         }
         while self.tasks.len() >= bounds.tasks() && self.forget_first_finished(now) {}
         self.insert_unchecked(task);
-        Ok(())
     }
 
     /// Inserts without the bounds (state rebuild; [`Self::trim`] applies them after).
