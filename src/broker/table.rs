@@ -366,7 +366,8 @@ impl TaskTable {
     }
 
     /// Forgets the finished task that ended first: the earliest closed, or the earliest
-    /// expired if it expired before that close. False when no task has finished.
+    /// expired if it expired before that close. Times are whole seconds; tasks that ended
+    /// in the same second go in the order of their ids. False when no task has finished.
     fn forget_first_finished(&mut self, now: i64) -> bool {
         let expired = self.by_expiry.first().filter(|(at, _)| *at <= now);
         let closed = self.by_close.first();
