@@ -325,16 +325,9 @@ async fn admin_socket_is_the_only_way_in_for_operators() {
 
     // ListTasks on the admin socket sees everyone's tasks; so does the CLI.
     let mut admin = b.admin().await;
-    let listed = admin
-        .list_tasks(pb::ListTasksRequest {
-            include_closed: false,
-            ..Default::default()
-        })
+    let owners: BTreeSet<(String, String)> = b
+        .listed_tasks(false)
         .await
-        .unwrap()
-        .into_inner();
-    let owners: BTreeSet<(String, String)> = listed
-        .tasks
         .iter()
         .map(|t| (t.task_id.clone(), t.spiffe_id.clone()))
         .collect();
@@ -424,15 +417,8 @@ async fn admin_socket_is_the_only_way_in_for_operators() {
         Code::PermissionDenied,
         "not found",
     );
-    let listed = admin
-        .list_tasks(pb::ListTasksRequest {
-            include_closed: false,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.tasks.is_empty(), "{:?}", listed.tasks);
+    let listed = b.listed_tasks(false).await;
+    assert!(listed.is_empty(), "{listed:?}");
 }
 
 /// `count` audiences under `prefix`, each padded to `bytes`.

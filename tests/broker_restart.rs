@@ -367,16 +367,8 @@ async fn a_restart_rebuilds_the_table_within_its_bounds() {
 
     b.restart();
     let listed: BTreeSet<String> = b
-        .admin()
+        .listed_tasks(true)
         .await
-        .list_tasks(pb::ListTasksRequest {
-            include_closed: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks
         .into_iter()
         .map(|t| t.task_id)
         .collect();

@@ -493,18 +493,9 @@ async fn child_opened_during_parent_close_is_closed_too() {
         for o in opens {
             o.await.unwrap();
         }
-        let listed = b
-            .admin()
+        let open_children: Vec<_> = b
+            .listed_tasks(true)
             .await
-            .list_tasks(pb::ListTasksRequest {
-                include_closed: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let open_children: Vec<_> = listed
-            .tasks
             .iter()
             .filter(|t| t.parent_task_id == parent.task_id && t.state == "open")
             .map(|t| t.task_id.clone())

@@ -1,5 +1,6 @@
 use rand::{Rng, SeedableRng};
 
+use super::super::token_table::tests::token;
 use super::*;
 
 fn task(id: &str, parent: Option<&str>, exp: i64) -> Task {
@@ -24,16 +25,6 @@ fn bounds(open: usize, finished: usize) -> TableBounds {
         open_tasks: open,
         finished_tasks: finished,
         live_tokens: 100,
-    }
-}
-
-fn token(task: &str, exp: i64) -> TokenState {
-    TokenState {
-        task_id: task.into(),
-        exp,
-        max_uses: 0,
-        uses: 0,
-        digest: None,
     }
 }
 

@@ -140,10 +140,11 @@ pub fn push_pruned(list: &mut Vec<String>, id: String, present: impl Fn(&str) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn token(task: &str, exp: i64) -> TokenState {
+    /// An unlimited token of `task` expiring at `exp`, as the table's tests mint them.
+    pub(in crate::broker) fn token(task: &str, exp: i64) -> TokenState {
         TokenState {
             task_id: task.into(),
             exp,

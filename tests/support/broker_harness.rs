@@ -344,6 +344,20 @@ impl Broker {
         AdminClient::new(connect(self.admin_socket.clone()).await.unwrap())
     }
 
+    /// Admin.ListTasks' first page (up to 1,000 tasks: all of any test's).
+    pub async fn listed_tasks(&self, include_closed: bool) -> Vec<pb::TaskInfo> {
+        self.admin()
+            .await
+            .list_tasks(pb::ListTasksRequest {
+                include_closed,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks
+    }
+
     /// The audit log's records as JSON values.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.audit)
