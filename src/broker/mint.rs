@@ -236,7 +236,7 @@ impl Broker {
         };
         // Last, so that no refusal above leaves a slot taken.
         table
-            .reserve_token(self.config.max_live_tokens, now_secs)
+            .reserve_token(&self.config.table_bounds(), now_secs)
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(view)
     }

@@ -38,14 +38,21 @@ impl Broker {
         limits::scopes(&req.scopes)?;
         limits::token("parent_token", &req.parent_token)?;
         limits::token("subject_token", &req.subject_token)?;
+        let owner = choose_identity(caller, &req.spiffe_id)?;
         // A place in the table first: an OpenTask past `max_open_tasks` is refused before
-        // policy runs, and a task the log records as opened always fits the table.
-        self.lock()
-            .reserve_open(self.config.max_open_tasks, self.clock.unix_seconds())
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        // policy runs, and a task the log records as opened always fits the table. The
+        // issuance rate policy sees is read under the same lock.
+        let rate = {
+            let now_secs = self.clock.unix_seconds();
+            let mut table = self.lock();
+            table
+                .reserve_open(&self.config.table_bounds(), now_secs)
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            table.rate(&owner, now_secs)
+        };
         let slot = Slot::taken(self, TaskTable::release_open);
         let mut records = Vec::new();
-        let decided = self.decide_task(caller, &req, &mut records);
+        let decided = self.decide_task(caller, &req, owner, rate, &mut records);
         // Every record of the request goes to disk in one write (a spent use of the delegation
         // token, the Delegate decision, each grant decision, the task), allowed or not, before
         // the caller learns the outcome: one disk wait per OpenTask, not one per record.
@@ -98,17 +105,19 @@ impl Broker {
         Ok(answer)
     }
 
-    /// Everything OpenTask decides before it writes: the task, or why not. Pushes onto
-    /// `records` what must be on disk before the caller hears either.
+    /// Everything OpenTask decides for `owner`, whose issuance rate is `rate`, before it
+    /// writes: the task, or why not. Pushes onto `records` what must be on disk before the
+    /// caller hears either.
     fn decide_task(
         &self,
         caller: &Arc<Caller>,
         req: &pb::OpenTaskRequest,
+        owner: SpiffeId,
+        rate: u32,
         records: &mut Vec<AuditEvent>,
     ) -> Result<Decided, Status> {
         // One policy version for every decision of this request (Delegate and each pair).
         let policy = self.policy_or_deny()?.pin();
-        let owner = choose_identity(caller, &req.spiffe_id)?;
         let now = self.clock.now();
         let now_secs = unix_seconds(now);
 
@@ -177,7 +186,6 @@ impl Broker {
             selectors,
         };
         let obo_text = obo.as_ref().map(Value::to_string).unwrap_or_default();
-        let rate = self.lock().rate(&owner, now_secs);
 
         if let Some(p) = &parent {
             let d = policy.decide(&PolicyRequest {
@@ -240,7 +248,7 @@ impl Broker {
         }
         let task = Task {
             id: task_id.clone(),
-            owner: owner.clone(),
+            owner,
             purpose: req.purpose.clone(),
             grants: outcome.grants,
             created_at: now_secs,

@@ -143,20 +143,21 @@ impl TaskTable {
     ///
     /// # Errors
     /// `Full` when `bounds.open_tasks` tasks are open already.
+    #[cfg(test)]
     pub fn insert(&mut self, task: Task, bounds: &TableBounds, now: i64) -> Result<(), TableError> {
-        self.reserve_open(bounds.open_tasks, now)?;
+        self.reserve_open(bounds, now)?;
         self.insert_reserved(task, bounds, now);
         Ok(())
     }
 
     /// Takes a place for a task about to be decided and recorded: open tasks and places
-    /// taken count against `limit`.
+    /// taken count against `bounds.open_tasks`.
     ///
     /// # Errors
-    /// `Full` when `limit` tasks are open or about to be.
-    pub fn reserve_open(&mut self, limit: usize, now: i64) -> Result<(), TableError> {
+    /// `Full` when `bounds.open_tasks` tasks are open or about to be.
+    pub fn reserve_open(&mut self, bounds: &TableBounds, now: i64) -> Result<(), TableError> {
         let open = self.open.open(now) + self.reserved_open;
-        if open >= limit {
+        if open >= bounds.open_tasks {
             return Err(TableError::Full(open));
         }
         self.reserved_open += 1;
@@ -193,17 +194,14 @@ impl TaskTable {
             let id = old.id.clone();
             self.forget(&id);
         }
-        if let Some(parent) = task.parent.as_ref().and_then(|p| self.tasks.get_mut(p)) {
-            if let Some(at) = parent.closed_at {
+        if let Some(parent) = task.parent.as_deref() {
+            if let Some(at) = self.tasks.get(parent).and_then(|p| p.closed_at) {
                 task.closed_at.get_or_insert(at);
             }
-            let mut children = std::mem::take(&mut parent.children);
-            push_pruned(&mut children, task.id.clone(), |c| {
-                self.tasks.contains_key(c)
+            let child = task.id.clone();
+            self.prune_children(parent, |children, known| {
+                push_pruned(children, child, known);
             });
-            if let Some(parent) = task.parent.as_ref().and_then(|p| self.tasks.get_mut(p)) {
-                parent.children = children;
-            }
         }
         match task.closed_at {
             Some(at) => {
@@ -265,9 +263,9 @@ impl TaskTable {
     /// Takes a slot for a token a mint is about to sign; see [`TokenTable::reserve`].
     ///
     /// # Errors
-    /// `TooManyTokens` at `[broker] max_live_tokens`.
-    pub fn reserve_token(&mut self, limit: usize, now: i64) -> Result<(), TableError> {
-        self.tokens.reserve(limit, now)
+    /// `TooManyTokens` at `bounds.live_tokens`.
+    pub fn reserve_token(&mut self, bounds: &TableBounds, now: i64) -> Result<(), TableError> {
+        self.tokens.reserve(bounds.live_tokens, now)
     }
 
     /// Adds a minted token into the slot [`Self::reserve_token`] took.
@@ -350,16 +348,7 @@ impl TaskTable {
         // has no open descendants (a child ends no later than its parent, and a close takes
         // every descendant), so nothing a later close must reach is lost.
         for id in &parents {
-            if let Some(mut children) = self
-                .tasks
-                .get_mut(id)
-                .map(|p| std::mem::take(&mut p.children))
-            {
-                children.retain(|c| self.tasks.contains_key(c));
-                if let Some(parent) = self.tasks.get_mut(id) {
-                    parent.children = children;
-                }
-            }
+            self.prune_children(id, |children, known| children.retain(|c| known(c)));
         }
         self.issued
             .retain(|_, q| q.back().is_some_and(|&t| t > now - RATE_WINDOW_SECS));
@@ -383,6 +372,27 @@ impl TaskTable {
             (None, None) => return false,
         };
         self.forget(&id).is_some()
+    }
+
+    /// Lets `edit` change `parent`'s list of children, told which ids the table still
+    /// knows (the list is taken out for the edit: the table cannot be read while one of its
+    /// tasks is borrowed). Nothing when `parent` is not in the table.
+    fn prune_children(
+        &mut self,
+        parent: &str,
+        edit: impl FnOnce(&mut Vec<String>, &dyn Fn(&str) -> bool),
+    ) {
+        let Some(mut children) = self
+            .tasks
+            .get_mut(parent)
+            .map(|p| std::mem::take(&mut p.children))
+        else {
+            return;
+        };
+        edit(&mut children, &|c: &str| self.tasks.contains_key(c));
+        if let Some(p) = self.tasks.get_mut(parent) {
+            p.children = children;
+        }
     }
 
     /// Removes a task from the table and every index, with its tokens. Its parent's list

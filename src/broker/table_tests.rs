@@ -29,7 +29,7 @@ fn bounds(open: usize, finished: usize) -> TableBounds {
 }
 
 fn mint(t: &mut TaskTable, jti: &str, task: &str, exp: i64) {
-    t.reserve_token(100, 0).unwrap();
+    t.reserve_token(&bounds(1, 1), 0).unwrap();
     t.add_token(jti.into(), token(task, exp));
 }
 
@@ -213,7 +213,7 @@ fn a_table_under_churn_stays_within_its_bounds() {
             7..=8 if !ids.is_empty() => {
                 let id = ids[rng.gen_range(0..ids.len())].clone();
                 if t.get(&id).is_some_and(|x| x.state(now) == TaskState::Open)
-                    && t.reserve_token(b.live_tokens, now).is_ok()
+                    && t.reserve_token(&b, now).is_ok()
                 {
                     t.add_token(format!("j{i}"), token(&id, now + rng.gen_range(1..60)));
                 }
