@@ -24,6 +24,7 @@ pub mod service;
 pub mod settings;
 mod slot;
 pub mod table;
+mod task_size;
 #[cfg(test)]
 mod testkit;
 pub mod token;

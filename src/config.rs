@@ -426,6 +426,31 @@ selectors = ["unix:uid:1000"]
     }
 
     #[test]
+    fn broker_task_bytes_defaults_and_is_bounded_at_its_edges() {
+        use crate::broker::settings::{DEFAULT_MAX_TASK_BYTES, MAX_TASK_BYTES, MIN_TASK_BYTES};
+        let with = |extra: &str| Config::parse(&format!("{MINIMAL}[broker]\n{extra}"));
+        assert_eq!(
+            with("").unwrap().broker.max_task_bytes,
+            DEFAULT_MAX_TASK_BYTES
+        );
+        for ok in [MIN_TASK_BYTES, MAX_TASK_BYTES] {
+            let broker = with(&format!("max_task_bytes = {ok}")).unwrap().broker;
+            assert_eq!(broker.table_bounds().task_bytes, ok);
+        }
+        for bad in [0, MIN_TASK_BYTES - 1, MAX_TASK_BYTES + 1] {
+            let err = with(&format!("max_task_bytes = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "broker.max_task_bytes must be {MIN_TASK_BYTES}..={MAX_TASK_BYTES}"
+                )),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn durations_parse_and_are_bounded() {
         let ok = MINIMAL.replace(
             "selectors",

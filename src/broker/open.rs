@@ -523,6 +523,43 @@ mod tests {
         assert_eq!(open(600).await.unwrap_err().code(), Code::ResourceExhausted);
     }
 
+    /// `max_task_bytes` at its edge, through OpenTask: once the open tasks weigh the bound,
+    /// OpenTask is refused before policy runs and writes nothing; a closed task makes room.
+    #[tokio::test]
+    async fn the_byte_bound_refuses_opens_until_a_task_ends() {
+        let k = kit_with(BrokerConfig {
+            max_task_bytes: crate::broker::settings::MIN_TASK_BYTES,
+            ..BrokerConfig::default()
+        });
+        let agent = caller(AGENT);
+        let heavy = || {
+            let mut req = open_request(&[TOOL], &[], 600);
+            req.purpose = "summarise the quarterly report ".repeat(32);
+            k.broker.open_task(&agent, req)
+        };
+        let mut opened = Vec::new();
+        let err = loop {
+            match heavy().await {
+                Ok(t) => opened.push(t.task_id),
+                Err(e) => break e,
+            }
+            assert!(opened.len() < 2_000, "the byte bound never refused");
+        };
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("broker.max_task_bytes"), "{err:?}");
+        // About 2 KiB a task against 1 MiB: hundreds fit, not thousands.
+        assert!((300..700).contains(&opened.len()), "{}", opened.len());
+        let before = k.sink.records().len();
+        assert_eq!(heavy().await.unwrap_err().code(), Code::ResourceExhausted);
+        assert_eq!(k.sink.records().len(), before, "refused before policy");
+        k.broker
+            .close(&Who::Workload(agent.clone()), &opened[0], "")
+            .await
+            .unwrap();
+        heavy().await.expect("the closed task made room");
+        assert_eq!(heavy().await.unwrap_err().code(), Code::ResourceExhausted);
+    }
+
     /// Every field within its own bound, but together more than one audit record holds: the
     /// caller asked for too much (`InvalidArgument`, saying what to cut), the log is not at
     /// fault (`Unavailable`), and nothing is opened or recorded.

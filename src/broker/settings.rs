@@ -23,6 +23,12 @@ pub const MAX_FINISHED_TASKS: usize = 100_000;
 pub const DEFAULT_MAX_LIVE_TOKENS: usize = 100_000;
 /// Ceiling of `max_live_tokens` (a remembered token is about 300 bytes).
 pub const MAX_LIVE_TOKENS: usize = 1_000_000;
+/// Default of `max_task_bytes`: the default counts of tasks at a few KiB each, with room.
+pub const DEFAULT_MAX_TASK_BYTES: usize = 64 << 20;
+/// Floor of `max_task_bytes`: room for the largest task an audit record can hold.
+pub const MIN_TASK_BYTES: usize = 1 << 20;
+/// Ceiling of `max_task_bytes`.
+pub const MAX_TASK_BYTES: usize = 4 << 30;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,6 +50,10 @@ pub struct BrokerConfig {
     pub max_finished_tasks: usize,
     /// Unexpired task tokens remembered at once; MintTaskToken beyond it is refused.
     pub max_live_tokens: usize,
+    /// What the tasks kept may weigh together (see `broker::task_size`): tasks that have
+    /// ended are forgotten to stay under it, and OpenTask is refused while the tasks that
+    /// have not ended weigh it.
+    pub max_task_bytes: usize,
     /// SPIFFE IDs allowed to introspect any task token (besides each token's audience).
     pub introspectors: Vec<String>,
 }
@@ -60,6 +70,7 @@ impl Default for BrokerConfig {
             max_open_tasks: 10_000,
             max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
             max_live_tokens: DEFAULT_MAX_LIVE_TOKENS,
+            max_task_bytes: DEFAULT_MAX_TASK_BYTES,
             introspectors: Vec::new(),
         }
     }
@@ -106,6 +117,11 @@ impl BrokerConfig {
                 "broker.max_live_tokens must be 1..={MAX_LIVE_TOKENS}"
             ));
         }
+        if !(MIN_TASK_BYTES..=MAX_TASK_BYTES).contains(&self.max_task_bytes) {
+            return Err(format!(
+                "broker.max_task_bytes must be {MIN_TASK_BYTES}..={MAX_TASK_BYTES} (1 MiB to 4 GiB)"
+            ));
+        }
         Ok(())
     }
 
@@ -115,6 +131,7 @@ impl BrokerConfig {
             open_tasks: self.max_open_tasks,
             finished_tasks: self.max_finished_tasks,
             live_tokens: self.max_live_tokens,
+            task_bytes: self.max_task_bytes,
         }
     }
 }

@@ -97,14 +97,21 @@ pub enum TableError {
         "too many live task tokens ({0}); wait for tokens to expire, close tasks, or raise broker.max_live_tokens"
     )]
     TooManyTokens(usize),
+    #[error(
+        "open tasks hold {held} bytes of the {limit} broker.max_task_bytes allows; close tasks, ask for fewer audiences or scopes, or raise broker.max_task_bytes"
+    )]
+    TooManyBytes { held: usize, limit: usize },
 }
 
-/// What the table may hold: `[broker] max_open_tasks`, `max_finished_tasks`, `max_live_tokens`.
+/// What the table may hold: `[broker] max_open_tasks`, `max_finished_tasks`,
+/// `max_live_tokens`, `max_task_bytes`.
 #[derive(Clone, Copy, Debug)]
 pub struct TableBounds {
     pub open_tasks: usize,
     pub finished_tasks: usize,
     pub live_tokens: usize,
+    /// What every task kept may weigh together, as [`Task::kept_bytes`] counts it.
+    pub task_bytes: usize,
 }
 
 impl TableBounds {
@@ -132,6 +139,8 @@ pub struct TaskTable {
     by_close: BTreeSet<(i64, String)>,
     /// Places taken by OpenTasks still deciding or writing their record.
     reserved_open: usize,
+    /// [`Task::kept_bytes`] of every task in the table.
+    bytes: usize,
 }
 
 impl TaskTable {
@@ -151,17 +160,37 @@ impl TaskTable {
     }
 
     /// Takes a place for a task about to be decided and recorded: open tasks and places
-    /// taken count against `bounds.open_tasks`.
+    /// taken count against `bounds.open_tasks`. While the table weighs `bounds.task_bytes`
+    /// or more, it first forgets tasks that have ended, the first to end first, for as long
+    /// as that takes (each task is forgotten once, so this is amortised over the opens that
+    /// filled the table).
+    ///
+    /// The place is taken while the table weighs less than `bounds.task_bytes`, before the
+    /// task's size is known: the table may pass the bound by the tasks being opened at that
+    /// moment, each no larger than its audit record allows.
     ///
     /// # Errors
-    /// `Full` when `bounds.open_tasks` tasks are open or about to be.
+    /// `Full` when `bounds.open_tasks` tasks are open or about to be; `TooManyBytes` when
+    /// the tasks that have not ended weigh `bounds.task_bytes` or more.
     pub fn reserve_open(&mut self, bounds: &TableBounds, now: i64) -> Result<(), TableError> {
         let open = self.open.open(now) + self.reserved_open;
         if open >= bounds.open_tasks {
             return Err(TableError::Full(open));
         }
+        while self.bytes >= bounds.task_bytes && self.forget_first_finished(now) {}
+        if self.bytes >= bounds.task_bytes {
+            return Err(TableError::TooManyBytes {
+                held: self.bytes,
+                limit: bounds.task_bytes,
+            });
+        }
         self.reserved_open += 1;
         Ok(())
+    }
+
+    /// [`Task::kept_bytes`] of every task in the table.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Gives back a place [`Self::reserve_open`] took and no task filled.
@@ -210,15 +239,17 @@ impl TaskTable {
             None => self.open.add(task.expires_at),
         }
         self.by_expiry.insert((task.expires_at, task.id.clone()));
+        self.bytes += task.kept_bytes();
         self.tasks.insert(task.id.clone(), task);
     }
 
     /// Forgets tasks that have ended, the first to end first, until fewer than
-    /// `bounds.finished_tasks` remain (after a state rebuild, in one pass: nothing is
-    /// served yet).
+    /// `bounds.finished_tasks` remain and the table weighs less than `bounds.task_bytes`
+    /// (after a state rebuild, in one pass: nothing is served yet).
     pub fn trim(&mut self, bounds: &TableBounds, now: i64) {
         let open = self.open.open(now);
-        while self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
+        while (self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
+            || self.bytes >= bounds.task_bytes)
             && self.forget_first_finished(now)
         {}
     }
@@ -399,6 +430,7 @@ impl TaskTable {
     /// of children keeps the id until pruned: a close skips ids it no longer finds.
     fn forget(&mut self, id: &str) -> Option<Task> {
         let t = self.tasks.remove(id)?;
+        self.bytes -= t.kept_bytes();
         self.by_expiry.remove(&(t.expires_at, t.id.clone()));
         match t.closed_at {
             Some(at) => {

@@ -1,5 +1,6 @@
 use rand::{Rng, SeedableRng};
 
+use super::super::task_size::TASK_COST;
 use super::super::token_table::tests::token;
 use super::*;
 
@@ -25,6 +26,7 @@ fn bounds(open: usize, finished: usize) -> TableBounds {
         open_tasks: open,
         finished_tasks: finished,
         live_tokens: 100,
+        task_bytes: usize::MAX,
     }
 }
 
@@ -42,6 +44,10 @@ fn assert_consistent(t: &TaskTable) {
     for (exp, id) in &t.by_expiry {
         assert_eq!(t.tasks[id].expires_at, *exp);
     }
+    assert_eq!(
+        t.bytes(),
+        t.tasks.values().map(Task::kept_bytes).sum::<usize>()
+    );
 }
 
 #[test]
@@ -171,13 +177,18 @@ fn a_mass_expiry_is_forgotten_a_few_per_insert() {
     assert_consistent(&t);
 }
 
-/// Random opens (some delegated), closes, mints and sweeps, with time going forward: the
-/// table never passes its bounds and its indexes stay exact. Without the forgetting in
-/// `insert`, the closed tasks pile up and the first assertion fails.
+/// Random opens (some delegated, of random sizes), closes, mints and sweeps, with time going
+/// forward: the table never passes its bounds and its indexes stay exact. Without the
+/// forgetting in `insert`, the closed tasks pile up and the first assertion fails.
 #[test]
 fn a_table_under_churn_stays_within_its_bounds() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let b = bounds(20, 30);
+    // About 25 tasks' worth of bytes: the byte bound binds before the count does, often.
+    let b = TableBounds {
+        task_bytes: 25 * (TASK_COST + 1500),
+        ..bounds(20, 30)
+    };
+    let mut largest = 0;
     let mut t = TaskTable::default();
     let mut now = 0i64;
     let mut ids: Vec<String> = Vec::new();
@@ -196,13 +207,10 @@ fn a_table_under_churn_stays_within_its_bounds() {
                 let exp = now + rng.gen_range(1..200);
                 let exp = parent.as_ref().map_or(exp, |(_, e)| exp.min(*e));
                 let id = format!("t{i}");
-                if t.insert(
-                    task(&id, parent.as_ref().map(|(p, _)| p.as_str()), exp),
-                    &b,
-                    now,
-                )
-                .is_ok()
-                {
+                let mut new = task(&id, parent.as_ref().map(|(p, _)| p.as_str()), exp);
+                new.purpose = "p".repeat(rng.gen_range(1..3000));
+                largest = largest.max(new.kept_bytes());
+                if t.insert(new, &b, now).is_ok() {
                     ids.push(id);
                 }
             }
@@ -228,6 +236,8 @@ fn a_table_under_churn_stays_within_its_bounds() {
         );
         assert!(t.open.open(now) <= b.open_tasks);
         assert!(t.tokens.count() <= b.live_tokens);
+        // A place is taken below the bound; the task that fills it may pass it.
+        assert!(t.bytes() < b.task_bytes + largest, "{} bytes", t.bytes());
         ids.retain(|id| t.get(id).is_some());
     }
     assert_consistent(&t);
@@ -306,5 +316,61 @@ fn a_rebuilt_table_is_trimmed_to_its_bounds() {
     let mut kept: Vec<&str> = t.tasks.keys().map(String::as_str).collect();
     kept.sort();
     assert_eq!(kept, ["t4", "t5", "t6", "t7", "t8"]);
+    assert_consistent(&t);
+}
+
+/// `max_task_bytes` at its edge: tasks that ended are forgotten to make room, and when only
+/// tasks that have not ended are left, OpenTask is refused until one ends.
+#[test]
+fn the_byte_bound_forgets_ended_tasks_then_refuses() {
+    let one = task("a", None, 100).kept_bytes();
+    let b = TableBounds {
+        task_bytes: 3 * one,
+        ..bounds(100, 100)
+    };
+    let mut t = TaskTable::default();
+    for id in ["a", "b", "c"] {
+        t.insert(task(id, None, 100), &b, 0).unwrap();
+    }
+    assert_eq!(t.bytes(), b.task_bytes);
+    let err = t.reserve_open(&b, 0).unwrap_err();
+    assert_eq!(
+        err,
+        TableError::TooManyBytes {
+            held: 3 * one,
+            limit: 3 * one
+        }
+    );
+    assert!(err.to_string().contains("broker.max_task_bytes"), "{err}");
+    t.close("b", 5);
+    t.insert(task("d", None, 100), &b, 6).unwrap();
+    assert!(t.get("b").is_none(), "the closed task made room");
+    assert_eq!(t.bytes(), b.task_bytes);
+    // An expired task makes room the same way.
+    t.insert(task("e", None, 200), &b, 100).unwrap();
+    assert_eq!(t.task_count(), 3);
+    assert!(t.get("e").is_some());
+    assert_consistent(&t);
+}
+
+#[test]
+fn a_rebuilt_table_is_trimmed_to_its_byte_bound() {
+    let one = task("t0", None, 100).kept_bytes();
+    let mut t = TaskTable::default();
+    for i in 0..5 {
+        t.insert_unchecked(task(&format!("t{i}"), None, 100 + i));
+    }
+    t.insert_unchecked(task("open", None, 1000));
+    t.trim(
+        &TableBounds {
+            task_bytes: 3 * one + one / 2,
+            ..bounds(10, 10)
+        },
+        200,
+    );
+    // The open task is kept whatever it weighs; of the ended ones, the last to end.
+    let mut kept: Vec<&str> = t.tasks.keys().map(String::as_str).collect();
+    kept.sort();
+    assert_eq!(kept, ["open", "t3", "t4"]);
     assert_consistent(&t);
 }

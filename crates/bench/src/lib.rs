@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod disk;
 pub mod floor;
 pub mod full_table;
+pub mod heavy_tasks;
 pub mod load;
 pub mod metrics;
 pub mod procfs;
@@ -120,6 +121,9 @@ pub struct BenchArgs {
     /// Skip the full-table OpenTask row (its fill opens `max_open_tasks` tasks first).
     #[arg(long)]
     pub no_full_table: bool,
+    /// Skip filling a daemon of its own with the largest tasks (up to 20,000 of them).
+    #[arg(long)]
+    pub no_heavy_tasks: bool,
     /// TOML appended to the generated daemon config (e.g. `[broker]` settings).
     #[arg(long)]
     pub extra_config: Option<PathBuf>,
@@ -488,6 +492,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         let probes = if settings.quick { 20 } else { 200 };
         facts.attestation = Some(load::attestation_probe(&daemon, probes).await);
         daemon.stop().await;
+    }
+
+    // The largest tasks, on a daemon of their own, until the table's byte bound refuses one.
+    if settings.selected(Workload::OpenTask) {
+        facts.heavy_note = Some(if args.no_heavy_tasks {
+            "table of the largest tasks: skipped (--no-heavy-tasks)".into()
+        } else if let Target::Running(_) = target {
+            "table of the largest tasks: not measured: it fills the task table, so it runs only on a daemon the bench starts".into()
+        } else {
+            let cap = if settings.quick {
+                heavy_tasks::QUICK_HEAVY_TASKS
+            } else {
+                heavy_tasks::HEAVY_TASK_CAP
+            };
+            match heavy_tasks::run(&target, cap).await {
+                Ok(h) => h.note(),
+                Err(e) => format!("table of the largest tasks: not measured: {e:#}"),
+            }
+        });
     }
 
     // 10,000 streams and a CA rotation, on a daemon whose CA lives `rotation_ca_ttl` and

@@ -68,6 +68,8 @@ pub struct Facts {
     pub oauth_note: Option<String>,
     /// How the table was filled for the full-table row, or why that row did not run.
     pub full_table_note: Option<String>,
+    /// What the table of the largest tasks held ([`crate::heavy_tasks`]), or why not measured.
+    pub heavy_note: Option<String>,
     /// `/proc/loadavg` when the run started and when it ended: other work on the machine
     /// shows in the tail latencies.
     pub load_average: (Option<String>, Option<String>),
@@ -144,6 +146,9 @@ impl Report {
             notes.push(n.clone());
         }
         if let Some(n) = &self.facts.full_table_note {
+            notes.push(n.clone());
+        }
+        if let Some(n) = &self.facts.heavy_note {
             notes.push(n.clone());
         }
         if let Some(st) = &self.facts.streams {

@@ -1,0 +1,129 @@
+//! What the task table holds when a workload opens the largest tasks the request limits and
+//! one audit record allow, for as long as the daemon takes them. The count bounds alone let
+//! each task weigh tens of KiB; `[broker] max_task_bytes` bounds what they weigh together.
+//! The bench opens such tasks on a daemon of its own until OpenTask is refused (or until
+//! [`HEAVY_TASK_CAP`], for a daemon without the byte bound) and reads the daemon's RSS.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use super::calls::connect;
+use super::daemon::{Daemon, Target, TASK_SCOPE};
+use super::full_table::FILL_CLIENTS;
+use svid_broker::client::with_header;
+use svid_broker::proto::svidbroker::v1 as broker;
+use svid_broker::proto::svidbroker::v1::task_broker_client::TaskBrokerClient;
+
+/// Audiences per task: with their bytes, as many as one `task_open` record holds (it lists
+/// each audience twice, in `audiences` and in `grants`, within 64 KiB).
+pub const AUDIENCES: usize = 14;
+/// Bytes per audience (the limit is 2,048).
+pub const AUDIENCE_BYTES: usize = 2_000;
+/// Bytes of each task's purpose (the limit is 1,024).
+pub const PURPOSE_BYTES: usize = 1_000;
+/// Most tasks opened: the default `max_open_tasks + max_finished_tasks`, what a daemon
+/// without the byte bound would keep at its default counts.
+pub const HEAVY_TASK_CAP: usize = 20_000;
+/// Most tasks a `--quick` run opens.
+pub const QUICK_HEAVY_TASKS: usize = 200;
+/// Lifetime of each task: longer than the fill, so none ends and makes room.
+const TASK_TTL_SECS: u32 = 3_600;
+
+/// What the fill found.
+#[derive(Clone, Debug)]
+pub struct Heavy {
+    pub opened: usize,
+    /// Whether OpenTask was refused (`RESOURCE_EXHAUSTED`) before the cap.
+    pub refused: Option<String>,
+    pub took: Duration,
+    pub idle_kib: u64,
+    pub full_kib: u64,
+}
+
+impl Heavy {
+    pub fn note(&self) -> String {
+        let mb = |kib: u64| kib as f64 / 1024.0;
+        let per_task = (self.full_kib.saturating_sub(self.idle_kib)) as f64 / self.opened.max(1) as f64;
+        let stop = match &self.refused {
+            Some(why) => format!("until OpenTask was refused ({why})"),
+            None => format!("up to the bench's cap of {}", crate::report::thousands(self.opened)),
+        };
+        format!(
+            "table of the largest tasks: on a daemon of its own at its default [broker] bounds, the bench opened {} tasks of {AUDIENCES} audiences of {AUDIENCE_BYTES} bytes and a {PURPOSE_BYTES}-byte purpose ({FILL_CLIENTS} connections, {:.1} s) {stop}; daemon RSS {:.1} MB after, {:.1} MB idle before: {:.1} KiB a task",
+            crate::report::thousands(self.opened),
+            self.took.as_secs_f64(),
+            mb(self.full_kib),
+            mb(self.idle_kib),
+            per_task,
+        )
+    }
+}
+
+/// Starts a daemon like `target` and fills its table with the largest tasks.
+///
+/// # Errors
+/// The daemon does not start, a connection fails, or an OpenTask fails other than with
+/// `RESOURCE_EXHAUSTED`.
+pub async fn run(target: &Target, cap: usize) -> anyhow::Result<Heavy> {
+    let daemon = Daemon::start(target).await?;
+    let idle_kib = crate::procfs::rss_kib(daemon.pid).unwrap_or(0);
+    let started = Instant::now();
+    let filled = fill(&daemon.socket, cap).await;
+    let took = started.elapsed();
+    let full_kib = crate::procfs::rss_kib(daemon.pid).unwrap_or(0);
+    daemon.stop().await;
+    let (opened, refused) = filled.map_err(anyhow::Error::msg)?;
+    Ok(Heavy {
+        opened,
+        refused,
+        took,
+        idle_kib,
+        full_kib,
+    })
+}
+
+/// Opens up to `cap` of the largest tasks; returns how many opened and the refusal that
+/// stopped them, if one did.
+async fn fill(socket: &Path, cap: usize) -> Result<(usize, Option<String>), String> {
+    let request = broker::OpenTaskRequest {
+        purpose: "p".repeat(PURPOSE_BYTES),
+        audiences: (0..AUDIENCES)
+            .map(|i| {
+                let head = format!("spiffe://bench.test/tool/{i}/");
+                format!("{head}{}", "a".repeat(AUDIENCE_BYTES - head.len()))
+            })
+            .collect(),
+        scopes: vec![TASK_SCOPE.into()],
+        ttl_seconds: TASK_TTL_SECS,
+        ..Default::default()
+    };
+    let mut openers = Vec::with_capacity(FILL_CLIENTS);
+    for i in 0..FILL_CLIENTS {
+        let share = cap / FILL_CLIENTS + usize::from(i < cap % FILL_CLIENTS);
+        let channel = connect(socket).await.map_err(|e| format!("connect: {e}"))?;
+        let mut client = TaskBrokerClient::new(with_header(channel));
+        let request = request.clone();
+        openers.push(tokio::spawn(async move {
+            let mut opened = 0;
+            for _ in 0..share {
+                match client.open_task(request.clone()).await {
+                    Ok(_) => opened += 1,
+                    Err(s) if s.code() == Code::ResourceExhausted => {
+                        return Ok((opened, Some(s.message().to_string())))
+                    }
+                    Err(s) => return Err(format!("OpenTask: {s}")),
+                }
+            }
+            Ok((opened, None))
+        }));
+    }
+    let (mut opened, mut refused) = (0, None);
+    for o in openers {
+        let (n, why) = o.await.map_err(|e| format!("opener: {e}"))??;
+        opened += n;
+        refused = refused.or(why);
+    }
+    Ok((opened, refused))
+}
