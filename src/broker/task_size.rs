@@ -5,8 +5,10 @@
 //! as its request's field limits allow: 16 audiences of 2 KiB, each granted up to 32 scopes
 //! of 128 bytes, is over 60 KiB kept per task, so 20,000 such tasks would hold more than a
 //! gigabyte. The estimate is the bytes of every string a task keeps plus a fixed cost per
-//! string and per task (the string's own header and allocation, the task's struct and its
-//! index entries), so that many small strings cost what they cost.
+//! string, per audience's set of scopes and per task, so that many small strings cost what
+//! they cost. The costs were set from the daemon's RSS (BENCHMARKS.md): a task with a short
+//! purpose, one audience and one scope measured about 3 KiB, and the largest tasks about
+//! 40 KiB each.
 
 use serde_json::Value;
 
@@ -14,21 +16,24 @@ use super::table::Task;
 
 /// Counted per string a task keeps: its 24-byte header and the allocator's rounding.
 pub const STRING_COST: usize = 40;
-/// Counted once per task: the struct, its map entry and its entries in the expiry and close
-/// indexes, measured as about 1 KiB of RSS per task with empty strings.
-pub const TASK_COST: usize = 1024;
+/// Counted per audience granted: the first node of its B-tree set of scopes (eleven 24-byte
+/// slots, whatever it holds).
+pub const SCOPE_SET_COST: usize = 320;
+/// Counted once per task: the struct, its map entry, its entries in the expiry and close
+/// indexes, and the grants' own B-tree node.
+pub const TASK_COST: usize = 2048;
 
 impl Task {
-    /// Bytes this task is counted for against `max_task_bytes`: [`TASK_COST`], and each
-    /// string it keeps (its id twice when it has a parent, whose list of children holds it
-    /// too) at its length plus [`STRING_COST`].
+    /// Bytes this task is counted for against `max_task_bytes`: [`TASK_COST`],
+    /// [`SCOPE_SET_COST`] per audience, and each string it keeps (its id twice when it has a
+    /// parent, whose list of children holds it too) at its length plus [`STRING_COST`].
     pub fn kept_bytes(&self) -> usize {
         let string = |s: &str| s.len() + STRING_COST;
         let grants: usize = self
             .grants
             .iter()
             .map(|(audience, scopes)| {
-                string(audience) + scopes.iter().map(|s| string(s)).sum::<usize>()
+                SCOPE_SET_COST + string(audience) + scopes.iter().map(|s| string(s)).sum::<usize>()
             })
             .sum();
         let parent = self
@@ -105,7 +110,11 @@ mod tests {
         let granted = task("p", Grants::from([("https://tool".to_string(), scopes)]));
         assert_eq!(
             granted.kept_bytes(),
-            base + 3 * STRING_COST + "https://tool".len() + "read".len() + "write".len()
+            base + 3 * STRING_COST
+                + SCOPE_SET_COST
+                + "https://tool".len()
+                + "read".len()
+                + "write".len()
         );
 
         let mut child = task("p", Grants::new());

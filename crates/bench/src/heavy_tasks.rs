@@ -45,10 +45,14 @@ pub struct Heavy {
 impl Heavy {
     pub fn note(&self) -> String {
         let mb = |kib: u64| kib as f64 / 1024.0;
-        let per_task = (self.full_kib.saturating_sub(self.idle_kib)) as f64 / self.opened.max(1) as f64;
+        let per_task =
+            (self.full_kib.saturating_sub(self.idle_kib)) as f64 / self.opened.max(1) as f64;
         let stop = match &self.refused {
             Some(why) => format!("until OpenTask was refused ({why})"),
-            None => format!("up to the bench's cap of {}", crate::report::thousands(self.opened)),
+            None => format!(
+                "up to the bench's cap of {}",
+                crate::report::thousands(self.opened)
+            ),
         };
         format!(
             "table of the largest tasks: on a daemon of its own at its default [broker] bounds, the bench opened {} tasks of {AUDIENCES} audiences of {AUDIENCE_BYTES} bytes and a {PURPOSE_BYTES}-byte purpose ({FILL_CLIENTS} connections, {:.1} s) {stop}; daemon RSS {:.1} MB after, {:.1} MB idle before: {:.1} KiB a task",
