@@ -21,6 +21,9 @@ pub const MAX_OPEN_TASKS: usize = 100_000;
 /// `[broker] max_live_tokens`: the MintTaskToken and IntrospectToken rows mint faster than
 /// their tokens expire (the daemon's default, 100,000, would refuse mints within a row).
 pub const MAX_LIVE_TOKENS: usize = 1_000_000;
+/// `[broker] max_task_bytes`: the OpenTask rows keep up to 35,000 tasks of about 2.8 KiB
+/// (counted) open, more than the default 64 MiB.
+pub const MAX_TASK_BYTES: usize = 1 << 30;
 /// How long the daemon may take to answer its first health check.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after serving starts before idle RSS is read.
@@ -45,6 +48,9 @@ pub struct DaemonOptions {
     pub extra_config: Option<String>,
     /// Cedar policy text in place of [`BENCH_POLICY`].
     pub policy: Option<String>,
+    /// Leave `[broker] max_task_bytes` at the daemon's default instead of [`MAX_TASK_BYTES`]
+    /// (the table of the largest tasks measures that default).
+    pub default_task_bytes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +196,7 @@ fn free_loopback_addr() -> anyhow::Result<std::net::SocketAddr> {
 
 /// The launcher's config for the bench daemon: the bench's uid gets [`BENCH_SPIFFE_ID`]; with
 /// `broker_sections`, the TaskBroker opens up to [`MAX_OPEN_TASKS`] tasks (and keeps up to
-/// [`MAX_LIVE_TOKENS`] tokens) under a permit-all
+/// [`MAX_LIVE_TOKENS`] tokens and [`MAX_TASK_BYTES`] of tasks) under a permit-all
 /// policy and writes its audit log to the temp dir; with `oauth`, the OAuth face listens there
 /// in plain HTTP.
 pub fn config(
@@ -220,6 +226,9 @@ pub fn config(
             .broker(&format!("max_live_tokens = {MAX_LIVE_TOKENS}"))
             .policy(opts.policy.as_deref().unwrap_or(BENCH_POLICY))
             .audit("audit.jsonl");
+        if !opts.default_task_bytes {
+            c = c.broker(&format!("max_task_bytes = {MAX_TASK_BYTES}"));
+        }
         if let Some(o) = oauth {
             c = c.extra_toml(&format!(
                 "[oauth]\nlisten = \"{}\"\nissuer = \"{}\"\n",

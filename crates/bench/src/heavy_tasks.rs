@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 use super::calls::connect;
-use super::daemon::{Daemon, Target, TASK_SCOPE};
+use super::daemon::{Daemon, DaemonOptions, Target, TASK_SCOPE};
 use super::full_table::FILL_CLIENTS;
 use svid_broker::client::with_header;
 use svid_broker::proto::svidbroker::v1 as broker;
@@ -71,7 +71,14 @@ impl Heavy {
 /// The daemon does not start, a connection fails, or an OpenTask fails other than with
 /// `RESOURCE_EXHAUSTED`.
 pub async fn run(target: &Target, cap: usize) -> anyhow::Result<Heavy> {
-    let daemon = Daemon::start(target).await?;
+    let target = match target {
+        Target::Start(o) => Target::Start(DaemonOptions {
+            default_task_bytes: true,
+            ..o.clone()
+        }),
+        Target::Running(s) => Target::Running(s.clone()),
+    };
+    let daemon = Daemon::start(&target).await?;
     let idle_kib = crate::procfs::rss_kib(daemon.pid).unwrap_or(0);
     let started = Instant::now();
     let filled = fill(&daemon.socket, cap).await;

@@ -377,6 +377,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             limits: daemon_limits(&settings, false, extra_config.as_deref()),
             extra_config: extra_config.clone(),
             policy,
+            default_task_bytes: false,
         }),
     };
 
