@@ -106,6 +106,8 @@ impl App {
             clock,
         };
         let broker = Arc::new(Broker::new(parts));
+        let stats: Arc<dyn crate::telemetry::TaskTableStats> = broker.clone();
+        metrics.export_task_table(Arc::downgrade(&stats));
         if !records.is_empty() {
             broker.restore(replay::rebuild(&records));
             tracing::info!(

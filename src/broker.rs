@@ -23,6 +23,7 @@ pub mod replay;
 pub mod service;
 pub mod settings;
 mod slot;
+mod stats;
 pub mod table;
 mod task_size;
 #[cfg(test)]

@@ -3,12 +3,14 @@
 
 mod endpoint;
 mod metrics;
+mod task_table;
 
 pub use endpoint::{
     serve_metrics, MAX_METRICS_CONNECTIONS, MAX_METRICS_REQUEST_BYTES, MAX_METRICS_REQUEST_HEADERS,
     METRICS_CONNECTION_TIMEOUT,
 };
 pub use metrics::{AuditWrites, ConnectionStats, Metrics, CONTENT_TYPE};
+pub use task_table::{TableFill, TaskTableStats};
 
 use serde::Deserialize;
 

@@ -72,7 +72,7 @@ async fn quick_bench_writes_a_complete_report() {
     // The table of the largest tasks was filled on a daemon of its own and its RSS read.
     assert!(
         report.contains("table of the largest tasks: on a daemon of its own")
-            && report.contains("KiB a task"),
+            && report.contains("KiB a task (svid_broker_task_table_bytes "),
         "the largest-tasks measurement is missing or failed:\n{report}"
     );
     // The daemon's own counters reached the report: group commit's batch size is a number.

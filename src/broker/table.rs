@@ -262,6 +262,11 @@ impl TaskTable {
         self.tasks.len()
     }
 
+    /// Tasks neither closed nor expired at `now`.
+    pub fn open_count(&mut self, now: i64) -> usize {
+        self.open.open(now)
+    }
+
     /// Closes `id` and every task delegated from it, depth first, and forgets their
     /// tokens (a closed task's tokens answer inactive). Returns the ids that were open or
     /// expired before (already closed ones are skipped) and how many of their tokens had

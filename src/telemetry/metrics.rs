@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::task_table::{self, TaskTableCollector, TaskTableStats};
 use crate::svid::unix_seconds;
 
 /// Upper bounds (seconds) of the attestation latency histogram.
@@ -50,6 +51,8 @@ pub struct Metrics {
     expiry: Arc<Expiry>,
     /// The audit log's synced batches, once there is a log to count them.
     audit_writes: Arc<OnceLock<Arc<dyn AuditWrites>>>,
+    /// The TaskBroker's table, once there is a broker to read it from.
+    task_table: task_table::Slot,
 }
 
 impl Default for Metrics {
@@ -122,6 +125,8 @@ impl Metrics {
         }
         let audit_writes = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(AuditWritesCollector(audit_writes.clone())));
+        let task_table = task_table::Slot::default();
+        registry.register_collector(Box::new(TaskTableCollector(task_table.clone())));
         Self {
             registry,
             requests,
@@ -134,6 +139,7 @@ impl Metrics {
             audit_degraded,
             expiry,
             audit_writes,
+            task_table,
         }
     }
 
@@ -187,6 +193,12 @@ impl Metrics {
     /// ignored, as a daemon has one log).
     pub fn export_audit_writes(&self, writes: Arc<dyn AuditWrites>) {
         let _ = self.audit_writes.set(writes);
+    }
+
+    /// Exports how full the task table is (once; later calls are ignored, as a daemon has one
+    /// broker). Weak: the broker holds these metrics.
+    pub fn export_task_table(&self, table: std::sync::Weak<dyn TaskTableStats>) {
+        let _ = self.task_table.set(table);
     }
 
     /// Prometheus text exposition (format 0.0.4).
@@ -449,6 +461,45 @@ mod tests {
         );
         writes.0.store(5, Ordering::Relaxed);
         assert!(m.render().contains("svid_broker_audit_records_total 15\n"));
+    }
+
+    #[test]
+    fn the_task_table_is_exported_while_its_broker_lives() {
+        struct Table;
+        impl TaskTableStats for Table {
+            fn table_fill(&self) -> super::super::TableFill {
+                super::super::TableFill {
+                    open_tasks: 3,
+                    max_open_tasks: 10,
+                    task_bytes: 4096,
+                    max_task_bytes: 1 << 20,
+                    ..Default::default()
+                }
+            }
+        }
+        let m = Metrics::default();
+        assert!(
+            !m.render().contains("svid_broker_task_table"),
+            "no broker, no gauges"
+        );
+        let table: Arc<dyn TaskTableStats> = Arc::new(Table);
+        m.export_task_table(Arc::downgrade(&table));
+        let text = m.render();
+        for line in [
+            "# TYPE svid_broker_task_table_open_tasks gauge\n",
+            "svid_broker_task_table_open_tasks 3\n",
+            "svid_broker_task_table_open_tasks_max 10\n",
+            "svid_broker_task_table_ended_tasks 0\n",
+            "svid_broker_task_table_bytes 4096\n",
+            "svid_broker_task_table_bytes_max 1048576\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        drop(table);
+        assert!(
+            !m.render().contains("svid_broker_task_table"),
+            "a broker gone is not read"
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Heavy {
     pub took: Duration,
     pub idle_kib: u64,
     pub full_kib: u64,
+    /// The daemon's `svid_broker_task_table_bytes` and `_bytes_max` after the fill.
+    pub counted: Option<(f64, f64)>,
 }
 
 impl Heavy {
@@ -54,8 +56,18 @@ impl Heavy {
                 crate::report::thousands(self.opened)
             ),
         };
+        let counted = self.counted.map_or_else(
+            || "the daemon exports no svid_broker_task_table_bytes".to_string(),
+            |(held, max)| {
+                format!(
+                    "svid_broker_task_table_bytes {:.1} MiB of {:.1} MiB",
+                    held / 1048576.0,
+                    max / 1048576.0
+                )
+            },
+        );
         format!(
-            "table of the largest tasks: on a daemon of its own at its default [broker] bounds, the bench opened {} tasks of {AUDIENCES} audiences of {AUDIENCE_BYTES} bytes and a {PURPOSE_BYTES}-byte purpose ({FILL_CLIENTS} connections, {:.1} s) {stop}; daemon RSS {:.1} MB after, {:.1} MB idle before: {:.1} KiB a task",
+            "table of the largest tasks: on a daemon of its own at its default [broker] bounds, the bench opened {} tasks of {AUDIENCES} audiences of {AUDIENCE_BYTES} bytes and a {PURPOSE_BYTES}-byte purpose ({FILL_CLIENTS} connections, {:.1} s) {stop}; daemon RSS {:.1} MB after, {:.1} MB idle before: {:.1} KiB a task ({counted})",
             crate::report::thousands(self.opened),
             self.took.as_secs_f64(),
             mb(self.full_kib),
@@ -84,6 +96,14 @@ pub async fn run(target: &Target, cap: usize) -> anyhow::Result<Heavy> {
     let filled = fill(&daemon.socket, cap).await;
     let took = started.elapsed();
     let full_kib = crate::procfs::rss_kib(daemon.pid).unwrap_or(0);
+    let counted = crate::metrics::scrape(daemon.metrics_addr)
+        .await
+        .and_then(|m| {
+            Some((
+                *m.get("svid_broker_task_table_bytes")?,
+                *m.get("svid_broker_task_table_bytes_max")?,
+            ))
+        });
     daemon.stop().await;
     let (opened, refused) = filled.map_err(anyhow::Error::msg)?;
     Ok(Heavy {
@@ -92,6 +112,7 @@ pub async fn run(target: &Target, cap: usize) -> anyhow::Result<Heavy> {
         took,
         idle_kib,
         full_kib,
+        counted,
     })
 }
 

@@ -1,0 +1,94 @@
+//! How full the TaskBroker's task table is, against each of its bounds, read at each scrape:
+//! an operator sees a bound coming before OpenTask or MintTaskToken is refused at it.
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+
+/// What the table holds now, and what it may hold (`[broker] max_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableFill {
+    pub open_tasks: usize,
+    pub max_open_tasks: usize,
+    /// Tasks closed or expired that the table still keeps.
+    pub ended_tasks: usize,
+    pub max_ended_tasks: usize,
+    pub live_tokens: usize,
+    pub max_live_tokens: usize,
+    /// What its tasks weigh, as `max_task_bytes` counts it.
+    pub task_bytes: usize,
+    pub max_task_bytes: usize,
+}
+
+/// Defined here, implemented by the broker, so metrics sit below it instead of importing it.
+pub trait TaskTableStats: Send + Sync {
+    fn table_fill(&self) -> TableFill;
+}
+
+/// Where the collector finds the table: set once a broker exists. Weak, because the broker
+/// holds the metrics.
+pub(super) type Slot = Arc<OnceLock<Weak<dyn TaskTableStats>>>;
+
+/// Nothing until a table is exported (a daemon's Workload API alone has none), or once its
+/// broker is gone.
+pub(super) struct TaskTableCollector(pub(super) Slot);
+
+impl std::fmt::Debug for TaskTableCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskTableCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for TaskTableCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(table) = self.0.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let f = table.table_fill();
+        let gauges = [
+            ("svid_broker_task_table_open_tasks", "Tasks open now", f.open_tasks),
+            (
+                "svid_broker_task_table_open_tasks_max",
+                "broker.max_open_tasks: OpenTask is refused at it",
+                f.max_open_tasks,
+            ),
+            (
+                "svid_broker_task_table_ended_tasks",
+                "Tasks closed or expired that the table still keeps for introspection and listing",
+                f.ended_tasks,
+            ),
+            (
+                "svid_broker_task_table_ended_tasks_max",
+                "broker.max_finished_tasks: the task that ended first is forgotten at it",
+                f.max_ended_tasks,
+            ),
+            (
+                "svid_broker_task_table_live_tokens",
+                "Task tokens remembered: each until it expires (the sweep forgets it within 30 s) or its task closes",
+                f.live_tokens,
+            ),
+            (
+                "svid_broker_task_table_live_tokens_max",
+                "broker.max_live_tokens: MintTaskToken is refused at it",
+                f.max_live_tokens,
+            ),
+            (
+                "svid_broker_task_table_bytes",
+                "What the table's tasks weigh, as broker.max_task_bytes counts it",
+                f.task_bytes,
+            ),
+            (
+                "svid_broker_task_table_bytes_max",
+                "broker.max_task_bytes: ended tasks are forgotten, then OpenTask refused, at it",
+                f.max_task_bytes,
+            ),
+        ];
+        for (name, help, n) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
