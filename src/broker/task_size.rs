@@ -2,9 +2,8 @@
 //! `[broker] max_task_bytes`.
 //!
 //! The count bounds (`max_open_tasks`, `max_finished_tasks`) alone let one task weigh as much
-//! as its request's field limits allow: 16 audiences of 2 KiB, each granted up to 32 scopes
-//! of 128 bytes, is over 60 KiB kept per task, so 20,000 such tasks would hold more than a
-//! gigabyte. The estimate is the bytes of every string a task keeps plus a fixed cost per
+//! as its request's field limits and its audit record (64 KiB) allow: a task of 14 audiences
+//! of 2,000 bytes costs the daemon about 40 KiB, so 20,000 such tasks held about 800 MB. The estimate is the bytes of every string a task keeps plus a fixed cost per
 //! string, per audience's set of scopes and per task, so that many small strings cost what
 //! they cost. The costs were set from the daemon's RSS (BENCHMARKS.md): a task with a short
 //! purpose, one audience and one scope measured about 3 KiB, and the largest tasks about
