@@ -77,9 +77,12 @@ def text_symbols(binary):
 # Start-up functions the order may lack before it counts as stale. Each lands wherever the
 # linker puts it and can fault in a 64 KiB window of its own: an order lacking 24 (9.6 KB of
 # code, mostly LTO-local copies whose `.NNNN` suffix moved) raised idle RSS from 10.2 to
-# 12.2 MB, one lacking 57 the same. A freshly written order lacks 0 to 2 (code start-up runs
-# only sometimes).
-MAX_MISSING_STARTUP = 8
+# 12.2 MB, one lacking 57 the same. A freshly written order lacks 0 to 2 on a quiet machine
+# (code start-up runs only sometimes), but at the end of a full test run one lacked 8 (1.2 KB)
+# while a fresh clone's build of the same commit lacked 0 three times: start-up under
+# callgrind on a loaded machine takes paths a quiet one does not. 16 leaves room for that and
+# still fails the stale orders measured above.
+MAX_MISSING_STARTUP = 16
 
 
 def startup_functions(binary, startup):
