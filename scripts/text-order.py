@@ -79,7 +79,7 @@ def text_symbols(binary):
 # code, mostly LTO-local copies whose `.NNNN` suffix moved) raised idle RSS from 10.2 to
 # 12.2 MB, one lacking 57 the same. A freshly written order lacks 0 to 2 on a quiet machine
 # (code start-up runs only sometimes), but at the end of a full test run one lacked 8 (1.2 KB)
-# while a fresh clone's build of the same commit lacked 0 three times: start-up under
+# while a fresh clone's build of the same code lacked 0 three times: start-up under
 # callgrind on a loaded machine takes paths a quiet one does not. 16 leaves room for that and
 # still fails the stale orders measured above.
 MAX_MISSING_STARTUP = 16
