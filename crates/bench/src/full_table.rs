@@ -51,36 +51,14 @@ impl Filled {
 /// A connection or an OpenTask fails other than with the table full.
 pub async fn fill(socket: &Path, tasks: usize) -> Result<Filled, String> {
     let started = Instant::now();
-    let mut openers = Vec::with_capacity(FILL_CLIENTS);
-    for i in 0..FILL_CLIENTS {
-        let share = tasks / FILL_CLIENTS + usize::from(i < tasks % FILL_CLIENTS);
-        let channel = connect(socket).await.map_err(|e| format!("connect: {e}"))?;
-        let mut client = TaskBrokerClient::new(with_header(channel));
-        openers.push(tokio::spawn(async move {
-            let mut opened = 0;
-            for _ in 0..share {
-                let r = client
-                    .open_task(broker::OpenTaskRequest {
-                        purpose: "benchmark: lapses unclosed".into(),
-                        audiences: vec![TASK_AUDIENCE.into()],
-                        scopes: vec![TASK_SCOPE.into()],
-                        ttl_seconds: FILL_TASK_TTL_SECS,
-                        ..Default::default()
-                    })
-                    .await;
-                match r {
-                    Ok(_) => opened += 1,
-                    Err(s) if s.code() == Code::ResourceExhausted => break,
-                    Err(s) => return Err(format!("OpenTask: {s}")),
-                }
-            }
-            Ok(opened)
-        }));
-    }
-    let mut opened = 0;
-    for o in openers {
-        opened += o.await.map_err(|e| format!("opener: {e}"))??;
-    }
+    let request = broker::OpenTaskRequest {
+        purpose: "benchmark: lapses unclosed".into(),
+        audiences: vec![TASK_AUDIENCE.into()],
+        scopes: vec![TASK_SCOPE.into()],
+        ttl_seconds: FILL_TASK_TTL_SECS,
+        ..Default::default()
+    };
+    let (opened, _) = open_until_refused(socket, &request, tasks).await?;
     let took = started.elapsed();
     // The last task opened lapses FILL_TASK_TTL_SECS after it was opened, at a whole second.
     tokio::time::sleep(Duration::from_secs(u64::from(FILL_TASK_TTL_SECS) + 1)).await;
@@ -88,4 +66,44 @@ pub async fn fill(socket: &Path, tasks: usize) -> Result<Filled, String> {
         tasks: opened,
         took,
     })
+}
+
+/// Opens up to `tasks` tasks like `request` over [`FILL_CLIENTS`] connections, each connection
+/// stopping at its first `RESOURCE_EXHAUSTED`. Returns how many opened and the message of a
+/// refusal that stopped one, if any did.
+///
+/// # Errors
+/// A connection or an OpenTask fails other than with `RESOURCE_EXHAUSTED`.
+pub async fn open_until_refused(
+    socket: &Path,
+    request: &broker::OpenTaskRequest,
+    tasks: usize,
+) -> Result<(usize, Option<String>), String> {
+    let mut openers = Vec::with_capacity(FILL_CLIENTS);
+    for i in 0..FILL_CLIENTS {
+        let share = tasks / FILL_CLIENTS + usize::from(i < tasks % FILL_CLIENTS);
+        let channel = connect(socket).await.map_err(|e| format!("connect: {e}"))?;
+        let mut client = TaskBrokerClient::new(with_header(channel));
+        let request = request.clone();
+        openers.push(tokio::spawn(async move {
+            let mut opened = 0;
+            for _ in 0..share {
+                match client.open_task(request.clone()).await {
+                    Ok(_) => opened += 1,
+                    Err(s) if s.code() == Code::ResourceExhausted => {
+                        return Ok((opened, Some(s.message().to_string())))
+                    }
+                    Err(s) => return Err(format!("OpenTask: {s}")),
+                }
+            }
+            Ok((opened, None))
+        }));
+    }
+    let (mut opened, mut refused) = (0, None);
+    for o in openers {
+        let (n, why) = o.await.map_err(|e| format!("opener: {e}"))??;
+        opened += n;
+        refused = refused.or(why);
+    }
+    Ok((opened, refused))
 }

@@ -7,14 +7,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tonic::Code;
-
-use super::calls::connect;
 use super::daemon::{Daemon, DaemonOptions, Target, TASK_SCOPE};
-use super::full_table::FILL_CLIENTS;
-use svid_broker::client::with_header;
+use super::full_table::{open_until_refused, FILL_CLIENTS};
 use svid_broker::proto::svidbroker::v1 as broker;
-use svid_broker::proto::svidbroker::v1::task_broker_client::TaskBrokerClient;
 
 /// Audiences per task: with their bytes, as many as one `task_open` record holds (it lists
 /// each audience twice, in `audiences` and in `grants`, within 64 KiB).
@@ -131,31 +126,5 @@ async fn fill(socket: &Path, cap: usize) -> Result<(usize, Option<String>), Stri
         ttl_seconds: TASK_TTL_SECS,
         ..Default::default()
     };
-    let mut openers = Vec::with_capacity(FILL_CLIENTS);
-    for i in 0..FILL_CLIENTS {
-        let share = cap / FILL_CLIENTS + usize::from(i < cap % FILL_CLIENTS);
-        let channel = connect(socket).await.map_err(|e| format!("connect: {e}"))?;
-        let mut client = TaskBrokerClient::new(with_header(channel));
-        let request = request.clone();
-        openers.push(tokio::spawn(async move {
-            let mut opened = 0;
-            for _ in 0..share {
-                match client.open_task(request.clone()).await {
-                    Ok(_) => opened += 1,
-                    Err(s) if s.code() == Code::ResourceExhausted => {
-                        return Ok((opened, Some(s.message().to_string())))
-                    }
-                    Err(s) => return Err(format!("OpenTask: {s}")),
-                }
-            }
-            Ok((opened, None))
-        }));
-    }
-    let (mut opened, mut refused) = (0, None);
-    for o in openers {
-        let (n, why) = o.await.map_err(|e| format!("opener: {e}"))??;
-        opened += n;
-        refused = refused.or(why);
-    }
-    Ok((opened, refused))
+    open_until_refused(socket, &request, cap).await
 }
