@@ -19,6 +19,7 @@ mod mint;
 pub mod oidc;
 mod open;
 mod open_count;
+mod owner_share;
 pub mod replay;
 pub mod service;
 pub mod settings;

@@ -451,6 +451,57 @@ selectors = ["unix:uid:1000"]
     }
 
     #[test]
+    fn broker_owner_shares_default_to_a_quarter_and_are_bounded_by_the_table() {
+        use crate::broker::settings::{DEFAULT_MAX_TASK_BYTES, MIN_TASK_BYTES};
+        let with = |extra: &str| Config::parse(&format!("{MINIMAL}[broker]\n{extra}"));
+        let bounds = with("").unwrap().broker.table_bounds();
+        assert_eq!(
+            (bounds.owner_open_tasks, bounds.owner_task_bytes),
+            (2_500, DEFAULT_MAX_TASK_BYTES / 4)
+        );
+        let bounds = with("max_open_tasks = 400\nmax_task_bytes = 8388608")
+            .unwrap()
+            .broker
+            .table_bounds();
+        assert_eq!(
+            (bounds.owner_open_tasks, bounds.owner_task_bytes),
+            (100, 2 << 20),
+            "a quarter of the table as configured"
+        );
+        let set = with(&format!(
+            "max_open_tasks = 400\nmax_open_tasks_per_owner = 400\nmax_task_bytes_per_owner = {MIN_TASK_BYTES}"
+        ))
+        .unwrap()
+        .broker
+        .table_bounds();
+        assert_eq!(
+            (set.owner_open_tasks, set.owner_task_bytes),
+            (400, MIN_TASK_BYTES)
+        );
+        for (bad, message) in [
+            (
+                "max_open_tasks = 400\nmax_open_tasks_per_owner = 401".to_string(),
+                "broker.max_open_tasks_per_owner must be 1..=broker.max_open_tasks (400)",
+            ),
+            (
+                "max_open_tasks_per_owner = 0".to_string(),
+                "broker.max_open_tasks_per_owner must be 1..=broker.max_open_tasks (10000)",
+            ),
+            (
+                format!("max_task_bytes_per_owner = {}", MIN_TASK_BYTES - 1),
+                "broker.max_task_bytes_per_owner must be 1048576..=broker.max_task_bytes (67108864)",
+            ),
+            (
+                format!("max_task_bytes_per_owner = {}", DEFAULT_MAX_TASK_BYTES + 1),
+                "broker.max_task_bytes_per_owner must be 1048576..=broker.max_task_bytes (67108864)",
+            ),
+        ] {
+            let err = with(&bad).unwrap_err().to_string();
+            assert!(err.contains(message), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn durations_parse_and_are_bounded() {
         let ok = MINIMAL.replace(
             "selectors",

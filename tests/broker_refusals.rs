@@ -760,3 +760,53 @@ async fn request_bounds_at_their_edges() {
         "max_uses 1001; the limit is 1000",
     );
 }
+
+/// One workload's share of the task table, through the daemon: at
+/// `max_open_tasks_per_owner` its OpenTask is `RESOURCE_EXHAUSTED`, naming it and the key,
+/// while another identity still opens tasks in the room the table has left; a close gives
+/// the place back.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_workload_cannot_take_the_whole_table() {
+    let b = Broker::start(
+        options()
+            .broker("max_open_tasks = 10")
+            .broker("max_open_tasks_per_owner = 3"),
+    );
+    let mut c = b.client().await;
+    let as_id = |id: &str| pb::OpenTaskRequest {
+        spiffe_id: id.to_string(),
+        ..open_req("share checks", &[TOOL_X], &["read"], 0)
+    };
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        let t = c.open_task(as_id(RUNNER)).await.unwrap().into_inner();
+        mine.push(t.task_id);
+    }
+    let err = c.open_task(as_id(RUNNER)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", show(&err));
+    assert!(
+        err.message().contains(RUNNER)
+            && err
+                .message()
+                .contains("broker.max_open_tasks_per_owner = 3"),
+        "{}",
+        show(&err)
+    );
+    for _ in 0..3 {
+        c.open_task(as_id(RUNNER2))
+            .await
+            .unwrap_or_else(|s| panic!("another identity still opens: {}", show(&s)));
+    }
+    assert_eq!(
+        c.open_task(as_id(RUNNER2)).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    c.close_task(pb::CloseTaskRequest {
+        task_id: mine[0].clone(),
+    })
+    .await
+    .unwrap();
+    c.open_task(as_id(RUNNER))
+        .await
+        .unwrap_or_else(|s| panic!("the close gave the place back: {}", show(&s)));
+}

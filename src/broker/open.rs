@@ -39,18 +39,19 @@ impl Broker {
         limits::token("parent_token", &req.parent_token)?;
         limits::token("subject_token", &req.subject_token)?;
         let owner = choose_identity(caller, &req.spiffe_id)?;
-        // A place in the table first: an OpenTask past `max_open_tasks` is refused before
-        // policy runs, and a task the log records as opened always fits the table. The
+        // A place in the table first: an OpenTask past `max_open_tasks`, or past its owner's
+        // share of the table, is refused before policy runs, and a task the log records as opened always fits the table. The
         // issuance rate policy sees is read under the same lock.
         let rate = {
             let now_secs = self.clock.unix_seconds();
             let mut table = self.lock();
             table
-                .reserve_open(&self.config.table_bounds(), now_secs)
+                .reserve_open(&owner, &self.config.table_bounds(), now_secs)
                 .map_err(|e| Status::resource_exhausted(e.to_string()))?;
             table.rate(&owner, now_secs)
         };
-        let slot = Slot::taken(self, TaskTable::release_open);
+        let reserved_for = owner.clone();
+        let slot = Slot::taken(self, move |t: &mut TaskTable| t.release_open(&reserved_for));
         let mut records = Vec::new();
         let decided = self.decide_task(caller, &req, owner, rate, &mut records);
         // Every record of the request goes to disk in one write (a spent use of the delegation
@@ -481,6 +482,7 @@ mod tests {
     async fn the_open_task_bound_counts_only_tasks_still_open() {
         let k = kit_with(BrokerConfig {
             max_open_tasks: 2,
+            max_open_tasks_per_owner: Some(2),
             ..BrokerConfig::default()
         });
         let agent = caller(AGENT);
@@ -558,6 +560,70 @@ mod tests {
             .unwrap();
         heavy().await.expect("the closed task made room");
         assert_eq!(heavy().await.unwrap_err().code(), Code::ResourceExhausted);
+    }
+
+    /// `max_open_tasks_per_owner` at its edge, through OpenTask: one workload at its share is
+    /// refused before policy runs, writes nothing and is told which key binds, while another
+    /// workload still opens tasks in the room the table has left; a close gives the place
+    /// back.
+    #[tokio::test]
+    async fn a_workload_at_its_share_does_not_starve_the_others() {
+        let k = kit_with(BrokerConfig {
+            max_open_tasks: 10,
+            max_open_tasks_per_owner: Some(3),
+            ..BrokerConfig::default()
+        });
+        let (agent, other) = (caller(AGENT), caller(OTHER));
+        let open = |c| k.broker.open_task(c, open_request(&[TOOL], &[], 600));
+        let mut mine = Vec::new();
+        for _ in 0..3 {
+            mine.push(open(&agent).await.unwrap().task_id);
+        }
+        let before = k.sink.records().len();
+        let err = open(&agent).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message().contains(AGENT)
+                && err
+                    .message()
+                    .contains("broker.max_open_tasks_per_owner = 3"),
+            "{err:?}"
+        );
+        assert_eq!(k.sink.records().len(), before, "refused before policy");
+        for _ in 0..3 {
+            open(&other).await.expect("another workload still opens");
+        }
+        assert_eq!(
+            open(&other).await.unwrap_err().code(),
+            Code::ResourceExhausted
+        );
+        k.broker
+            .close(&Who::Workload(agent.clone()), &mine[0], "")
+            .await
+            .unwrap();
+        open(&agent)
+            .await
+            .expect("the closed task gave its place back");
+    }
+
+    /// By default each workload may hold a quarter of the table: the default bounds let
+    /// four workloads fill their shares before the table is full.
+    #[test]
+    fn the_default_share_is_a_quarter_of_the_table() {
+        let b = BrokerConfig::default().table_bounds();
+        assert_eq!(b.owner_open_tasks * 4, b.open_tasks);
+        assert_eq!(b.owner_task_bytes * 4, b.task_bytes);
+        let small = BrokerConfig {
+            max_open_tasks: 2,
+            max_task_bytes: crate::broker::settings::MIN_TASK_BYTES,
+            ..BrokerConfig::default()
+        }
+        .table_bounds();
+        assert_eq!(
+            (small.owner_open_tasks, small.owner_task_bytes),
+            (1, crate::broker::settings::MIN_TASK_BYTES),
+            "never below one task or the largest task's record"
+        );
     }
 
     /// Every field within its own bound, but together more than one audit record holds: the

@@ -29,6 +29,10 @@ pub const DEFAULT_MAX_TASK_BYTES: usize = 64 << 20;
 pub const MIN_TASK_BYTES: usize = 1 << 20;
 /// Ceiling of `max_task_bytes`.
 pub const MAX_TASK_BYTES: usize = 4 << 30;
+/// Unless set, one owner's share of the table (`max_open_tasks_per_owner`,
+/// `max_task_bytes_per_owner`) is this fraction of the whole: 1/4, so that at least four
+/// workloads on a node can each fill their share before the table itself is full.
+pub const DEFAULT_OWNER_SHARE_DIVISOR: usize = 4;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +58,12 @@ pub struct BrokerConfig {
     /// ended are forgotten to stay under it, and OpenTask is refused while the tasks that
     /// have not ended weigh it.
     pub max_task_bytes: usize,
+    /// Open tasks one owner (SPIFFE ID) may have at once; a quarter of `max_open_tasks`
+    /// unless set.
+    pub max_open_tasks_per_owner: Option<usize>,
+    /// What one owner's open tasks may weigh together; a quarter of `max_task_bytes`
+    /// (at least 1 MiB) unless set.
+    pub max_task_bytes_per_owner: Option<usize>,
     /// SPIFFE IDs allowed to introspect any task token (besides each token's audience).
     pub introspectors: Vec<String>,
 }
@@ -71,6 +81,8 @@ impl Default for BrokerConfig {
             max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
             max_live_tokens: DEFAULT_MAX_LIVE_TOKENS,
             max_task_bytes: DEFAULT_MAX_TASK_BYTES,
+            max_open_tasks_per_owner: None,
+            max_task_bytes_per_owner: None,
             introspectors: Vec::new(),
         }
     }
@@ -122,6 +134,22 @@ impl BrokerConfig {
                 "broker.max_task_bytes must be {MIN_TASK_BYTES}..={MAX_TASK_BYTES} (1 MiB to 4 GiB)"
             ));
         }
+        if let Some(n) = self.max_open_tasks_per_owner {
+            if n == 0 || n > self.max_open_tasks {
+                return Err(format!(
+                    "broker.max_open_tasks_per_owner must be 1..=broker.max_open_tasks ({})",
+                    self.max_open_tasks
+                ));
+            }
+        }
+        if let Some(n) = self.max_task_bytes_per_owner {
+            if !(MIN_TASK_BYTES..=self.max_task_bytes).contains(&n) {
+                return Err(format!(
+                    "broker.max_task_bytes_per_owner must be {MIN_TASK_BYTES}..=broker.max_task_bytes ({})",
+                    self.max_task_bytes
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -132,6 +160,13 @@ impl BrokerConfig {
             finished_tasks: self.max_finished_tasks,
             live_tokens: self.max_live_tokens,
             task_bytes: self.max_task_bytes,
+            owner_open_tasks: self
+                .max_open_tasks_per_owner
+                .unwrap_or((self.max_open_tasks / DEFAULT_OWNER_SHARE_DIVISOR).max(1)),
+            owner_task_bytes: self.max_task_bytes_per_owner.unwrap_or(
+                (self.max_task_bytes / DEFAULT_OWNER_SHARE_DIVISOR)
+                    .clamp(MIN_TASK_BYTES, self.max_task_bytes),
+            ),
         }
     }
 }

@@ -9,6 +9,7 @@ impl TaskTableStats for Broker {
         let now = self.clock.unix_seconds();
         let mut table = self.lock();
         let open_tasks = table.open_count(now);
+        let largest = table.largest_owner(now);
         TableFill {
             open_tasks,
             max_open_tasks: bounds.open_tasks,
@@ -18,6 +19,11 @@ impl TaskTableStats for Broker {
             max_live_tokens: bounds.live_tokens,
             task_bytes: table.bytes(),
             max_task_bytes: bounds.task_bytes,
+            owners: table.owner_count(),
+            largest_owner_open_tasks: largest.tasks,
+            max_owner_open_tasks: bounds.owner_open_tasks,
+            largest_owner_bytes: largest.bytes,
+            max_owner_bytes: bounds.owner_task_bytes,
         }
     }
 }
@@ -51,6 +57,8 @@ mod tests {
             (busy.open_tasks, busy.ended_tasks, busy.live_tokens),
             (1, 0, 1)
         );
+        assert_eq!((busy.owners, busy.largest_owner_open_tasks), (1, 1));
+        assert_eq!(busy.largest_owner_bytes, busy.task_bytes, "one owner");
         assert!(busy.task_bytes > 2048, "{busy:?}");
         assert_eq!(busy.max_task_bytes, k.broker.config.max_task_bytes);
 
@@ -62,6 +70,14 @@ mod tests {
         assert_eq!(
             (done.open_tasks, done.ended_tasks, done.live_tokens),
             (0, 1, 0)
+        );
+        assert_eq!(
+            (
+                done.owners,
+                done.largest_owner_open_tasks,
+                done.largest_owner_bytes
+            ),
+            (0, 0, 0)
         );
     }
 }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::Value;
 use spiffe::SpiffeId;
 
-use super::open_count::OpenCount;
+use super::open_count::{Open, OpenCount};
+use super::owner_share::OwnerShares;
 use super::token_table::{push_pruned, TokenTable};
 
 /// Scopes granted per audience.
@@ -101,10 +102,27 @@ pub enum TableError {
         "open tasks hold {held} bytes of the {limit} broker.max_task_bytes allows; close tasks, ask for fewer audiences or scopes, or raise broker.max_task_bytes"
     )]
     TooManyBytes { held: usize, limit: usize },
+    #[error(
+        "{owner} has {open} open tasks, its share of the table (broker.max_open_tasks_per_owner = {limit}); close some of its tasks or raise broker.max_open_tasks_per_owner"
+    )]
+    OwnerFull {
+        owner: String,
+        open: usize,
+        limit: usize,
+    },
+    #[error(
+        "{owner}'s open tasks hold {held} bytes, its share of the table (broker.max_task_bytes_per_owner = {limit}); close some of its tasks, ask for fewer audiences or scopes, or raise broker.max_task_bytes_per_owner"
+    )]
+    OwnerTooManyBytes {
+        owner: String,
+        held: usize,
+        limit: usize,
+    },
 }
 
 /// What the table may hold: `[broker] max_open_tasks`, `max_finished_tasks`,
-/// `max_live_tokens`, `max_task_bytes`.
+/// `max_live_tokens`, `max_task_bytes`, and each owner's share of it,
+/// `max_open_tasks_per_owner` and `max_task_bytes_per_owner`.
 #[derive(Clone, Copy, Debug)]
 pub struct TableBounds {
     pub open_tasks: usize,
@@ -112,6 +130,10 @@ pub struct TableBounds {
     pub live_tokens: usize,
     /// What every task kept may weigh together, as [`Task::kept_bytes`] counts it.
     pub task_bytes: usize,
+    /// Open tasks (and OpenTasks in flight) one owner may have.
+    pub owner_open_tasks: usize,
+    /// What one owner's open tasks may weigh together.
+    pub owner_task_bytes: usize,
 }
 
 impl TableBounds {
@@ -132,6 +154,8 @@ pub struct TaskTable {
     issued: HashMap<SpiffeId, VecDeque<i64>>,
     /// Tasks not closed, by expiry: the open-task limit is checked without a scan.
     open: OpenCount,
+    /// The same, per owner: each owner's share is checked without a scan.
+    shares: OwnerShares,
     /// `(expires_at, id)` of every task: the sweep and the bound find expired tasks
     /// without a scan.
     by_expiry: BTreeSet<(i64, String)>,
@@ -151,16 +175,18 @@ impl TaskTable {
     /// holds more than `bounds.tasks()`.
     ///
     /// # Errors
-    /// `Full` when `bounds.open_tasks` tasks are open already.
+    /// As [`Self::reserve_open`].
     #[cfg(test)]
     pub fn insert(&mut self, task: Task, bounds: &TableBounds, now: i64) -> Result<(), TableError> {
-        self.reserve_open(bounds, now)?;
+        self.reserve_open(&task.owner, bounds, now)?;
         self.insert_reserved(task, bounds, now);
         Ok(())
     }
 
-    /// Takes a place for a task about to be decided and recorded: open tasks and places
-    /// taken count against `bounds.open_tasks`. While the table weighs `bounds.task_bytes`
+    /// Takes a place for a task of `owner` about to be decided and recorded: open tasks and
+    /// places taken count against `bounds.open_tasks`, and the owner's against its share
+    /// (`bounds.owner_open_tasks`, `bounds.owner_task_bytes`), checked after the table's
+    /// own bounds (a full table is the reason to give when both hold). While the table weighs `bounds.task_bytes`
     /// or more, it first forgets tasks that have ended, the first to end first, for as long
     /// as that takes (each task is forgotten once, so this is amortised over the opens that
     /// filled the table).
@@ -171,21 +197,34 @@ impl TaskTable {
     ///
     /// # Errors
     /// `Full` when `bounds.open_tasks` tasks are open or about to be; `TooManyBytes` when
-    /// the tasks that have not ended weigh `bounds.task_bytes` or more.
-    pub fn reserve_open(&mut self, bounds: &TableBounds, now: i64) -> Result<(), TableError> {
-        let open = self.open.open(now) + self.reserved_open;
-        if open >= bounds.open_tasks {
-            return Err(TableError::Full(open));
+    /// the tasks that have not ended weigh `bounds.task_bytes` or more; `OwnerFull` or
+    /// `OwnerTooManyBytes` at the owner's share.
+    pub fn reserve_open(
+        &mut self,
+        owner: &SpiffeId,
+        bounds: &TableBounds,
+        now: i64,
+    ) -> Result<(), TableError> {
+        if let Some(e) = self.refuse_open(bounds, now) {
+            return Err(e);
         }
-        while self.bytes >= bounds.task_bytes && self.forget_first_finished(now) {}
-        if self.bytes >= bounds.task_bytes {
-            return Err(TableError::TooManyBytes {
-                held: self.bytes,
-                limit: bounds.task_bytes,
-            });
-        }
+        self.shares.reserve(owner, bounds, now)?;
         self.reserved_open += 1;
         Ok(())
+    }
+
+    /// Why the table as a whole has no place for one more task, if it has none (see
+    /// [`Self::reserve_open`]).
+    fn refuse_open(&mut self, bounds: &TableBounds, now: i64) -> Option<TableError> {
+        let open = self.open.open(now).tasks + self.reserved_open;
+        if open >= bounds.open_tasks {
+            return Some(TableError::Full(open));
+        }
+        while self.bytes >= bounds.task_bytes && self.forget_first_finished(now) {}
+        (self.bytes >= bounds.task_bytes).then_some(TableError::TooManyBytes {
+            held: self.bytes,
+            limit: bounds.task_bytes,
+        })
     }
 
     /// [`Task::kept_bytes`] of every task in the table.
@@ -193,15 +232,32 @@ impl TaskTable {
         self.bytes
     }
 
-    /// Gives back a place [`Self::reserve_open`] took and no task filled.
-    pub fn release_open(&mut self) {
+    /// Gives back a place [`Self::reserve_open`] took for `owner` and no task filled.
+    pub fn release_open(&mut self, owner: &SpiffeId) {
         self.reserved_open = self.reserved_open.saturating_sub(1);
+        self.shares.release(owner);
+    }
+
+    /// `owner`'s tasks that have not ended at `now`, and what they weigh.
+    pub fn owner_open(&mut self, owner: &SpiffeId, now: i64) -> Open {
+        self.shares.open(owner, now)
+    }
+
+    /// The most open tasks one owner has, and the most one owner's open tasks weigh; see
+    /// [`OwnerShares::largest`].
+    pub fn largest_owner(&mut self, now: i64) -> Open {
+        self.shares.largest(now)
+    }
+
+    /// Owners with a task that is not closed, or an OpenTask in flight.
+    pub fn owner_count(&self) -> usize {
+        self.shares.owners()
     }
 
     /// Inserts a task into the place [`Self::reserve_open`] took; see [`Self::insert`].
     pub fn insert_reserved(&mut self, task: Task, bounds: &TableBounds, now: i64) {
-        self.release_open();
-        let open = self.open.open(now);
+        self.release_open(&task.owner);
+        let open = self.open.open(now).tasks;
         let mut forgotten = 0;
         while forgotten < FORGET_PER_INSERT
             && self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
@@ -232,14 +288,18 @@ impl TaskTable {
                 push_pruned(children, child, known);
             });
         }
+        let bytes = task.kept_bytes();
         match task.closed_at {
             Some(at) => {
                 self.by_close.insert((at, task.id.clone()));
             }
-            None => self.open.add(task.expires_at),
+            None => {
+                self.open.add(task.expires_at, bytes);
+                self.shares.add(&task.owner, task.expires_at, bytes);
+            }
         }
         self.by_expiry.insert((task.expires_at, task.id.clone()));
-        self.bytes += task.kept_bytes();
+        self.bytes += bytes;
         self.tasks.insert(task.id.clone(), task);
     }
 
@@ -247,7 +307,7 @@ impl TaskTable {
     /// `bounds.finished_tasks` remain and the table weighs less than `bounds.task_bytes`
     /// (after a state rebuild, in one pass: nothing is served yet).
     pub fn trim(&mut self, bounds: &TableBounds, now: i64) {
-        let open = self.open.open(now);
+        let open = self.open.open(now).tasks;
         while (self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
             || self.bytes >= bounds.task_bytes)
             && self.forget_first_finished(now)
@@ -264,7 +324,7 @@ impl TaskTable {
 
     /// Tasks neither closed nor expired at `now`.
     pub fn open_count(&mut self, now: i64) -> usize {
-        self.open.open(now)
+        self.open.open(now).tasks
     }
 
     /// Closes `id` and every task delegated from it, depth first, and forgets their
@@ -282,7 +342,9 @@ impl TaskTable {
             if let Some(t) = self.tasks.get_mut(&next) {
                 if t.closed_at.is_none() {
                     t.closed_at = Some(now);
-                    self.open.remove(t.expires_at);
+                    let bytes = t.kept_bytes();
+                    self.open.remove(t.expires_at, bytes);
+                    self.shares.remove(&t.owner, t.expires_at, bytes);
                     self.by_close.insert((now, next.clone()));
                     closed.push(next.clone());
                 }
@@ -435,13 +497,17 @@ impl TaskTable {
     /// of children keeps the id until pruned: a close skips ids it no longer finds.
     fn forget(&mut self, id: &str) -> Option<Task> {
         let t = self.tasks.remove(id)?;
-        self.bytes -= t.kept_bytes();
+        let bytes = t.kept_bytes();
+        self.bytes -= bytes;
         self.by_expiry.remove(&(t.expires_at, t.id.clone()));
         match t.closed_at {
             Some(at) => {
                 self.by_close.remove(&(at, t.id.clone()));
             }
-            None => self.open.remove(t.expires_at),
+            None => {
+                self.open.remove(t.expires_at, bytes);
+                self.shares.remove(&t.owner, t.expires_at, bytes);
+            }
         }
         self.tokens.forget_task(id);
         Some(t)

@@ -27,7 +27,42 @@ fn bounds(open: usize, finished: usize) -> TableBounds {
         finished_tasks: finished,
         live_tokens: 100,
         task_bytes: usize::MAX,
+        owner_open_tasks: usize::MAX,
+        owner_task_bytes: usize::MAX,
     }
+}
+
+fn owned(id: &str, owner: &str, exp: i64) -> Task {
+    Task {
+        owner: spiffe_id(owner),
+        ..task(id, None, exp)
+    }
+}
+
+fn spiffe_id(path: &str) -> SpiffeId {
+    SpiffeId::new(format!("spiffe://example.org/{path}")).unwrap()
+}
+
+/// Each owner's share agrees with a scan of its tasks that have not ended at `now`, and
+/// only owners with an unclosed task are kept.
+fn assert_shares_exact(t: &mut TaskTable, now: i64) {
+    let mut scanned: HashMap<SpiffeId, Open> = HashMap::new();
+    let mut unclosed = HashSet::new();
+    for task in t.tasks.values() {
+        if task.closed_at.is_none() {
+            unclosed.insert(task.owner.clone());
+        }
+        if task.state(now) == TaskState::Open {
+            let o = scanned.entry(task.owner.clone()).or_default();
+            o.tasks += 1;
+            o.bytes += task.kept_bytes();
+        }
+    }
+    for owner in &unclosed {
+        let open = scanned.get(owner).copied().unwrap_or_default();
+        assert_eq!(t.owner_open(owner, now), open, "{owner}");
+    }
+    assert_eq!(t.owner_count(), unclosed.len());
 }
 
 fn mint(t: &mut TaskTable, jti: &str, task: &str, exp: i64) {
@@ -184,10 +219,15 @@ fn a_mass_expiry_is_forgotten_a_few_per_insert() {
 fn a_table_under_churn_stays_within_its_bounds() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     // About 25 tasks' worth of bytes: the byte bound binds before the count does, often.
+    // Three owners, each allowed 9 open tasks and about 10 tasks' worth of bytes: the
+    // shares bind as well.
     let b = TableBounds {
         task_bytes: 25 * (TASK_COST + 1500),
+        owner_open_tasks: 9,
+        owner_task_bytes: 10 * (TASK_COST + 1500),
         ..bounds(20, 30)
     };
+    let owners = [spiffe_id("a"), spiffe_id("b"), spiffe_id("c")];
     let mut largest = 0;
     let mut t = TaskTable::default();
     let mut now = 0i64;
@@ -209,6 +249,7 @@ fn a_table_under_churn_stays_within_its_bounds() {
                 let id = format!("t{i}");
                 let mut new = task(&id, parent.as_ref().map(|(p, _)| p.as_str()), exp);
                 new.purpose = "p".repeat(rng.gen_range(1..3000));
+                new.owner = owners[rng.gen_range(0..owners.len())].clone();
                 largest = largest.max(new.kept_bytes());
                 if t.insert(new, &b, now).is_ok() {
                     ids.push(id);
@@ -234,12 +275,24 @@ fn a_table_under_churn_stays_within_its_bounds() {
             t.task_count(),
             b.tasks()
         );
-        assert!(t.open.open(now) <= b.open_tasks);
+        assert!(t.open.open(now).tasks <= b.open_tasks);
         assert!(t.tokens.count() <= b.live_tokens);
         // A place is taken below the bound; the task that fills it may pass it.
         assert!(t.bytes() < b.task_bytes + largest, "{} bytes", t.bytes());
+        for owner in &owners {
+            let open = t.owner_open(owner, now);
+            assert!(open.tasks <= b.owner_open_tasks, "{owner}: {open:?}");
+            assert!(
+                open.bytes < b.owner_task_bytes + largest,
+                "{owner}: {open:?}"
+            );
+        }
+        if i % 100 == 0 {
+            assert_shares_exact(&mut t, now);
+        }
         ids.retain(|id| t.get(id).is_some());
     }
+    assert_shares_exact(&mut t, now);
     assert_consistent(&t);
     // Every remembered token belongs to a remembered task that is not closed.
     for t2 in t.tasks.values() {
@@ -333,7 +386,7 @@ fn the_byte_bound_forgets_ended_tasks_then_refuses() {
         t.insert(task(id, None, 100), &b, 0).unwrap();
     }
     assert_eq!(t.bytes(), b.task_bytes);
-    let err = t.reserve_open(&b, 0).unwrap_err();
+    let err = t.reserve_open(&spiffe_id("a"), &b, 0).unwrap_err();
     assert_eq!(
         err,
         TableError::TooManyBytes {
@@ -373,4 +426,104 @@ fn a_rebuilt_table_is_trimmed_to_its_byte_bound() {
     kept.sort();
     assert_eq!(kept, ["open", "t3", "t4"]);
     assert_consistent(&t);
+}
+
+/// `max_open_tasks_per_owner` at its edge: the owner at its share is refused, with a message
+/// that names it and the key, while another owner still opens; a close or an expiry gives
+/// the place back, and so does an OpenTask that let its place go.
+#[test]
+fn an_owner_is_refused_at_its_share_while_others_open() {
+    let b = TableBounds {
+        owner_open_tasks: 2,
+        ..bounds(100, 100)
+    };
+    let (a, other) = (spiffe_id("a"), spiffe_id("b"));
+    let mut t = TaskTable::default();
+    t.insert(owned("a1", "a", 100), &b, 0).unwrap();
+    t.insert(owned("a2", "a", 50), &b, 0).unwrap();
+    let err = t.insert(owned("a3", "a", 100), &b, 0).unwrap_err();
+    assert_eq!(
+        err,
+        TableError::OwnerFull {
+            owner: a.to_string(),
+            open: 2,
+            limit: 2
+        }
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("spiffe://example.org/a")
+            && message.contains("broker.max_open_tasks_per_owner"),
+        "{message}"
+    );
+    t.insert(owned("b1", "b", 100), &b, 0).unwrap();
+    t.insert(owned("b2", "b", 100), &b, 0).unwrap();
+    assert!(t.reserve_open(&other, &b, 0).is_err());
+
+    t.close("a1", 1);
+    t.insert(owned("a3", "a", 100), &b, 1).unwrap();
+    assert!(t.reserve_open(&a, &b, 1).is_err());
+    // a2 expires at 50: its place comes back without a close.
+    t.reserve_open(&a, &b, 50).unwrap();
+    assert!(
+        t.reserve_open(&a, &b, 50).is_err(),
+        "a place in flight counts"
+    );
+    t.release_open(&a);
+    t.reserve_open(&a, &b, 50).unwrap();
+    t.release_open(&a);
+    assert_shares_exact(&mut t, 50);
+    assert_consistent(&t);
+}
+
+/// `max_task_bytes_per_owner` at its edge: an owner whose open tasks weigh its share is
+/// refused while another owner opens, and a close gives the bytes back.
+#[test]
+fn an_owner_is_refused_at_its_byte_share() {
+    let one = owned("a1", "a", 100).kept_bytes();
+    let b = TableBounds {
+        owner_task_bytes: 2 * one,
+        ..bounds(100, 100)
+    };
+    let mut t = TaskTable::default();
+    t.insert(owned("a1", "a", 100), &b, 0).unwrap();
+    t.insert(owned("a2", "a", 100), &b, 0).unwrap();
+    let err = t.insert(owned("a3", "a", 100), &b, 0).unwrap_err();
+    assert_eq!(
+        err,
+        TableError::OwnerTooManyBytes {
+            owner: "spiffe://example.org/a".into(),
+            held: 2 * one,
+            limit: 2 * one
+        }
+    );
+    assert!(
+        err.to_string().contains("broker.max_task_bytes_per_owner"),
+        "{err}"
+    );
+    t.insert(owned("b1", "b", 100), &b, 0).unwrap();
+    t.close("a2", 1);
+    t.insert(owned("a3", "a", 100), &b, 1).unwrap();
+    assert_shares_exact(&mut t, 1);
+}
+
+/// An OpenTask within its owner's share but refused by the table as a whole leaves no place
+/// taken in the share, and an owner with nothing left open is not kept.
+#[test]
+fn a_refusal_by_the_whole_table_takes_no_share() {
+    let b = TableBounds {
+        owner_open_tasks: 5,
+        ..bounds(1, 100)
+    };
+    let mut t = TaskTable::default();
+    t.insert(owned("a1", "a", 100), &b, 0).unwrap();
+    let err = t.reserve_open(&spiffe_id("b"), &b, 0).unwrap_err();
+    assert_eq!(err, TableError::Full(1));
+    assert_eq!(t.owner_count(), 1, "the refused owner is not kept");
+    t.close("a1", 1);
+    assert_eq!(t.owner_count(), 0);
+    t.reserve_open(&spiffe_id("b"), &b, 1).unwrap();
+    assert_eq!(t.owner_count(), 1);
+    t.release_open(&spiffe_id("b"));
+    assert_eq!(t.owner_count(), 0);
 }

@@ -272,6 +272,19 @@ pub trait ConnectionStats: Send + Sync {
     fn refusals(&self) -> Vec<(&'static str, u64)>;
 }
 
+/// Encodes each `(name, help, count)` as a gauge read now (a count past `i64::MAX` reads as
+/// `i64::MAX`).
+pub(super) fn encode_count_gauges(
+    encoder: &mut DescriptorEncoder,
+    gauges: &[(&str, &str, usize)],
+) -> Result<(), std::fmt::Error> {
+    for &(name, help, n) in gauges {
+        let gauge = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+    }
+    Ok(())
+}
+
 /// The connection gate's open connections, its ceiling, and its refusals by limit.
 struct GateCollector(Arc<dyn ConnectionStats>);
 
@@ -296,10 +309,7 @@ impl Collector for GateCollector {
                 gate.max_connections(),
             ),
         ];
-        for (name, help, n) in gauges {
-            let gauge = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
+        encode_count_gauges(&mut encoder, &gauges)?;
         let mut refused = encoder.encode_descriptor(
             "svid_broker_refused",
             "Connections and requests refused, by the limit they hit",
@@ -473,6 +483,9 @@ mod tests {
                     max_open_tasks: 10,
                     task_bytes: 4096,
                     max_task_bytes: 1 << 20,
+                    owners: 2,
+                    largest_owner_open_tasks: 2,
+                    max_owner_open_tasks: 3,
                     ..Default::default()
                 }
             }
@@ -492,6 +505,10 @@ mod tests {
             "svid_broker_task_table_ended_tasks 0\n",
             "svid_broker_task_table_bytes 4096\n",
             "svid_broker_task_table_bytes_max 1048576\n",
+            "svid_broker_task_table_owners 2\n",
+            "svid_broker_task_table_largest_owner_open_tasks 2\n",
+            "svid_broker_task_table_owner_open_tasks_max 3\n",
+            "svid_broker_task_table_largest_owner_bytes 0\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

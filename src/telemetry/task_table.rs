@@ -4,8 +4,9 @@
 use std::sync::{Arc, OnceLock, Weak};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use super::metrics::encode_count_gauges;
 
 /// What the table holds now, and what it may hold (`[broker] max_*`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,6 +21,14 @@ pub struct TableFill {
     /// What its tasks weigh, as `max_task_bytes` counts it.
     pub task_bytes: usize,
     pub max_task_bytes: usize,
+    /// Owners (SPIFFE IDs) with a task not closed.
+    pub owners: usize,
+    /// The most open tasks one owner has, and its share (`max_open_tasks_per_owner`).
+    pub largest_owner_open_tasks: usize,
+    pub max_owner_open_tasks: usize,
+    /// The most one owner's open tasks weigh, and its share (`max_task_bytes_per_owner`).
+    pub largest_owner_bytes: usize,
+    pub max_owner_bytes: usize,
 }
 
 /// Defined here, implemented by the broker, so metrics sit below it instead of importing it.
@@ -84,11 +93,32 @@ impl Collector for TaskTableCollector {
                 "broker.max_task_bytes: ended tasks are forgotten, then OpenTask refused, at it",
                 f.max_task_bytes,
             ),
+            (
+                "svid_broker_task_table_owners",
+                "Workloads (SPIFFE IDs) with a task not closed",
+                f.owners,
+            ),
+            (
+                "svid_broker_task_table_largest_owner_open_tasks",
+                "The most tasks one workload has open",
+                f.largest_owner_open_tasks,
+            ),
+            (
+                "svid_broker_task_table_owner_open_tasks_max",
+                "broker.max_open_tasks_per_owner: a workload's OpenTask is refused at it",
+                f.max_owner_open_tasks,
+            ),
+            (
+                "svid_broker_task_table_largest_owner_bytes",
+                "The most one workload's open tasks weigh, as broker.max_task_bytes_per_owner counts it",
+                f.largest_owner_bytes,
+            ),
+            (
+                "svid_broker_task_table_owner_bytes_max",
+                "broker.max_task_bytes_per_owner: a workload's OpenTask is refused at it",
+                f.max_owner_bytes,
+            ),
         ];
-        for (name, help, n) in gauges {
-            let gauge = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-        Ok(())
+        encode_count_gauges(&mut encoder, &gauges)
     }
 }

@@ -226,9 +226,17 @@ pub fn config(
             .broker(&format!("max_live_tokens = {MAX_LIVE_TOKENS}"))
             .policy(opts.policy.as_deref().unwrap_or(BENCH_POLICY))
             .audit("audit.jsonl");
-        if !opts.default_task_bytes {
+        // Every row runs as one identity, so its share of the table is the whole table:
+        // the rows measure the engine, and the largest-tasks table the node-wide byte bound
+        // (what several workloads at their shares reach together).
+        c = c.broker(&format!("max_open_tasks_per_owner = {MAX_OPEN_TASKS}"));
+        let task_bytes = if opts.default_task_bytes {
+            svid_broker::broker::settings::DEFAULT_MAX_TASK_BYTES
+        } else {
             c = c.broker(&format!("max_task_bytes = {MAX_TASK_BYTES}"));
-        }
+            MAX_TASK_BYTES
+        };
+        c = c.broker(&format!("max_task_bytes_per_owner = {task_bytes}"));
         if let Some(o) = oauth {
             c = c.extra_toml(&format!(
                 "[oauth]\nlisten = \"{}\"\nissuer = \"{}\"\n",
