@@ -478,7 +478,22 @@ selectors = ["unix:uid:1000"]
             (set.owner_open_tasks, set.owner_task_bytes),
             (400, MIN_TASK_BYTES)
         );
+        let tokens = |extra: &str| with(extra).map(|c| c.broker.table_bounds().owner_live_tokens);
+        assert_eq!(tokens("").unwrap(), 25_000);
+        assert_eq!(tokens("max_live_tokens = 8").unwrap(), 2);
+        assert_eq!(
+            tokens("max_live_tokens = 8\nmax_live_tokens_per_owner = 8").unwrap(),
+            8
+        );
         for (bad, message) in [
+            (
+                "max_live_tokens = 8\nmax_live_tokens_per_owner = 9".to_string(),
+                "broker.max_live_tokens_per_owner must be 1..=broker.max_live_tokens (8)",
+            ),
+            (
+                "max_live_tokens_per_owner = 0".to_string(),
+                "broker.max_live_tokens_per_owner must be 1..=broker.max_live_tokens (100000)",
+            ),
             (
                 "max_open_tasks = 400\nmax_open_tasks_per_owner = 401".to_string(),
                 "broker.max_open_tasks_per_owner must be 1..=broker.max_open_tasks (400)",

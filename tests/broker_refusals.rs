@@ -764,13 +764,14 @@ async fn request_bounds_at_their_edges() {
 /// One workload's share of the task table, through the daemon: at
 /// `max_open_tasks_per_owner` its OpenTask is `RESOURCE_EXHAUSTED`, naming it and the key,
 /// while another identity still opens tasks in the room the table has left; a close gives
-/// the place back.
+/// the place back. The same for its live tokens at `max_live_tokens_per_owner`.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_workload_cannot_take_the_whole_table() {
     let b = Broker::start(
         options()
             .broker("max_open_tasks = 10")
-            .broker("max_open_tasks_per_owner = 3"),
+            .broker("max_open_tasks_per_owner = 3")
+            .broker("max_live_tokens_per_owner = 2"),
     );
     let mut c = b.client().await;
     let as_id = |id: &str| pb::OpenTaskRequest {
@@ -792,10 +793,13 @@ async fn one_workload_cannot_take_the_whole_table() {
         "{}",
         show(&err)
     );
+    let mut theirs = Vec::new();
     for _ in 0..3 {
-        c.open_task(as_id(RUNNER2))
+        let t = c
+            .open_task(as_id(RUNNER2))
             .await
             .unwrap_or_else(|s| panic!("another identity still opens: {}", show(&s)));
+        theirs.push(t.into_inner().task_id);
     }
     assert_eq!(
         c.open_task(as_id(RUNNER2)).await.unwrap_err().code(),
@@ -806,7 +810,31 @@ async fn one_workload_cannot_take_the_whole_table() {
     })
     .await
     .unwrap();
-    c.open_task(as_id(RUNNER))
+    let task = c
+        .open_task(as_id(RUNNER))
         .await
-        .unwrap_or_else(|s| panic!("the close gave the place back: {}", show(&s)));
+        .unwrap_or_else(|s| panic!("the close gave the place back: {}", show(&s)))
+        .into_inner();
+
+    for _ in 0..2 {
+        c.mint_task_token(mint_req(&task.task_id, TOOL_X, &[], 0, 0))
+            .await
+            .unwrap_or_else(|s| panic!("mint: {}", show(&s)));
+    }
+    let err = c
+        .mint_task_token(mint_req(&task.task_id, TOOL_X, &[], 0, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", show(&err));
+    assert!(
+        err.message().contains(RUNNER)
+            && err
+                .message()
+                .contains("broker.max_live_tokens_per_owner = 2"),
+        "{}",
+        show(&err)
+    );
+    c.mint_task_token(mint_req(&theirs[0], TOOL_X, &[], 0, 0))
+        .await
+        .unwrap_or_else(|s| panic!("another identity still mints: {}", show(&s)));
 }

@@ -335,7 +335,8 @@ async fn a_restart_rebuilds_the_table_within_its_bounds() {
     let mut b = Broker::start(
         options()
             .broker("max_finished_tasks = 3")
-            .broker("max_live_tokens = 2"),
+            .broker("max_live_tokens = 2")
+            .broker("max_live_tokens_per_owner = 2"),
     );
     let mut c = b.client().await;
     let mut closed = Vec::new();

@@ -43,7 +43,7 @@ impl Broker {
         let task = self.mint_view(caller, &req, now_secs)?;
         // mint_view took a slot in the token table; every way out below gives it back,
         // unless the token is added into it.
-        let slot = Slot::taken(self, |t| t.tokens.release());
+        let slot = Slot::taken(self, |t: &mut TaskTable| t.release_token(&task.owner));
         let scopes = task.scopes;
         let ttl = self.token_ttl(req.ttl_seconds, task.expires_at - now_secs)?;
         let rate = task.rate;
@@ -132,6 +132,7 @@ impl Broker {
                     uses: 0,
                     digest: Some(digest),
                 },
+                &task.owner,
             );
             slot.fill();
         }
@@ -236,7 +237,7 @@ impl Broker {
         };
         // Last, so that no refusal above leaves a slot taken.
         table
-            .reserve_token(&self.config.table_bounds(), now_secs)
+            .reserve_token(&view.owner, &self.config.table_bounds(), now_secs)
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(view)
     }
@@ -414,6 +415,7 @@ mod tests {
     async fn the_live_token_bound_at_its_edge() {
         let k = kit_with(BrokerConfig {
             max_live_tokens: 2,
+            max_live_tokens_per_owner: Some(2),
             ..BrokerConfig::default()
         });
         let agent = caller(AGENT);
@@ -457,5 +459,57 @@ mod tests {
         mint(first.task_id.clone())
             .await
             .expect("the closed task's token no longer holds a slot");
+    }
+
+    /// `max_live_tokens_per_owner` at its edge, through MintTaskToken: a workload at its
+    /// share is refused before anything is signed or recorded, naming it and the key, while
+    /// another workload still mints; its tokens' expiry gives the share back.
+    #[tokio::test]
+    async fn a_workload_at_its_token_share_does_not_starve_the_others() {
+        let k = kit_with(BrokerConfig {
+            max_live_tokens: 10,
+            max_live_tokens_per_owner: Some(2),
+            ..BrokerConfig::default()
+        });
+        let (agent, other) = (caller(AGENT), caller(OTHER));
+        let mine = open_task(&k).await.task_id;
+        let theirs = k
+            .broker
+            .open_task(&other, open_request(&[TOOL], &[], 600))
+            .await
+            .unwrap()
+            .task_id;
+        for _ in 0..2 {
+            k.broker
+                .mint(&agent, mint_request(&mine, TOOL, &[]))
+                .await
+                .unwrap();
+        }
+        let before = k.sink.records().len();
+        let err = k
+            .broker
+            .mint(&agent, mint_request(&mine, TOOL, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message().contains(AGENT)
+                && err
+                    .message()
+                    .contains("broker.max_live_tokens_per_owner = 2"),
+            "{err:?}"
+        );
+        assert_eq!(k.sink.records().len(), before, "nothing decided or issued");
+        for _ in 0..2 {
+            k.broker
+                .mint(&other, mint_request(&theirs, TOOL, &[]))
+                .await
+                .expect("another workload still mints");
+        }
+        k.clock.advance(k.broker.config.default_token_ttl);
+        k.broker
+            .mint(&agent, mint_request(&mine, TOOL, &[]))
+            .await
+            .expect("its tokens expired");
     }
 }

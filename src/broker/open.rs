@@ -613,6 +613,7 @@ mod tests {
         let b = BrokerConfig::default().table_bounds();
         assert_eq!(b.owner_open_tasks * 4, b.open_tasks);
         assert_eq!(b.owner_task_bytes * 4, b.task_bytes);
+        assert_eq!(b.owner_live_tokens * 4, b.live_tokens);
         let small = BrokerConfig {
             max_open_tasks: 2,
             max_task_bytes: crate::broker::settings::MIN_TASK_BYTES,

@@ -30,7 +30,7 @@ pub const MIN_TASK_BYTES: usize = 1 << 20;
 /// Ceiling of `max_task_bytes`.
 pub const MAX_TASK_BYTES: usize = 4 << 30;
 /// Unless set, one owner's share of the table (`max_open_tasks_per_owner`,
-/// `max_task_bytes_per_owner`) is this fraction of the whole: 1/4, so that at least four
+/// `max_task_bytes_per_owner`, `max_live_tokens_per_owner`) is this fraction of the whole: 1/4, so that at least four
 /// workloads on a node can each fill their share before the table itself is full.
 pub const DEFAULT_OWNER_SHARE_DIVISOR: usize = 4;
 
@@ -64,6 +64,8 @@ pub struct BrokerConfig {
     /// What one owner's open tasks may weigh together; a quarter of `max_task_bytes`
     /// (at least 1 MiB) unless set.
     pub max_task_bytes_per_owner: Option<usize>,
+    /// Live tokens of one owner's tasks; a quarter of `max_live_tokens` unless set.
+    pub max_live_tokens_per_owner: Option<usize>,
     /// SPIFFE IDs allowed to introspect any task token (besides each token's audience).
     pub introspectors: Vec<String>,
 }
@@ -83,6 +85,7 @@ impl Default for BrokerConfig {
             max_task_bytes: DEFAULT_MAX_TASK_BYTES,
             max_open_tasks_per_owner: None,
             max_task_bytes_per_owner: None,
+            max_live_tokens_per_owner: None,
             introspectors: Vec::new(),
         }
     }
@@ -142,6 +145,14 @@ impl BrokerConfig {
                 ));
             }
         }
+        if let Some(n) = self.max_live_tokens_per_owner {
+            if n == 0 || n > self.max_live_tokens {
+                return Err(format!(
+                    "broker.max_live_tokens_per_owner must be 1..=broker.max_live_tokens ({})",
+                    self.max_live_tokens
+                ));
+            }
+        }
         if let Some(n) = self.max_task_bytes_per_owner {
             if !(MIN_TASK_BYTES..=self.max_task_bytes).contains(&n) {
                 return Err(format!(
@@ -167,6 +178,9 @@ impl BrokerConfig {
                 (self.max_task_bytes / DEFAULT_OWNER_SHARE_DIVISOR)
                     .clamp(MIN_TASK_BYTES, self.max_task_bytes),
             ),
+            owner_live_tokens: self
+                .max_live_tokens_per_owner
+                .unwrap_or((self.max_live_tokens / DEFAULT_OWNER_SHARE_DIVISOR).max(1)),
         }
     }
 }

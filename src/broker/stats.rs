@@ -24,6 +24,8 @@ impl TaskTableStats for Broker {
             max_owner_open_tasks: bounds.owner_open_tasks,
             largest_owner_bytes: largest.bytes,
             max_owner_bytes: bounds.owner_task_bytes,
+            largest_owner_live_tokens: table.tokens.largest_owner(),
+            max_owner_live_tokens: bounds.owner_live_tokens,
         }
     }
 }
@@ -57,7 +59,14 @@ mod tests {
             (busy.open_tasks, busy.ended_tasks, busy.live_tokens),
             (1, 0, 1)
         );
-        assert_eq!((busy.owners, busy.largest_owner_open_tasks), (1, 1));
+        assert_eq!(
+            (
+                busy.owners,
+                busy.largest_owner_open_tasks,
+                busy.largest_owner_live_tokens
+            ),
+            (1, 1, 1)
+        );
         assert_eq!(busy.largest_owner_bytes, busy.task_bytes, "one owner");
         assert!(busy.task_bytes > 2048, "{busy:?}");
         assert_eq!(busy.max_task_bytes, k.broker.config.max_task_bytes);
@@ -75,9 +84,10 @@ mod tests {
             (
                 done.owners,
                 done.largest_owner_open_tasks,
-                done.largest_owner_bytes
+                done.largest_owner_bytes,
+                done.largest_owner_live_tokens
             ),
-            (0, 0, 0)
+            (0, 0, 0, 0)
         );
     }
 }

@@ -118,11 +118,19 @@ pub enum TableError {
         held: usize,
         limit: usize,
     },
+    #[error(
+        "{owner} holds {held} live task tokens, its share of the table (broker.max_live_tokens_per_owner = {limit}); wait for its tokens to expire, close its tasks, or raise broker.max_live_tokens_per_owner"
+    )]
+    OwnerTooManyTokens {
+        owner: String,
+        held: usize,
+        limit: usize,
+    },
 }
 
 /// What the table may hold: `[broker] max_open_tasks`, `max_finished_tasks`,
 /// `max_live_tokens`, `max_task_bytes`, and each owner's share of it,
-/// `max_open_tasks_per_owner` and `max_task_bytes_per_owner`.
+/// `max_open_tasks_per_owner`, `max_task_bytes_per_owner` and `max_live_tokens_per_owner`.
 #[derive(Clone, Copy, Debug)]
 pub struct TableBounds {
     pub open_tasks: usize,
@@ -134,6 +142,8 @@ pub struct TableBounds {
     pub owner_open_tasks: usize,
     /// What one owner's open tasks may weigh together.
     pub owner_task_bytes: usize,
+    /// Live tokens (and mints in flight) of one owner's tasks.
+    pub owner_live_tokens: usize,
 }
 
 impl TableBounds {
@@ -358,20 +368,33 @@ impl TaskTable {
         (closed, revoked)
     }
 
-    /// Takes a slot for a token a mint is about to sign; see [`TokenTable::reserve`].
+    /// Takes a slot for a token of a task of `owner` that a mint is about to sign; see
+    /// [`TokenTable::reserve`].
     ///
     /// # Errors
-    /// `TooManyTokens` at `bounds.live_tokens`.
-    pub fn reserve_token(&mut self, bounds: &TableBounds, now: i64) -> Result<(), TableError> {
-        self.tokens.reserve(bounds.live_tokens, now)
+    /// `TooManyTokens` at `bounds.live_tokens`, `OwnerTooManyTokens` at
+    /// `bounds.owner_live_tokens`.
+    pub fn reserve_token(
+        &mut self,
+        owner: &SpiffeId,
+        bounds: &TableBounds,
+        now: i64,
+    ) -> Result<(), TableError> {
+        self.tokens
+            .reserve(owner, bounds.live_tokens, bounds.owner_live_tokens, now)
     }
 
-    /// Adds a minted token into the slot [`Self::reserve_token`] took.
-    pub fn add_token(&mut self, jti: String, token: TokenState) {
+    /// Gives back a slot [`Self::reserve_token`] took for `owner` and no token filled.
+    pub fn release_token(&mut self, owner: &SpiffeId) {
+        self.tokens.release(owner);
+    }
+
+    /// Adds a minted token of `owner`'s task into the slot [`Self::reserve_token`] took.
+    pub fn add_token(&mut self, jti: String, token: TokenState, owner: &SpiffeId) {
         if let Some(t) = self.tasks.get_mut(&token.task_id) {
             t.tokens_issued = t.tokens_issued.saturating_add(1);
         }
-        self.tokens.add_reserved(jti, token);
+        self.tokens.add_reserved(jti, token, owner);
     }
 
     /// Adds a token from the log (state rebuild): no slot, and only while its task is
@@ -382,7 +405,7 @@ impl TaskTable {
         };
         t.tokens_issued = t.tokens_issued.saturating_add(1);
         if t.closed_at.is_none() {
-            self.tokens.add(jti, token);
+            self.tokens.add(jti, token, &t.owner);
         }
     }
 

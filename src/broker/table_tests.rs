@@ -29,6 +29,7 @@ fn bounds(open: usize, finished: usize) -> TableBounds {
         task_bytes: usize::MAX,
         owner_open_tasks: usize::MAX,
         owner_task_bytes: usize::MAX,
+        owner_live_tokens: usize::MAX,
     }
 }
 
@@ -63,11 +64,27 @@ fn assert_shares_exact(t: &mut TaskTable, now: i64) {
         assert_eq!(t.owner_open(owner, now), open, "{owner}");
     }
     assert_eq!(t.owner_count(), unclosed.len());
+    // Each token is counted against its task's owner, and each owner's count is its tokens.
+    let mut tokens: HashMap<SpiffeId, usize> = HashMap::new();
+    for (token, owner) in t.tokens.entries() {
+        if let Some(task) = t.tasks.get(&token.task_id) {
+            assert_eq!(&task.owner, owner, "{}", token.task_id);
+        }
+        *tokens.entry(owner.clone()).or_default() += 1;
+    }
+    for (owner, n) in &tokens {
+        assert_eq!(t.tokens.held_by(owner), *n, "{owner}");
+    }
+    assert_eq!(
+        t.tokens.largest_owner(),
+        tokens.values().copied().max().unwrap_or(0)
+    );
 }
 
 fn mint(t: &mut TaskTable, jti: &str, task: &str, exp: i64) {
-    t.reserve_token(&bounds(1, 1), 0).unwrap();
-    t.add_token(jti.into(), token(task, exp));
+    let owner = spiffe_id("a");
+    t.reserve_token(&owner, &bounds(1, 1), 0).unwrap();
+    t.add_token(jti.into(), token(task, exp), &owner);
 }
 
 /// Every index agrees with the tasks it indexes.
@@ -225,6 +242,7 @@ fn a_table_under_churn_stays_within_its_bounds() {
         task_bytes: 25 * (TASK_COST + 1500),
         owner_open_tasks: 9,
         owner_task_bytes: 10 * (TASK_COST + 1500),
+        owner_live_tokens: 40,
         ..bounds(20, 30)
     };
     let owners = [spiffe_id("a"), spiffe_id("b"), spiffe_id("c")];
@@ -261,10 +279,18 @@ fn a_table_under_churn_stays_within_its_bounds() {
             }
             7..=8 if !ids.is_empty() => {
                 let id = ids[rng.gen_range(0..ids.len())].clone();
-                if t.get(&id).is_some_and(|x| x.state(now) == TaskState::Open)
-                    && t.reserve_token(&b, now).is_ok()
-                {
-                    t.add_token(format!("j{i}"), token(&id, now + rng.gen_range(1..60)));
+                let owner = t
+                    .get(&id)
+                    .filter(|x| x.state(now) == TaskState::Open)
+                    .map(|x| x.owner.clone());
+                if let Some(owner) = owner {
+                    if t.reserve_token(&owner, &b, now).is_ok() {
+                        t.add_token(
+                            format!("j{i}"),
+                            token(&id, now + rng.gen_range(1..60)),
+                            &owner,
+                        );
+                    }
                 }
             }
             _ => t.sweep(now, 100),
@@ -286,6 +312,7 @@ fn a_table_under_churn_stays_within_its_bounds() {
                 open.bytes < b.owner_task_bytes + largest,
                 "{owner}: {open:?}"
             );
+            assert!(t.tokens.held_by(owner) <= b.owner_live_tokens, "{owner}");
         }
         if i % 100 == 0 {
             assert_shares_exact(&mut t, now);
@@ -526,4 +553,32 @@ fn a_refusal_by_the_whole_table_takes_no_share() {
     assert_eq!(t.owner_count(), 1);
     t.release_open(&spiffe_id("b"));
     assert_eq!(t.owner_count(), 0);
+}
+
+/// Tokens rebuilt from the log count against their task's owner, as minted ones do, and
+/// only while their task is remembered and not closed.
+#[test]
+fn restored_tokens_count_against_their_owner() {
+    let b = bounds(10, 10);
+    let mut t = TaskTable::default();
+    t.insert(owned("a1", "a", 100), &b, 0).unwrap();
+    t.insert(owned("b1", "b", 100), &b, 0).unwrap();
+    t.close("b1", 1);
+    t.restore_token("j1".into(), token("a1", 50));
+    t.restore_token("j2".into(), token("b1", 50));
+    t.restore_token("j3".into(), token("gone", 50));
+    assert_eq!(t.tokens.held_by(&spiffe_id("a")), 1);
+    assert_eq!(t.tokens.held_by(&spiffe_id("b")), 0, "its task is closed");
+    assert_eq!(t.tokens.count(), 1);
+    let tight = TableBounds {
+        owner_live_tokens: 1,
+        ..b
+    };
+    assert!(matches!(
+        t.reserve_token(&spiffe_id("a"), &tight, 1),
+        Err(TableError::OwnerTooManyTokens { held: 1, .. })
+    ));
+    t.reserve_token(&spiffe_id("b"), &tight, 1).unwrap();
+    t.release_token(&spiffe_id("b"));
+    assert_shares_exact(&mut t, 1);
 }

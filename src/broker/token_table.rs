@@ -3,16 +3,32 @@
 //!
 //! Bounded in count (`[broker] max_live_tokens`): a mint takes a slot before it signs or
 //! writes its record, so a token that left is always remembered, and a mint past the bound
-//! is refused instead of growing the daemon. No operation walks the whole table: expired
-//! tokens leave by an expiry index, and a task's list of tokens is pruned when it is full.
+//! is refused instead of growing the daemon. Each owner (the SPIFFE ID its task belongs to)
+//! has a share of the slots (`max_live_tokens_per_owner`), so one workload minting as fast as
+//! it can does not have every other workload's mints refused. No operation walks the whole
+//! table: expired tokens leave by an expiry index, and a task's list of tokens is pruned when
+//! it is full.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use spiffe::SpiffeId;
 
 use super::table::{TableError, TokenState};
 
+/// A remembered token and the owner its slot is counted against (shared with the owner's
+/// entry in `held`: 8 bytes a token, not a copy of the ID).
+struct Entry {
+    state: TokenState,
+    owner: Arc<SpiffeId>,
+}
+
 #[derive(Default)]
 pub struct TokenTable {
-    tokens: HashMap<String, TokenState>,
+    tokens: HashMap<String, Entry>,
+    /// Per owner: its tokens remembered and its slots in flight. An owner is kept only while
+    /// this is above zero.
+    held: HashMap<Arc<SpiffeId>, usize>,
     /// `(exp, jti)` of every token in `tokens`.
     by_expiry: BTreeSet<(i64, String)>,
     /// Token ids per task, so a close reaches its tokens without scanning them all. May list
@@ -23,12 +39,19 @@ pub struct TokenTable {
 }
 
 impl TokenTable {
-    /// Takes a slot for one token, making room first by forgetting tokens that have
-    /// expired.
+    /// Takes a slot for one token of `owner`, making room first by forgetting tokens that
+    /// have expired.
     ///
     /// # Errors
-    /// `TooManyTokens` when `limit` unexpired tokens (and mints in flight) fill the table.
-    pub fn reserve(&mut self, limit: usize, now: i64) -> Result<(), TableError> {
+    /// `TooManyTokens` when `limit` unexpired tokens (and mints in flight) fill the table;
+    /// `OwnerTooManyTokens` when `owner_limit` of them are the owner's.
+    pub fn reserve(
+        &mut self,
+        owner: &SpiffeId,
+        limit: usize,
+        owner_limit: usize,
+        now: i64,
+    ) -> Result<(), TableError> {
         // Expire what is due, but only as many as it takes: a mass expiry is cleared a few
         // at a time by the mints that follow it, and in full by the sweep, never in one
         // long pass under the lock.
@@ -38,42 +61,125 @@ impl TokenTable {
                 return Err(TableError::TooManyTokens(self.tokens.len() + self.reserved));
             }
         }
+        // The owner's expired tokens may not be the first to expire: forget in expiry order
+        // until the owner is below its share or nothing more has expired (each token is
+        // forgotten once, so this is amortised over the mints that filled the share).
+        while self.held_by(owner) >= owner_limit {
+            if !self.expire_some(now, 1) {
+                return Err(TableError::OwnerTooManyTokens {
+                    owner: owner.to_string(),
+                    held: self.held_by(owner),
+                    limit: owner_limit,
+                });
+            }
+        }
         self.reserved += 1;
+        self.charge(owner);
         Ok(())
     }
 
-    /// Gives back a slot [`Self::reserve`] took and no token filled.
-    pub fn release(&mut self) {
+    /// Gives back a slot [`Self::reserve`] took for `owner` and no token filled.
+    pub fn release(&mut self, owner: &SpiffeId) {
         self.reserved = self.reserved.saturating_sub(1);
+        self.uncharge(owner);
     }
 
-    /// Adds a token into a slot taken by [`Self::reserve`].
-    pub fn add_reserved(&mut self, jti: String, token: TokenState) {
-        self.release();
-        self.add(jti, token);
+    /// Adds a token of `owner` into a slot taken by [`Self::reserve`]: the slot's count
+    /// becomes the token's.
+    pub fn add_reserved(&mut self, jti: String, token: TokenState, owner: &SpiffeId) {
+        self.reserved = self.reserved.saturating_sub(1);
+        self.remove(&jti);
+        let owner = match self.held.get_key_value(owner) {
+            Some((id, _)) => id.clone(),
+            None => {
+                debug_assert!(false, "a token added into a slot never taken");
+                self.charge(owner)
+            }
+        };
+        self.insert(jti, token, owner);
     }
 
-    /// Adds a token without a slot (state rebuild: the log holds only what the bound let
-    /// through).
-    pub fn add(&mut self, jti: String, token: TokenState) {
-        if let Some(old) = self.tokens.remove(&jti) {
-            self.by_expiry.remove(&(old.exp, jti.clone()));
-        }
+    /// Adds a token of `owner` without a slot (state rebuild: the log holds only what the
+    /// bound let through).
+    pub fn add(&mut self, jti: String, token: TokenState, owner: &SpiffeId) {
+        self.remove(&jti);
+        let owner = self.charge(owner);
+        self.insert(jti, token, owner);
+    }
+
+    /// Indexes a token already counted against `owner`.
+    fn insert(&mut self, jti: String, token: TokenState, owner: Arc<SpiffeId>) {
         push_pruned(
             self.by_task.entry(token.task_id.clone()).or_default(),
             jti.clone(),
             |j| self.tokens.contains_key(j),
         );
         self.by_expiry.insert((token.exp, jti.clone()));
-        self.tokens.insert(jti, token);
+        self.tokens.insert(
+            jti,
+            Entry {
+                state: token,
+                owner,
+            },
+        );
     }
 
     pub fn get(&self, jti: &str) -> Option<&TokenState> {
-        self.tokens.get(jti)
+        self.tokens.get(jti).map(|e| &e.state)
     }
 
     pub fn get_mut(&mut self, jti: &str) -> Option<&mut TokenState> {
-        self.tokens.get_mut(jti)
+        self.tokens.get_mut(jti).map(|e| &mut e.state)
+    }
+
+    /// `owner`'s tokens remembered and slots in flight.
+    pub fn held_by(&self, owner: &SpiffeId) -> usize {
+        self.held.get(owner).copied().unwrap_or(0)
+    }
+
+    /// The most tokens and slots any one owner holds. Walks every owner: for a scrape, not
+    /// for a call.
+    pub fn largest_owner(&self) -> usize {
+        self.held.values().copied().max().unwrap_or(0)
+    }
+
+    /// Every token remembered, with the owner it is counted against.
+    #[cfg(test)]
+    pub fn entries(&self) -> impl Iterator<Item = (&TokenState, &SpiffeId)> {
+        self.tokens.values().map(|e| (&e.state, &*e.owner))
+    }
+
+    /// Counts one more token or slot against `owner`; returns the owner's shared ID.
+    fn charge(&mut self, owner: &SpiffeId) -> Arc<SpiffeId> {
+        if let Some(n) = self.held.get_mut(owner) {
+            *n += 1;
+        } else {
+            self.held.insert(Arc::new(owner.clone()), 1);
+        }
+        match self.held.get_key_value(owner) {
+            Some((id, _)) => id.clone(),
+            None => Arc::new(owner.clone()),
+        }
+    }
+
+    /// Counts one token or slot fewer against `owner`, forgetting an owner left with none.
+    fn uncharge(&mut self, owner: &SpiffeId) {
+        match self.held.get_mut(owner) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.held.remove(owner);
+            }
+            None => debug_assert!(false, "uncharged an owner holding nothing"),
+        }
+    }
+
+    /// Forgets one token by id, with its expiry entry and its owner's count (its task's list
+    /// keeps the id until pruned).
+    fn remove(&mut self, jti: &str) -> Option<TokenState> {
+        let e = self.tokens.remove(jti)?;
+        self.by_expiry.remove(&(e.state.exp, jti.to_string()));
+        self.uncharge(&e.owner);
+        Some(e.state)
     }
 
     /// Tokens remembered (expired ones the sweep has not reached included).
@@ -87,7 +193,7 @@ impl TokenTable {
             .iter()
             .filter_map(|id| self.by_task.get(id))
             .flatten()
-            .filter(|jti| self.tokens.get(*jti).is_some_and(|t| t.exp > now))
+            .filter(|jti| self.get(jti).is_some_and(|t| t.exp > now))
             .count() as u32
     }
 
@@ -95,9 +201,7 @@ impl TokenTable {
     /// are remembered or not) or was itself forgotten.
     pub fn forget_task(&mut self, task_id: &str) {
         for jti in self.by_task.remove(task_id).unwrap_or_default() {
-            if let Some(t) = self.tokens.remove(&jti) {
-                self.by_expiry.remove(&(t.exp, jti));
-            }
+            self.remove(&jti);
         }
     }
 
@@ -117,7 +221,9 @@ impl TokenTable {
             let Some((_, jti)) = self.by_expiry.pop_first() else {
                 break;
             };
-            self.tokens.remove(&jti);
+            if let Some(e) = self.tokens.remove(&jti) {
+                self.uncharge(&e.owner);
+            }
             any = true;
         }
         any
@@ -154,28 +260,37 @@ pub(super) mod tests {
         }
     }
 
+    fn owner(name: &str) -> SpiffeId {
+        SpiffeId::new(format!("spiffe://example.org/{name}")).unwrap()
+    }
+
     fn mint(t: &mut TokenTable, jti: &str, task: &str, exp: i64, limit: usize, now: i64) {
-        t.reserve(limit, now).unwrap();
-        t.add_reserved(jti.into(), token(task, exp));
+        let o = owner("a");
+        t.reserve(&o, limit, usize::MAX, now).unwrap();
+        t.add_reserved(jti.into(), token(task, exp), &o);
     }
 
     #[test]
     fn the_live_token_bound_at_its_edge() {
         let mut t = TokenTable::default();
+        let a = owner("a");
         mint(&mut t, "a", "t", 100, 2, 0);
-        t.reserve(2, 0).unwrap();
+        t.reserve(&a, 2, 9, 0).unwrap();
         // A slot in flight counts: the mint that took it has not added its token yet.
-        assert_eq!(t.reserve(2, 0), Err(TableError::TooManyTokens(2)));
-        t.add_reserved("b".into(), token("t", 100));
-        assert_eq!(t.reserve(2, 99), Err(TableError::TooManyTokens(2)));
+        assert_eq!(t.reserve(&a, 2, 9, 0), Err(TableError::TooManyTokens(2)));
+        t.add_reserved("b".into(), token("t", 100), &a);
+        assert_eq!(t.reserve(&a, 2, 9, 99), Err(TableError::TooManyTokens(2)));
         // A released slot and an expired token each make room.
         let mut u = TokenTable::default();
-        u.reserve(1, 0).unwrap();
-        u.release();
-        u.reserve(1, 0).unwrap();
-        u.add_reserved("x".into(), token("t", 100));
-        assert!(u.reserve(1, 100).is_ok(), "x expired at 100");
+        u.reserve(&a, 1, 9, 0).unwrap();
+        u.release(&a);
+        assert_eq!(u.held_by(&a), 0);
+        u.reserve(&a, 1, 9, 0).unwrap();
+        u.add_reserved("x".into(), token("t", 100), &a);
+        assert_eq!(u.held_by(&a), 1, "the slot's count became the token's");
+        assert!(u.reserve(&a, 1, 9, 100).is_ok(), "x expired at 100");
         assert!(u.get("x").is_none());
+        assert_eq!(u.held_by(&a), 1, "only the new slot");
     }
 
     #[test]
@@ -184,12 +299,13 @@ pub(super) mod tests {
         for i in 0..1_000 {
             mint(&mut t, &format!("j{i}"), "t", 10, 2_000, 0);
         }
-        t.reserve(2_000, 10).unwrap();
-        t.release();
+        t.reserve(&owner("a"), 2_000, usize::MAX, 10).unwrap();
+        t.release(&owner("a"));
         assert_eq!(t.count(), 1_000 - EXPIRED_PER_RESERVE);
         t.expire(10);
         assert_eq!(t.count(), 0);
         assert!(t.by_expiry.is_empty());
+        assert!(t.held.is_empty(), "no owner kept without tokens");
     }
 
     #[test]
@@ -203,7 +319,55 @@ pub(super) mod tests {
         assert!(t.get("a1").is_none() && t.get("a2").is_none());
         assert!(t.get("b1").is_some());
         assert_eq!(t.by_expiry.len(), 1);
-        assert!(t.reserve(2, 10).is_ok(), "the slots came back");
+        assert!(
+            t.reserve(&owner("a"), 2, usize::MAX, 10).is_ok(),
+            "the slots came back"
+        );
+    }
+
+    /// `max_live_tokens_per_owner` at its edge: an owner at its share is refused, naming
+    /// the key, while another owner mints; the owner's own expired tokens make room even
+    /// when another owner's expire first, and a released slot gives its place back.
+    #[test]
+    fn an_owner_is_refused_at_its_token_share_while_others_mint() {
+        let (a, b) = (owner("a"), owner("b"));
+        let mut t = TokenTable::default();
+        let mint_as = |t: &mut TokenTable, o: &SpiffeId, jti: &str, exp: i64, now: i64| {
+            t.reserve(o, 100, 2, now)?;
+            t.add_reserved(jti.into(), token("t", exp), o);
+            Ok::<(), TableError>(())
+        };
+        mint_as(&mut t, &b, "b1", 20, 0).unwrap();
+        mint_as(&mut t, &a, "a1", 50, 0).unwrap();
+        mint_as(&mut t, &a, "a2", 100, 0).unwrap();
+        let err = mint_as(&mut t, &a, "a3", 100, 0).unwrap_err();
+        assert_eq!(
+            err,
+            TableError::OwnerTooManyTokens {
+                owner: a.to_string(),
+                held: 2,
+                limit: 2
+            }
+        );
+        assert!(
+            err.to_string().contains("broker.max_live_tokens_per_owner"),
+            "{err}"
+        );
+        mint_as(&mut t, &b, "b2", 100, 0).unwrap();
+        // At 50, b1 (20) and a1 (50) have expired: b1 is forgotten first, then a1.
+        mint_as(&mut t, &a, "a3", 100, 50).unwrap();
+        assert!(t.get("a1").is_none() && t.get("b1").is_none());
+        assert_eq!((t.held_by(&a), t.held_by(&b)), (2, 1));
+        t.forget_task("t");
+        assert_eq!((t.held_by(&a), t.held_by(&b)), (0, 0));
+        assert!(t.held.is_empty());
+        t.reserve(&a, 100, 1, 50).unwrap();
+        assert!(
+            t.reserve(&a, 100, 1, 50).is_err(),
+            "a slot in flight counts"
+        );
+        t.release(&a);
+        assert!(t.reserve(&a, 100, 1, 50).is_ok());
     }
 
     #[test]

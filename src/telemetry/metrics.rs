@@ -509,6 +509,7 @@ mod tests {
             "svid_broker_task_table_largest_owner_open_tasks 2\n",
             "svid_broker_task_table_owner_open_tasks_max 3\n",
             "svid_broker_task_table_largest_owner_bytes 0\n",
+            "svid_broker_task_table_owner_live_tokens_max 0\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

@@ -29,6 +29,9 @@ pub struct TableFill {
     /// The most one owner's open tasks weigh, and its share (`max_task_bytes_per_owner`).
     pub largest_owner_bytes: usize,
     pub max_owner_bytes: usize,
+    /// The most live tokens one owner's tasks hold, and its share (`max_live_tokens_per_owner`).
+    pub largest_owner_live_tokens: usize,
+    pub max_owner_live_tokens: usize,
 }
 
 /// Defined here, implemented by the broker, so metrics sit below it instead of importing it.
@@ -117,6 +120,16 @@ impl Collector for TaskTableCollector {
                 "svid_broker_task_table_owner_bytes_max",
                 "broker.max_task_bytes_per_owner: a workload's OpenTask is refused at it",
                 f.max_owner_bytes,
+            ),
+            (
+                "svid_broker_task_table_largest_owner_live_tokens",
+                "The most live task tokens one workload's tasks hold",
+                f.largest_owner_live_tokens,
+            ),
+            (
+                "svid_broker_task_table_owner_live_tokens_max",
+                "broker.max_live_tokens_per_owner: a workload's MintTaskToken is refused at it",
+                f.max_owner_live_tokens,
             ),
         ];
         encode_count_gauges(&mut encoder, &gauges)

@@ -229,7 +229,9 @@ pub fn config(
         // Every row runs as one identity, so its share of the table is the whole table:
         // the rows measure the engine, and the largest-tasks table the node-wide byte bound
         // (what several workloads at their shares reach together).
-        c = c.broker(&format!("max_open_tasks_per_owner = {MAX_OPEN_TASKS}"));
+        c = c
+            .broker(&format!("max_open_tasks_per_owner = {MAX_OPEN_TASKS}"))
+            .broker(&format!("max_live_tokens_per_owner = {MAX_LIVE_TOKENS}"));
         let task_bytes = if opts.default_task_bytes {
             svid_broker::broker::settings::DEFAULT_MAX_TASK_BYTES
         } else {
