@@ -40,8 +40,9 @@ impl Broker {
         limits::token("subject_token", &req.subject_token)?;
         let owner = choose_identity(caller, &req.spiffe_id)?;
         // A place in the table first: an OpenTask past `max_open_tasks`, or past its owner's
-        // share of the table, is refused before policy runs, and a task the log records as opened always fits the table. The
-        // issuance rate policy sees is read under the same lock.
+        // share of the table, is refused before policy runs, and a task the log records as
+        // opened always fits the table. The issuance rate policy sees is read under the same
+        // lock.
         let rate = {
             let now_secs = self.clock.unix_seconds();
             let mut table = self.lock();

@@ -5,7 +5,8 @@
 //! open tasks until the table was full and have every other workload on the node refused;
 //! with one, it is refused at its share while the others still open theirs. A share counts
 //! the owner's tasks that have not ended, and OpenTasks of that owner still deciding: what
-//! it holds now, not what it held.
+//! it holds now, not what it held. (An owner's share of the live tokens,
+//! `max_live_tokens_per_owner`, is kept with the tokens, in `broker::token_table`.)
 
 use std::collections::HashMap;
 

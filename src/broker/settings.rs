@@ -30,8 +30,9 @@ pub const MIN_TASK_BYTES: usize = 1 << 20;
 /// Ceiling of `max_task_bytes`.
 pub const MAX_TASK_BYTES: usize = 4 << 30;
 /// Unless set, one owner's share of the table (`max_open_tasks_per_owner`,
-/// `max_task_bytes_per_owner`, `max_live_tokens_per_owner`) is this fraction of the whole: 1/4, so that at least four
-/// workloads on a node can each fill their share before the table itself is full.
+/// `max_task_bytes_per_owner`, `max_live_tokens_per_owner`) is this fraction of the whole:
+/// 1/4, so that at least four workloads on a node can each fill their share before the table
+/// itself is full.
 pub const DEFAULT_OWNER_SHARE_DIVISOR: usize = 4;
 
 #[derive(Clone, Debug, Deserialize)]

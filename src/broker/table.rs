@@ -196,10 +196,10 @@ impl TaskTable {
     /// Takes a place for a task of `owner` about to be decided and recorded: open tasks and
     /// places taken count against `bounds.open_tasks`, and the owner's against its share
     /// (`bounds.owner_open_tasks`, `bounds.owner_task_bytes`), checked after the table's
-    /// own bounds (a full table is the reason to give when both hold). While the table weighs `bounds.task_bytes`
-    /// or more, it first forgets tasks that have ended, the first to end first, for as long
-    /// as that takes (each task is forgotten once, so this is amortised over the opens that
-    /// filled the table).
+    /// own bounds (a full table is the reason to give when both hold). While the table
+    /// weighs `bounds.task_bytes` or more, it first forgets tasks that have ended, the first
+    /// to end first, for as long as that takes (each task is forgotten once, so this is
+    /// amortised over the opens that filled the table).
     ///
     /// The place is taken while the table weighs less than `bounds.task_bytes`, before the
     /// task's size is known: the table may pass the bound by the tasks being opened at that
@@ -249,6 +249,7 @@ impl TaskTable {
     }
 
     /// `owner`'s tasks that have not ended at `now`, and what they weigh.
+    #[cfg(test)]
     pub fn owner_open(&mut self, owner: &SpiffeId, now: i64) -> Open {
         self.shares.open(owner, now)
     }
