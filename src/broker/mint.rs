@@ -238,7 +238,7 @@ impl Broker {
         // Last, so that no refusal above leaves a slot taken.
         table
             .reserve_token(&view.owner, &self.config.table_bounds(), now_secs)
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            .map_err(|e| self.refused_at(&e))?;
         Ok(view)
     }
 }

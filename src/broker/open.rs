@@ -48,7 +48,7 @@ impl Broker {
             let mut table = self.lock();
             table
                 .reserve_open(&owner, &self.config.table_bounds(), now_secs)
-                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+                .map_err(|e| self.refused_at(&e))?;
             table.rate(&owner, now_secs)
         };
         let reserved_for = owner.clone();

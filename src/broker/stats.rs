@@ -1,7 +1,18 @@
-//! The task table's fill, for the metrics endpoint.
+//! The task table's fill, and its refusals, for the metrics endpoint.
 
+use tonic::Status;
+
+use super::table::TableError;
 use super::Broker;
 use crate::telemetry::{TableFill, TaskTableStats};
+
+impl Broker {
+    /// The status for a call refused at one of the table's bounds, counted by the key.
+    pub(super) fn refused_at(&self, e: &TableError) -> Status {
+        self.metrics.task_table_refused(e.bound());
+        Status::resource_exhausted(e.to_string())
+    }
+}
 
 impl TaskTableStats for Broker {
     fn table_fill(&self) -> TableFill {
@@ -32,8 +43,11 @@ impl TaskTableStats for Broker {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{caller, kit, mint_request, open_task, AGENT, TOOL};
+    use super::super::testkit::{
+        caller, kit, kit_with, mint_request, open_request, open_task, AGENT, TOOL,
+    };
     use super::super::who::Who;
+    use super::super::BrokerConfig;
     use super::*;
 
     #[tokio::test]
@@ -89,5 +103,81 @@ mod tests {
             ),
             (0, 0, 0, 0)
         );
+    }
+
+    /// Each refusal at a bound of the table is counted under its `[broker]` key: an
+    /// operator sees a workload at its share, and which share, at the metrics endpoint.
+    #[tokio::test]
+    async fn refusals_are_counted_by_the_key_that_refused() {
+        let k = kit_with(BrokerConfig {
+            max_open_tasks_per_owner: Some(1),
+            max_live_tokens_per_owner: Some(1),
+            ..BrokerConfig::default()
+        });
+        let agent = caller(AGENT);
+        let task = open_task(&k).await;
+        for _ in 0..2 {
+            let err = k
+                .broker
+                .open_task(&agent, open_request(&[TOOL], &[], 600))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        }
+        k.broker
+            .mint(&agent, mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap();
+        k.broker
+            .mint(&agent, mint_request(&task.task_id, TOOL, &[]))
+            .await
+            .unwrap_err();
+        let text = k.broker.metrics.render();
+        for line in [
+            "svid_broker_task_table_refused_total{bound=\"max_open_tasks_per_owner\"} 2\n",
+            "svid_broker_task_table_refused_total{bound=\"max_live_tokens_per_owner\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains("bound=\"max_open_tasks\""),
+            "no other bound refused: {text}"
+        );
+    }
+
+    /// Every refusal names the key its counter is labelled with.
+    #[test]
+    fn each_bound_is_the_key_its_message_names() {
+        let owner = || "spiffe://example.org/a".to_string();
+        for e in [
+            TableError::Full(1),
+            TableError::TooManyTokens(1),
+            TableError::TooManyBytes { held: 1, limit: 1 },
+            TableError::OwnerFull {
+                owner: owner(),
+                open: 1,
+                limit: 1,
+            },
+            TableError::OwnerTooManyBytes {
+                owner: owner(),
+                held: 1,
+                limit: 1,
+            },
+            TableError::OwnerTooManyTokens {
+                owner: owner(),
+                held: 1,
+                limit: 1,
+            },
+        ] {
+            let key = format!("broker.{}", e.bound());
+            let message = e.to_string();
+            // The key itself, not a longer key it begins (max_open_tasks in
+            // max_open_tasks_per_owner).
+            let named = message.match_indices(&key).any(|(at, _)| {
+                !message[at + key.len()..]
+                    .starts_with(|c: char| c == '_' || c.is_ascii_alphanumeric())
+            });
+            assert!(named, "{message:?} does not name {key}");
+        }
     }
 }

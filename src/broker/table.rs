@@ -128,6 +128,20 @@ pub enum TableError {
     },
 }
 
+impl TableError {
+    /// The `[broker]` key whose bound refused the call.
+    pub fn bound(&self) -> &'static str {
+        match self {
+            TableError::Full(_) => "max_open_tasks",
+            TableError::TooManyTokens(_) => "max_live_tokens",
+            TableError::TooManyBytes { .. } => "max_task_bytes",
+            TableError::OwnerFull { .. } => "max_open_tasks_per_owner",
+            TableError::OwnerTooManyBytes { .. } => "max_task_bytes_per_owner",
+            TableError::OwnerTooManyTokens { .. } => "max_live_tokens_per_owner",
+        }
+    }
+}
+
 /// What the table may hold: `[broker] max_open_tasks`, `max_finished_tasks`,
 /// `max_live_tokens`, `max_task_bytes`, and each owner's share of it,
 /// `max_open_tasks_per_owner`, `max_task_bytes_per_owner` and `max_live_tokens_per_owner`.

@@ -38,9 +38,16 @@ struct RequestLabels {
     code: &'static str,
 }
 
+/// The `[broker]` key a refused call hit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BoundLabels {
+    bound: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    table_refusals: Family<BoundLabels, Counter>,
     attestation: Histogram,
     recheck: Histogram,
     x509_svids_issued: Counter,
@@ -74,6 +81,12 @@ impl Metrics {
             "svid_broker_requests",
             "Workload API and broker calls by RPC and gRPC status",
             requests.clone(),
+        );
+        let table_refusals = Family::<BoundLabels, Counter>::default();
+        registry.register(
+            "svid_broker_task_table_refused",
+            "OpenTask and MintTaskToken calls refused at a bound of the task table, by the [broker] key that refused them",
+            table_refusals.clone(),
         );
         let attestation = Histogram::new(ATTESTATION_BUCKETS);
         registry.register(
@@ -130,6 +143,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            table_refusals,
             attestation,
             recheck,
             x509_svids_issued,
@@ -149,6 +163,14 @@ impl Metrics {
                 rpc,
                 code: code_name(code),
             })
+            .inc();
+    }
+
+    /// An OpenTask or MintTaskToken refused at the task table's `bound` (a `[broker]` key):
+    /// a workload at its share shows here before anyone reads its errors.
+    pub fn task_table_refused(&self, bound: &'static str) {
+        self.table_refusals
+            .get_or_create(&BoundLabels { bound })
             .inc();
     }
 
