@@ -626,6 +626,20 @@ mod tests {
             (1, crate::broker::settings::MIN_TASK_BYTES),
             "never below one task or the largest task's record"
         );
+        let never_validated = BrokerConfig {
+            max_open_tasks: 0,
+            max_task_bytes: 0,
+            ..BrokerConfig::default()
+        }
+        .table_bounds();
+        assert_eq!(
+            (
+                never_validated.owner_open_tasks,
+                never_validated.owner_task_bytes
+            ),
+            (0, 0),
+            "never above the whole, and no panic on bounds start-up would refuse"
+        );
     }
 
     /// Every field within its own bound, but together more than one audit record holds: the

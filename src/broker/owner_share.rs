@@ -7,6 +7,9 @@
 //! the owner's tasks that have not ended, and OpenTasks of that owner still deciding: what
 //! it holds now, not what it held. (An owner's share of the live tokens,
 //! `max_live_tokens_per_owner`, is kept with the tokens, in `broker::token_table`.)
+//!
+//! The table-wide count of unclosed tasks is kept here too, updated by the same calls, so
+//! that no task can be counted in one and not in the other.
 
 use std::collections::HashMap;
 
@@ -22,21 +25,40 @@ struct Share {
     reserved: usize,
 }
 
-/// Open tasks per owner. An owner is kept only while it has an unclosed task or an OpenTask
-/// in flight, so the map is bounded by the table's own bounds.
+/// Open tasks, table-wide and per owner. An owner is kept only while it has an unclosed task
+/// or an OpenTask in flight, so the map is bounded by the table's own bounds.
 #[derive(Default)]
 pub struct OwnerShares {
+    /// Every owner's unclosed tasks. (It sums their bytes too, which nothing reads: one
+    /// addition per update, against a second kind of count to keep.)
+    all: OpenCount,
     owners: HashMap<SpiffeId, Share>,
 }
 
 impl OwnerShares {
     /// An unclosed task of `owner`, counted for `bytes`, joins the table.
     pub fn add(&mut self, owner: &SpiffeId, expires_at: i64, bytes: usize) {
-        self.with_share(owner, |share| share.open.add(expires_at, bytes));
+        self.all.add(expires_at, bytes);
+        match self.owners.get_mut(owner) {
+            Some(share) => share.open.add(expires_at, bytes),
+            // Looked up before inserting: the common case, an owner already known, clones
+            // no id.
+            None => {
+                let mut share = Share::default();
+                share.open.add(expires_at, bytes);
+                self.owners.insert(owner.clone(), share);
+            }
+        }
+    }
+
+    /// Tasks of any owner neither closed nor expired at `now`.
+    pub fn open_tasks(&mut self, now: i64) -> usize {
+        self.all.open(now).tasks
     }
 
     /// A task counted by [`Self::add`] closes or leaves the table.
     pub fn remove(&mut self, owner: &SpiffeId, expires_at: i64, bytes: usize) {
+        self.all.remove(expires_at, bytes);
         let Some(share) = self.owners.get_mut(owner) else {
             debug_assert!(false, "removed a task of an owner never added");
             return;
@@ -57,23 +79,18 @@ impl OwnerShares {
         bounds: &TableBounds,
         now: i64,
     ) -> Result<(), TableError> {
-        let open = self.open(owner, now);
-        let tasks = open.tasks + self.owners.get(owner).map_or(0, |s| s.reserved);
-        if tasks >= bounds.owner_open_tasks {
-            return Err(TableError::OwnerFull {
-                owner: owner.to_string(),
-                open: tasks,
-                limit: bounds.owner_open_tasks,
-            });
+        // One lookup for an owner already known, the common case.
+        if let Some(share) = self.owners.get_mut(owner) {
+            refuse(owner, share.open.open(now), share.reserved, bounds)?;
+            share.reserved += 1;
+            return Ok(());
         }
-        if open.bytes >= bounds.owner_task_bytes {
-            return Err(TableError::OwnerTooManyBytes {
-                owner: owner.to_string(),
-                held: open.bytes,
-                limit: bounds.owner_task_bytes,
-            });
-        }
-        self.with_share(owner, |share| share.reserved += 1);
+        refuse(owner, Open::default(), 0, bounds)?;
+        let share = Share {
+            reserved: 1,
+            ..Share::default()
+        };
+        self.owners.insert(owner.clone(), share);
         Ok(())
     }
 
@@ -85,7 +102,14 @@ impl OwnerShares {
         }
     }
 
+    /// Tasks of any owner not closed, expired or not.
+    #[cfg(test)]
+    pub fn unclosed(&self) -> usize {
+        self.all.unclosed()
+    }
+
     /// `owner`'s tasks that have not ended at `now`, and what they weigh.
+    #[cfg(test)]
     pub fn open(&mut self, owner: &SpiffeId, now: i64) -> Open {
         self.owners
             .get_mut(owner)
@@ -110,19 +134,6 @@ impl OwnerShares {
         self.owners.len()
     }
 
-    /// Runs `edit` on `owner`'s share, new if the owner had none. Looked up before inserting:
-    /// the common case, an owner already known, clones no id.
-    fn with_share(&mut self, owner: &SpiffeId, edit: impl FnOnce(&mut Share)) {
-        match self.owners.get_mut(owner) {
-            Some(share) => edit(share),
-            None => {
-                let mut share = Share::default();
-                edit(&mut share);
-                self.owners.insert(owner.clone(), share);
-            }
-        }
-    }
-
     fn drop_if_idle(&mut self, owner: &SpiffeId) {
         if self
             .owners
@@ -132,4 +143,30 @@ impl OwnerShares {
             self.owners.remove(owner);
         }
     }
+}
+
+/// Why `owner`, with `open` tasks and `reserved` OpenTasks in flight, has no place for one
+/// more task, if it has none (see [`OwnerShares::reserve`]).
+fn refuse(
+    owner: &SpiffeId,
+    open: Open,
+    reserved: usize,
+    bounds: &TableBounds,
+) -> Result<(), TableError> {
+    let tasks = open.tasks + reserved;
+    if tasks >= bounds.owner_open_tasks {
+        return Err(TableError::OwnerFull {
+            owner: owner.to_string(),
+            open: tasks,
+            limit: bounds.owner_open_tasks,
+        });
+    }
+    if open.bytes >= bounds.owner_task_bytes {
+        return Err(TableError::OwnerTooManyBytes {
+            owner: owner.to_string(),
+            held: open.bytes,
+            limit: bounds.owner_task_bytes,
+        });
+    }
+    Ok(())
 }

@@ -138,30 +138,24 @@ impl BrokerConfig {
                 "broker.max_task_bytes must be {MIN_TASK_BYTES}..={MAX_TASK_BYTES} (1 MiB to 4 GiB)"
             ));
         }
-        if let Some(n) = self.max_open_tasks_per_owner {
-            if n == 0 || n > self.max_open_tasks {
-                return Err(format!(
-                    "broker.max_open_tasks_per_owner must be 1..=broker.max_open_tasks ({})",
-                    self.max_open_tasks
-                ));
-            }
-        }
-        if let Some(n) = self.max_live_tokens_per_owner {
-            if n == 0 || n > self.max_live_tokens {
-                return Err(format!(
-                    "broker.max_live_tokens_per_owner must be 1..=broker.max_live_tokens ({})",
-                    self.max_live_tokens
-                ));
-            }
-        }
-        if let Some(n) = self.max_task_bytes_per_owner {
-            if !(MIN_TASK_BYTES..=self.max_task_bytes).contains(&n) {
-                return Err(format!(
-                    "broker.max_task_bytes_per_owner must be {MIN_TASK_BYTES}..=broker.max_task_bytes ({})",
-                    self.max_task_bytes
-                ));
-            }
-        }
+        check_share(
+            "max_open_tasks_per_owner",
+            self.max_open_tasks_per_owner,
+            1,
+            ("max_open_tasks", self.max_open_tasks),
+        )?;
+        check_share(
+            "max_live_tokens_per_owner",
+            self.max_live_tokens_per_owner,
+            1,
+            ("max_live_tokens", self.max_live_tokens),
+        )?;
+        check_share(
+            "max_task_bytes_per_owner",
+            self.max_task_bytes_per_owner,
+            MIN_TASK_BYTES,
+            ("max_task_bytes", self.max_task_bytes),
+        )?;
         Ok(())
     }
 
@@ -172,16 +166,37 @@ impl BrokerConfig {
             finished_tasks: self.max_finished_tasks,
             live_tokens: self.max_live_tokens,
             task_bytes: self.max_task_bytes,
-            owner_open_tasks: self
-                .max_open_tasks_per_owner
-                .unwrap_or((self.max_open_tasks / DEFAULT_OWNER_SHARE_DIVISOR).max(1)),
-            owner_task_bytes: self.max_task_bytes_per_owner.unwrap_or(
-                (self.max_task_bytes / DEFAULT_OWNER_SHARE_DIVISOR)
-                    .clamp(MIN_TASK_BYTES, self.max_task_bytes),
+            owner_open_tasks: owner_share(self.max_open_tasks_per_owner, self.max_open_tasks, 1),
+            owner_task_bytes: owner_share(
+                self.max_task_bytes_per_owner,
+                self.max_task_bytes,
+                MIN_TASK_BYTES,
             ),
-            owner_live_tokens: self
-                .max_live_tokens_per_owner
-                .unwrap_or((self.max_live_tokens / DEFAULT_OWNER_SHARE_DIVISOR).max(1)),
+            owner_live_tokens: owner_share(self.max_live_tokens_per_owner, self.max_live_tokens, 1),
         }
     }
+}
+
+/// Refuses a set per-owner share outside `floor..=whole`, naming the key and the bound it
+/// may not exceed. (The whole was checked first, so the range is never empty.)
+fn check_share(
+    key: &str,
+    set: Option<usize>,
+    floor: usize,
+    (whole_key, whole): (&str, usize),
+) -> Result<(), String> {
+    match set {
+        Some(n) if !(floor..=whole).contains(&n) => Err(format!(
+            "broker.{key} must be {floor}..=broker.{whole_key} ({whole})"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// One owner's share of a bound: the value set, else [`DEFAULT_OWNER_SHARE_DIVISOR`]'s
+/// fraction of the whole, never below `floor` nor above the whole (so, for a whole under
+/// four floors, all of it). Written with `max` and `min`, not `clamp`: no panic even on a
+/// config that was never validated.
+fn owner_share(set: Option<usize>, whole: usize, floor: usize) -> usize {
+    set.unwrap_or((whole / DEFAULT_OWNER_SHARE_DIVISOR).max(floor).min(whole))
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::Value;
 use spiffe::SpiffeId;
 
-use super::open_count::{Open, OpenCount};
+use super::open_count::Open;
 use super::owner_share::OwnerShares;
 use super::token_table::{push_pruned, TokenTable};
 
@@ -176,9 +176,8 @@ pub struct TaskTable {
     tasks: HashMap<String, Task>,
     pub tokens: TokenTable,
     issued: HashMap<SpiffeId, VecDeque<i64>>,
-    /// Tasks not closed, by expiry: the open-task limit is checked without a scan.
-    open: OpenCount,
-    /// The same, per owner: each owner's share is checked without a scan.
+    /// Tasks not closed, by expiry, table-wide and per owner: the open-task limit and each
+    /// owner's share are checked without a scan.
     shares: OwnerShares,
     /// `(expires_at, id)` of every task: the sweep and the bound find expired tasks
     /// without a scan.
@@ -240,7 +239,7 @@ impl TaskTable {
     /// Why the table as a whole has no place for one more task, if it has none (see
     /// [`Self::reserve_open`]).
     fn refuse_open(&mut self, bounds: &TableBounds, now: i64) -> Option<TableError> {
-        let open = self.open.open(now).tasks + self.reserved_open;
+        let open = self.shares.open_tasks(now) + self.reserved_open;
         if open >= bounds.open_tasks {
             return Some(TableError::Full(open));
         }
@@ -282,7 +281,7 @@ impl TaskTable {
     /// Inserts a task into the place [`Self::reserve_open`] took; see [`Self::insert`].
     pub fn insert_reserved(&mut self, task: Task, bounds: &TableBounds, now: i64) {
         self.release_open(&task.owner);
-        let open = self.open.open(now).tasks;
+        let open = self.shares.open_tasks(now);
         let mut forgotten = 0;
         while forgotten < FORGET_PER_INSERT
             && self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
@@ -319,7 +318,6 @@ impl TaskTable {
                 self.by_close.insert((at, task.id.clone()));
             }
             None => {
-                self.open.add(task.expires_at, bytes);
                 self.shares.add(&task.owner, task.expires_at, bytes);
             }
         }
@@ -332,7 +330,7 @@ impl TaskTable {
     /// `bounds.finished_tasks` remain and the table weighs less than `bounds.task_bytes`
     /// (after a state rebuild, in one pass: nothing is served yet).
     pub fn trim(&mut self, bounds: &TableBounds, now: i64) {
-        let open = self.open.open(now).tasks;
+        let open = self.shares.open_tasks(now);
         while (self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
             || self.bytes >= bounds.task_bytes)
             && self.forget_first_finished(now)
@@ -349,7 +347,7 @@ impl TaskTable {
 
     /// Tasks neither closed nor expired at `now`.
     pub fn open_count(&mut self, now: i64) -> usize {
-        self.open.open(now).tasks
+        self.shares.open_tasks(now)
     }
 
     /// Closes `id` and every task delegated from it, depth first, and forgets their
@@ -368,7 +366,6 @@ impl TaskTable {
                 if t.closed_at.is_none() {
                     t.closed_at = Some(now);
                     let bytes = t.kept_bytes();
-                    self.open.remove(t.expires_at, bytes);
                     self.shares.remove(&t.owner, t.expires_at, bytes);
                     self.by_close.insert((now, next.clone()));
                     closed.push(next.clone());
@@ -543,7 +540,6 @@ impl TaskTable {
                 self.by_close.remove(&(at, t.id.clone()));
             }
             None => {
-                self.open.remove(t.expires_at, bytes);
                 self.shares.remove(&t.owner, t.expires_at, bytes);
             }
         }

@@ -92,7 +92,7 @@ fn assert_consistent(t: &TaskTable) {
     assert_eq!(t.by_expiry.len(), t.tasks.len());
     let closed = t.tasks.values().filter(|x| x.closed_at.is_some()).count();
     assert_eq!(t.by_close.len(), closed);
-    assert_eq!(t.open.unclosed(), t.tasks.len() - closed);
+    assert_eq!(t.shares.unclosed(), t.tasks.len() - closed);
     for (exp, id) in &t.by_expiry {
         assert_eq!(t.tasks[id].expires_at, *exp);
     }
@@ -177,7 +177,7 @@ fn open_task_limit_at_its_edge() {
     );
     t.sweep(1000, 0);
     assert!(t.insert(task("d", None, 2000), &b, 1000).is_ok());
-    assert_eq!(t.open.unclosed(), 1);
+    assert_eq!(t.shares.unclosed(), 1);
     assert_consistent(&t);
 }
 
@@ -301,7 +301,7 @@ fn a_table_under_churn_stays_within_its_bounds() {
             t.task_count(),
             b.tasks()
         );
-        assert!(t.open.open(now).tasks <= b.open_tasks);
+        assert!(t.shares.open_tasks(now) <= b.open_tasks);
         assert!(t.tokens.count() <= b.live_tokens);
         // A place is taken below the bound; the task that fills it may pass it.
         assert!(t.bytes() < b.task_bytes + largest, "{} bytes", t.bytes());
