@@ -26,6 +26,7 @@ pub mod settings;
 mod slot;
 mod stats;
 pub mod table;
+mod task_ends;
 mod task_size;
 #[cfg(test)]
 mod testkit;

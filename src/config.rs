@@ -485,7 +485,23 @@ selectors = ["unix:uid:1000"]
             tokens("max_live_tokens = 8\nmax_live_tokens_per_owner = 8").unwrap(),
             8
         );
+        let finished =
+            |extra: &str| with(extra).map(|c| c.broker.table_bounds().owner_finished_tasks);
+        assert_eq!(finished("").unwrap(), 2_500);
+        assert_eq!(finished("max_finished_tasks = 3").unwrap(), 1);
+        assert_eq!(
+            finished("max_finished_tasks = 3\nmax_finished_tasks_per_owner = 3").unwrap(),
+            3
+        );
         for (bad, message) in [
+            (
+                "max_finished_tasks = 3\nmax_finished_tasks_per_owner = 4".to_string(),
+                "broker.max_finished_tasks_per_owner must be 1..=broker.max_finished_tasks (3)",
+            ),
+            (
+                "max_finished_tasks_per_owner = 0".to_string(),
+                "broker.max_finished_tasks_per_owner must be 1..=broker.max_finished_tasks (10000)",
+            ),
             (
                 "max_live_tokens = 8\nmax_live_tokens_per_owner = 9".to_string(),
                 "broker.max_live_tokens_per_owner must be 1..=broker.max_live_tokens (8)",

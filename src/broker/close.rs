@@ -214,4 +214,44 @@ mod tests {
         last.sort();
         assert_eq!(listed, last, "the three closed last are kept");
     }
+
+    /// `max_finished_tasks_per_owner` through OpenTask and CloseTask: a workload opening and
+    /// closing tasks in a loop forgets its own history past its share, and the tasks another
+    /// workload closed before the loop are still listed after it.
+    #[tokio::test]
+    async fn one_workloads_loop_keeps_the_others_history() {
+        let k = kit_with(BrokerConfig {
+            max_open_tasks: 4,
+            max_finished_tasks: 4,
+            max_finished_tasks_per_owner: Some(2),
+            ..BrokerConfig::default()
+        });
+        let cycle = |who: &'static str| {
+            let k = &k;
+            async move {
+                let c = caller(who);
+                let t = k
+                    .broker
+                    .open_task(&c, open_request(&[TOOL], &[], 600))
+                    .await
+                    .unwrap();
+                k.broker
+                    .close(&Who::Workload(c), &t.task_id, "")
+                    .await
+                    .unwrap();
+                k.clock.advance(std::time::Duration::from_secs(1));
+                t.task_id
+            }
+        };
+        let mut others = vec![cycle(OTHER).await, cycle(OTHER).await];
+        let mut agents = Vec::new();
+        for _ in 0..20 {
+            agents.push(cycle(AGENT).await);
+        }
+        let mut listed: Vec<String> = k.broker.list(true).into_iter().map(|t| t.task_id).collect();
+        listed.sort();
+        others.extend_from_slice(&agents[agents.len() - 2..]);
+        others.sort();
+        assert_eq!(listed, others, "the other's two and the loop's last two");
+    }
 }

@@ -109,7 +109,6 @@ impl OwnerShares {
     }
 
     /// `owner`'s tasks that have not ended at `now`, and what they weigh.
-    #[cfg(test)]
     pub fn open(&mut self, owner: &SpiffeId, now: i64) -> Open {
         self.owners
             .get_mut(owner)

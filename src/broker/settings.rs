@@ -30,7 +30,8 @@ pub const MIN_TASK_BYTES: usize = 1 << 20;
 /// Ceiling of `max_task_bytes`.
 pub const MAX_TASK_BYTES: usize = 4 << 30;
 /// Unless set, one owner's share of the table (`max_open_tasks_per_owner`,
-/// `max_task_bytes_per_owner`, `max_live_tokens_per_owner`) is this fraction of the whole:
+/// `max_task_bytes_per_owner`, `max_live_tokens_per_owner`, `max_finished_tasks_per_owner`)
+/// is this fraction of the whole:
 /// 1/4, so that at least four workloads on a node can each fill their share before the table
 /// itself is full.
 pub const DEFAULT_OWNER_SHARE_DIVISOR: usize = 4;
@@ -67,6 +68,9 @@ pub struct BrokerConfig {
     pub max_task_bytes_per_owner: Option<usize>,
     /// Live tokens of one owner's tasks; a quarter of `max_live_tokens` unless set.
     pub max_live_tokens_per_owner: Option<usize>,
+    /// Ended tasks one owner may hold before room for its new tasks is made from its own
+    /// history rather than the node's; a quarter of `max_finished_tasks` unless set.
+    pub max_finished_tasks_per_owner: Option<usize>,
     /// SPIFFE IDs allowed to introspect any task token (besides each token's audience).
     pub introspectors: Vec<String>,
 }
@@ -87,6 +91,7 @@ impl Default for BrokerConfig {
             max_open_tasks_per_owner: None,
             max_task_bytes_per_owner: None,
             max_live_tokens_per_owner: None,
+            max_finished_tasks_per_owner: None,
             introspectors: Vec::new(),
         }
     }
@@ -156,6 +161,12 @@ impl BrokerConfig {
             MIN_TASK_BYTES,
             ("max_task_bytes", self.max_task_bytes),
         )?;
+        check_share(
+            "max_finished_tasks_per_owner",
+            self.max_finished_tasks_per_owner,
+            1,
+            ("max_finished_tasks", self.max_finished_tasks),
+        )?;
         Ok(())
     }
 
@@ -173,6 +184,11 @@ impl BrokerConfig {
                 MIN_TASK_BYTES,
             ),
             owner_live_tokens: owner_share(self.max_live_tokens_per_owner, self.max_live_tokens, 1),
+            owner_finished_tasks: owner_share(
+                self.max_finished_tasks_per_owner,
+                self.max_finished_tasks,
+                1,
+            ),
         }
     }
 }

@@ -8,6 +8,7 @@ use spiffe::SpiffeId;
 
 use super::open_count::Open;
 use super::owner_share::OwnerShares;
+use super::task_ends::TaskEnds;
 use super::token_table::{push_pruned, TokenTable};
 
 /// Scopes granted per audience.
@@ -158,6 +159,8 @@ pub struct TableBounds {
     pub owner_task_bytes: usize,
     /// Live tokens (and mints in flight) of one owner's tasks.
     pub owner_live_tokens: usize,
+    /// Ended tasks of one owner past which room for its new tasks is made from its own.
+    pub owner_finished_tasks: usize,
 }
 
 impl TableBounds {
@@ -179,11 +182,9 @@ pub struct TaskTable {
     /// Tasks not closed, by expiry, table-wide and per owner: the open-task limit and each
     /// owner's share are checked without a scan.
     shares: OwnerShares,
-    /// `(expires_at, id)` of every task: the sweep and the bound find expired tasks
-    /// without a scan.
-    by_expiry: BTreeSet<(i64, String)>,
-    /// `(closed_at, id)` of every closed task.
-    by_close: BTreeSet<(i64, String)>,
+    /// When each task ends, table-wide and per owner: the sweep and the bounds find tasks
+    /// that have ended without a scan.
+    ends: TaskEnds,
     /// Places taken by OpenTasks still deciding or writing their record.
     reserved_open: usize,
     /// [`Task::kept_bytes`] of every task in the table.
@@ -192,7 +193,8 @@ pub struct TaskTable {
 
 impl TaskTable {
     /// Inserts a task opened now. While `bounds.finished_tasks` tasks that have ended are
-    /// kept, the first of them to end is forgotten to make room: at most
+    /// kept, one of them is forgotten to make room (the owner's own first to end once it
+    /// holds its share of them, else the first to end of any owner): at most
     /// [`FORGET_PER_INSERT`] per insert, so a mass expiry is worked off by the inserts that
     /// follow it (and the sweep) instead of in one pass under the lock. The table never
     /// holds more than `bounds.tasks()`.
@@ -285,11 +287,13 @@ impl TaskTable {
         let mut forgotten = 0;
         while forgotten < FORGET_PER_INSERT
             && self.tasks.len().saturating_sub(open) >= bounds.finished_tasks
-            && self.forget_first_finished(now)
+            && self.forget_to_make_room(&task.owner, bounds, now)
         {
             forgotten += 1;
         }
-        while self.tasks.len() >= bounds.tasks() && self.forget_first_finished(now) {}
+        while self.tasks.len() >= bounds.tasks()
+            && self.forget_to_make_room(&task.owner, bounds, now)
+        {}
         self.insert_unchecked(task);
     }
 
@@ -313,15 +317,10 @@ impl TaskTable {
             });
         }
         let bytes = task.kept_bytes();
-        match task.closed_at {
-            Some(at) => {
-                self.by_close.insert((at, task.id.clone()));
-            }
-            None => {
-                self.shares.add(&task.owner, task.expires_at, bytes);
-            }
+        if task.closed_at.is_none() {
+            self.shares.add(&task.owner, task.expires_at, bytes);
         }
-        self.by_expiry.insert((task.expires_at, task.id.clone()));
+        self.ends.add(&task);
         self.bytes += bytes;
         self.tasks.insert(task.id.clone(), task);
     }
@@ -367,7 +366,7 @@ impl TaskTable {
                     t.closed_at = Some(now);
                     let bytes = t.kept_bytes();
                     self.shares.remove(&t.owner, t.expires_at, bytes);
-                    self.by_close.insert((now, next.clone()));
+                    self.ends.close(&t.owner, &next, now);
                     closed.push(next.clone());
                 }
                 stack.extend(t.children.iter().cloned());
@@ -463,15 +462,7 @@ impl TaskTable {
     pub fn sweep(&mut self, now: i64, retention: i64) {
         self.tokens.expire(now);
         let mut parents = HashSet::new();
-        loop {
-            let due = |at: Option<&(i64, String)>| {
-                at.filter(|(at, _)| at.saturating_add(retention) <= now)
-                    .map(|(_, id)| id.clone())
-            };
-            let Some(id) = due(self.by_expiry.first()).or_else(|| due(self.by_close.first()))
-            else {
-                break;
-            };
+        while let Some(id) = self.ends.first_due(now, retention) {
             if let Some(t) = self.forget(&id) {
                 parents.extend(t.parent);
             }
@@ -491,20 +482,27 @@ impl TaskTable {
     /// expired if it expired before that close. Times are whole seconds; tasks that ended
     /// in the same second go in the order of their ids. False when no task has finished.
     fn forget_first_finished(&mut self, now: i64) -> bool {
-        let expired = self.by_expiry.first().filter(|(at, _)| *at <= now);
-        let closed = self.by_close.first();
-        let id = match (closed, expired) {
-            (Some((c, cid)), Some((e, eid))) => {
-                if c <= e {
-                    cid.clone()
-                } else {
-                    eid.clone()
-                }
-            }
-            (Some((_, id)), None) | (None, Some((_, id))) => id.clone(),
-            (None, None) => return false,
+        self.ends
+            .first_ended(now)
+            .is_some_and(|id| self.forget(&id).is_some())
+    }
+
+    /// Forgets a finished task to make room for a task of `owner`: while `owner` holds
+    /// `bounds.owner_finished_tasks` tasks that have ended, the first of its own to end;
+    /// otherwise (or if it has none) the first to end of any owner. A workload that opens
+    /// and closes tasks in a loop so forgets its own history, not other workloads'.
+    fn forget_to_make_room(&mut self, owner: &SpiffeId, bounds: &TableBounds, now: i64) -> bool {
+        let ended = self
+            .ends
+            .tasks_of(owner)
+            .saturating_sub(self.shares.open(owner, now).tasks);
+        let id = if ended >= bounds.owner_finished_tasks {
+            self.ends.first_ended_of(owner, now)
+        } else {
+            None
         };
-        self.forget(&id).is_some()
+        id.or_else(|| self.ends.first_ended(now))
+            .is_some_and(|id| self.forget(&id).is_some())
     }
 
     /// Lets `edit` change `parent`'s list of children, told which ids the table still
@@ -534,14 +532,9 @@ impl TaskTable {
         let t = self.tasks.remove(id)?;
         let bytes = t.kept_bytes();
         self.bytes -= bytes;
-        self.by_expiry.remove(&(t.expires_at, t.id.clone()));
-        match t.closed_at {
-            Some(at) => {
-                self.by_close.remove(&(at, t.id.clone()));
-            }
-            None => {
-                self.shares.remove(&t.owner, t.expires_at, bytes);
-            }
+        self.ends.remove(&t);
+        if t.closed_at.is_none() {
+            self.shares.remove(&t.owner, t.expires_at, bytes);
         }
         self.tokens.forget_task(id);
         Some(t)

@@ -30,6 +30,7 @@ fn bounds(open: usize, finished: usize) -> TableBounds {
         owner_open_tasks: usize::MAX,
         owner_task_bytes: usize::MAX,
         owner_live_tokens: usize::MAX,
+        owner_finished_tasks: usize::MAX,
     }
 }
 
@@ -89,13 +90,22 @@ fn mint(t: &mut TaskTable, jti: &str, task: &str, exp: i64) {
 
 /// Every index agrees with the tasks it indexes.
 fn assert_consistent(t: &TaskTable) {
-    assert_eq!(t.by_expiry.len(), t.tasks.len());
     let closed = t.tasks.values().filter(|x| x.closed_at.is_some()).count();
-    assert_eq!(t.by_close.len(), closed);
+    assert_eq!(t.ends.counts(), (t.tasks.len(), closed));
     assert_eq!(t.shares.unclosed(), t.tasks.len() - closed);
-    for (exp, id) in &t.by_expiry {
+    for (exp, id) in t.ends.expiries() {
         assert_eq!(t.tasks[id].expires_at, *exp);
     }
+    let mut owners = 0;
+    for (owner, tasks, closed) in t.ends.per_owner() {
+        let mine = t.tasks.values().filter(|x| &x.owner == owner);
+        let mine_closed = mine.clone().filter(|x| x.closed_at.is_some()).count();
+        assert_eq!((tasks, closed), (mine.count(), mine_closed), "{owner}");
+        assert!(tasks > 0, "{owner} kept with no task");
+        owners += 1;
+    }
+    let distinct: HashSet<_> = t.tasks.values().map(|x| &x.owner).collect();
+    assert_eq!(owners, distinct.len());
     assert_eq!(
         t.bytes(),
         t.tasks.values().map(Task::kept_bytes).sum::<usize>()
@@ -243,6 +253,7 @@ fn a_table_under_churn_stays_within_its_bounds() {
         owner_open_tasks: 9,
         owner_task_bytes: 10 * (TASK_COST + 1500),
         owner_live_tokens: 40,
+        owner_finished_tasks: 8,
         ..bounds(20, 30)
     };
     let owners = [spiffe_id("a"), spiffe_id("b"), spiffe_id("c")];
@@ -581,4 +592,67 @@ fn restored_tokens_count_against_their_owner() {
     t.reserve_token(&spiffe_id("b"), &tight, 1).unwrap();
     t.release_token(&spiffe_id("b"));
     assert_shares_exact(&mut t, 1);
+}
+
+/// `owner_finished_tasks` at its edge: an owner holding one ended task less than its share
+/// makes room from the node's history (the first task to end, another owner's); holding its
+/// share, from its own. A task that expired unclosed counts as ended, as a closed one does.
+#[test]
+fn an_owner_at_its_share_of_ended_tasks_makes_room_from_its_own() {
+    let b = TableBounds {
+        owner_finished_tasks: 2,
+        ..bounds(10, 4)
+    };
+    let mut t = TaskTable::default();
+    for (id, at) in [("b1", 1), ("b2", 2), ("b3", 3)] {
+        t.insert(owned(id, "b", 100), &b, at).unwrap();
+        t.close(id, at);
+    }
+    // a4 expires at 5, unclosed: a holds one ended task, one less than its share.
+    t.insert(owned("a4", "a", 5), &b, 4).unwrap();
+    t.insert(owned("a5", "a", 100), &b, 6).unwrap();
+    assert!(
+        t.get("b1").is_none(),
+        "below its share: the node's first to end"
+    );
+    assert!(t.get("a4").is_some());
+    assert_consistent(&t);
+    // a now holds its share (a4 expired, a5 closed), and the room is full again.
+    t.close("a5", 7);
+    t.insert(owned("a6", "a", 100), &b, 8).unwrap();
+    assert!(t.get("a4").is_none(), "at its share: its own first to end");
+    assert!(t.get("b2").is_some() && t.get("b3").is_some() && t.get("a5").is_some());
+    assert_consistent(&t);
+}
+
+/// One workload opening and closing tasks in a loop keeps its share of the room for ended
+/// tasks and forgets its own history past it: another workload's tasks that ended earlier
+/// are still listed after thousands of the loop's tasks. A workload with no history of its
+/// own still makes room from the node's, the first to end.
+#[test]
+fn a_loop_of_one_owner_does_not_push_out_the_others_history() {
+    let b = TableBounds {
+        owner_finished_tasks: 2,
+        ..bounds(10, 4)
+    };
+    let mut t = TaskTable::default();
+    for (id, at) in [("b1", 1), ("b2", 2)] {
+        t.insert(owned(id, "b", 100), &b, at).unwrap();
+        t.close(id, at);
+    }
+    for at in 3..5_000 {
+        let id = format!("a{at}");
+        t.insert(owned(&id, "a", 10_000), &b, at).unwrap();
+        t.close(&id, at);
+    }
+    assert_consistent(&t);
+    let kept = |t: &TaskTable| {
+        let mut ids: Vec<_> = t.tasks().map(|x| x.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(kept(&t), ["a4998", "a4999", "b1", "b2"]);
+    t.insert(owned("c1", "c", 10_000), &b, 5_000).unwrap();
+    assert_eq!(kept(&t), ["a4998", "a4999", "b2", "c1"]);
+    assert_consistent(&t);
 }

@@ -18,14 +18,17 @@ pub const STRING_COST: usize = 40;
 /// Counted per audience granted: the first node of its B-tree set of scopes (eleven 24-byte
 /// slots, whatever it holds).
 pub const SCOPE_SET_COST: usize = 320;
-/// Counted once per task: the struct, its map entry, its entries in the expiry and close
-/// indexes, and the grants' own B-tree node.
+/// Counted once per task: the struct, its map entry, its entries in the table-wide expiry and
+/// close indexes, and the grants' own B-tree node. (Its entries in its owner's indexes are
+/// counted as two more copies of its id.)
 pub const TASK_COST: usize = 2048;
 
 impl Task {
     /// Bytes this task is counted for against `max_task_bytes`: [`TASK_COST`],
-    /// [`SCOPE_SET_COST`] per audience, and each string it keeps (its id twice when it has a
-    /// parent, whose list of children holds it too) at its length plus [`STRING_COST`].
+    /// [`SCOPE_SET_COST`] per audience, and each string it keeps at its length plus
+    /// [`STRING_COST`]: its id three times (once more when it has a parent, whose list of
+    /// children holds it too), two of them for its entries in its owner's expiry and close
+    /// indexes (`broker::task_ends`).
     pub fn kept_bytes(&self) -> usize {
         let string = |s: &str| s.len() + STRING_COST;
         let grants: usize = self
@@ -40,7 +43,7 @@ impl Task {
             .as_deref()
             .map_or(0, |p| string(p) + string(&self.id));
         TASK_COST
-            + string(&self.id)
+            + 3 * string(&self.id)
             + string(self.owner.trust_domain_name())
             + string(self.owner.path())
             + string(&self.purpose)
@@ -99,7 +102,7 @@ mod tests {
         let base = bare.kept_bytes();
         assert_eq!(
             base,
-            TASK_COST + 4 * STRING_COST + "task_1".len() + "example.org".len() + "/a".len() + 1
+            TASK_COST + 6 * STRING_COST + 3 * "task_1".len() + "example.org".len() + "/a".len() + 1
         );
 
         let longer = task(&"p".repeat(1000), Grants::new());
