@@ -37,6 +37,8 @@ impl TaskTableStats for Broker {
             max_owner_bytes: bounds.owner_task_bytes,
             largest_owner_live_tokens: table.tokens.largest_owner(),
             max_owner_live_tokens: bounds.owner_live_tokens,
+            largest_owner_ended_tasks: table.largest_owner_ended(now),
+            max_owner_ended_tasks: bounds.owner_finished_tasks,
         }
     }
 }
@@ -82,6 +84,7 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(busy.largest_owner_bytes, busy.task_bytes, "one owner");
+        assert_eq!(busy.largest_owner_ended_tasks, 0);
         assert!(busy.task_bytes > 2048, "{busy:?}");
         assert_eq!(busy.max_task_bytes, k.broker.config.max_task_bytes);
 
@@ -102,6 +105,11 @@ mod tests {
                 done.largest_owner_live_tokens
             ),
             (0, 0, 0, 0)
+        );
+        assert_eq!(
+            (done.largest_owner_ended_tasks, done.max_owner_ended_tasks),
+            (1, k.broker.config.table_bounds().owner_finished_tasks),
+            "the closed task is its owner's ended task"
         );
     }
 

@@ -275,6 +275,17 @@ impl TaskTable {
         self.shares.largest(now)
     }
 
+    /// The most tasks that have ended at `now` one owner holds. Walks every owner: for a
+    /// scrape, not for a call.
+    pub fn largest_owner_ended(&mut self, now: i64) -> usize {
+        let mut largest = 0;
+        for (owner, tasks) in self.ends.tasks_per_owner() {
+            let open = self.shares.open(owner, now).tasks;
+            largest = largest.max(tasks.saturating_sub(open));
+        }
+        largest
+    }
+
     /// Owners with a task that is not closed, or an OpenTask in flight.
     pub fn owner_count(&self) -> usize {
         self.shares.owners()

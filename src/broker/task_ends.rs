@@ -124,6 +124,11 @@ impl TaskEnds {
         self.owners.get(owner).map_or(0, |e| e.by_expiry.len())
     }
 
+    /// Each owner with a task in the table, and how many it has, open or ended.
+    pub fn tasks_per_owner(&self) -> impl Iterator<Item = (&SpiffeId, usize)> {
+        self.owners.iter().map(|(o, e)| (o, e.by_expiry.len()))
+    }
+
     /// Tasks in the table, and closed tasks in the table.
     #[cfg(test)]
     pub fn counts(&self) -> (usize, usize) {

@@ -508,6 +508,8 @@ mod tests {
                     owners: 2,
                     largest_owner_open_tasks: 2,
                     max_owner_open_tasks: 3,
+                    largest_owner_ended_tasks: 4,
+                    max_owner_ended_tasks: 5,
                     ..Default::default()
                 }
             }
@@ -532,6 +534,8 @@ mod tests {
             "svid_broker_task_table_owner_open_tasks_max 3\n",
             "svid_broker_task_table_largest_owner_bytes 0\n",
             "svid_broker_task_table_owner_live_tokens_max 0\n",
+            "svid_broker_task_table_largest_owner_ended_tasks 4\n",
+            "svid_broker_task_table_owner_ended_tasks_max 5\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

@@ -32,6 +32,10 @@ pub struct TableFill {
     /// The most live tokens one owner's tasks hold, and its share (`max_live_tokens_per_owner`).
     pub largest_owner_live_tokens: usize,
     pub max_owner_live_tokens: usize,
+    /// The most ended tasks one owner has kept, and its share of the room for them
+    /// (`max_finished_tasks_per_owner`).
+    pub largest_owner_ended_tasks: usize,
+    pub max_owner_ended_tasks: usize,
 }
 
 /// Defined here, implemented by the broker, so metrics sit below it instead of importing it.
@@ -130,6 +134,16 @@ impl Collector for TaskTableCollector {
                 "svid_broker_task_table_owner_live_tokens_max",
                 "broker.max_live_tokens_per_owner: a workload's MintTaskToken is refused at it",
                 f.max_owner_live_tokens,
+            ),
+            (
+                "svid_broker_task_table_largest_owner_ended_tasks",
+                "The most ended tasks one workload has kept in the table",
+                f.largest_owner_ended_tasks,
+            ),
+            (
+                "svid_broker_task_table_owner_ended_tasks_max",
+                "broker.max_finished_tasks_per_owner: past it, room for a workload's new tasks is made from its own ended tasks",
+                f.max_owner_ended_tasks,
             ),
         ];
         encode_count_gauges(&mut encoder, &gauges)
