@@ -838,3 +838,55 @@ async fn one_workload_cannot_take_the_whole_table() {
         .await
         .unwrap_or_else(|s| panic!("another identity still mints: {}", show(&s)));
 }
+
+/// Through the daemon: one identity opening and closing tasks in a loop forgets its own
+/// history past its share of the room for ended tasks (`max_finished_tasks_per_owner`), so
+/// the tasks the other identity closed before the loop are still listed after it.
+#[tokio::test]
+async fn one_workloads_loop_keeps_the_others_history() {
+    let b = Broker::start(
+        options()
+            .broker("max_finished_tasks = 4")
+            .broker("max_finished_tasks_per_owner = 2"),
+    );
+    let c = b.client().await;
+    let cycle = |id: &'static str| {
+        let mut c = c.clone();
+        async move {
+            let req = pb::OpenTaskRequest {
+                spiffe_id: id.to_string(),
+                ..open_req("history", &[TOOL_X], &["read"], 0)
+            };
+            let t = c.open_task(req).await.unwrap().into_inner();
+            c.close_task(pb::CloseTaskRequest {
+                task_id: t.task_id.clone(),
+            })
+            .await
+            .unwrap();
+            t.task_id
+        }
+    };
+    let theirs = [cycle(RUNNER2).await, cycle(RUNNER2).await];
+    let mut looped = Vec::new();
+    for _ in 0..12 {
+        looped.push(cycle(RUNNER).await);
+    }
+    let listed = b
+        .admin()
+        .await
+        .list_tasks(pb::ListTasksRequest {
+            include_closed: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<String> = listed.tasks.into_iter().map(|t| t.task_id).collect();
+    for id in &theirs {
+        assert!(listed.contains(id), "{id} was pushed out: {listed:?}");
+    }
+    // Which two of the loop's are kept depends on their ids where they closed in the same
+    // second; that two are, and no more, does not.
+    let loops_kept = listed.iter().filter(|id| looped.contains(id)).count();
+    assert_eq!((listed.len(), loops_kept), (4, 2), "{listed:?}");
+}
