@@ -212,8 +212,8 @@ impl TaskTable {
     /// places taken count against `bounds.open_tasks`, and the owner's against its share
     /// (`bounds.owner_open_tasks`, `bounds.owner_task_bytes`), checked after the table's
     /// own bounds (a full table is the reason to give when both hold). While the table
-    /// weighs `bounds.task_bytes` or more, it first forgets tasks that have ended, the first
-    /// to end first, for as long as that takes (each task is forgotten once, so this is
+    /// weighs `bounds.task_bytes` or more, it first forgets tasks that have ended, chosen as
+    /// [`Self::insert`] chooses them, for as long as that takes (each task is forgotten once, so this is
     /// amortised over the opens that filled the table).
     ///
     /// The place is taken while the table weighs less than `bounds.task_bytes`, before the
@@ -230,7 +230,7 @@ impl TaskTable {
         bounds: &TableBounds,
         now: i64,
     ) -> Result<(), TableError> {
-        if let Some(e) = self.refuse_open(bounds, now) {
+        if let Some(e) = self.refuse_open(owner, bounds, now) {
             return Err(e);
         }
         self.shares.reserve(owner, bounds, now)?;
@@ -240,12 +240,17 @@ impl TaskTable {
 
     /// Why the table as a whole has no place for one more task, if it has none (see
     /// [`Self::reserve_open`]).
-    fn refuse_open(&mut self, bounds: &TableBounds, now: i64) -> Option<TableError> {
+    fn refuse_open(
+        &mut self,
+        owner: &SpiffeId,
+        bounds: &TableBounds,
+        now: i64,
+    ) -> Option<TableError> {
         let open = self.shares.open_tasks(now) + self.reserved_open;
         if open >= bounds.open_tasks {
             return Some(TableError::Full(open));
         }
-        while self.bytes >= bounds.task_bytes && self.forget_first_finished(now) {}
+        while self.bytes >= bounds.task_bytes && self.forget_to_make_room(owner, bounds, now) {}
         (self.bytes >= bounds.task_bytes).then_some(TableError::TooManyBytes {
             held: self.bytes,
             limit: bounds.task_bytes,

@@ -444,6 +444,28 @@ fn the_byte_bound_forgets_ended_tasks_then_refuses() {
     assert_consistent(&t);
 }
 
+/// The byte bound makes room as the count bound does: for an owner holding its share of
+/// ended tasks, from its own history, not another owner's that ended earlier.
+#[test]
+fn the_byte_bound_makes_room_from_an_owner_at_its_share() {
+    let one = owned("b1", "b", 100).kept_bytes();
+    let b = TableBounds {
+        task_bytes: 3 * one,
+        owner_finished_tasks: 1,
+        ..bounds(100, 100)
+    };
+    let mut t = TaskTable::default();
+    for (id, owner, at) in [("b1", "b", 1), ("a2", "a", 2), ("a3", "a", 3)] {
+        t.insert(owned(id, owner, 100), &b, at).unwrap();
+        t.close(id, at);
+    }
+    assert_eq!(t.bytes(), b.task_bytes);
+    t.insert(owned("a4", "a", 100), &b, 4).unwrap();
+    assert!(t.get("a2").is_none(), "its own first to end made room");
+    assert!(t.get("b1").is_some(), "the other owner's history stays");
+    assert_consistent(&t);
+}
+
 #[test]
 fn a_rebuilt_table_is_trimmed_to_its_byte_bound() {
     let one = task("t0", None, 100).kept_bytes();
